@@ -1,0 +1,219 @@
+"""The `pipeline` command line: one thin command per stage.
+
+Each command maps its options onto one library call and prints a short summary. Library code
+raises `PipelineError`s; `_run` turns them into one line on stderr and the error's exit code, so a
+user mistake never shows a traceback. Heavy libraries are imported by the stages, not here, so
+`pipeline --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipeline import __version__, defaults
+from pipeline.errors import PipelineError
+
+app = typer.Typer(
+    name="pipeline",
+    help="Train, export, verify and bulk-classify handwritten digits.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Show where a dataset is found, or write sample digit images.")
+app.add_typer(data_app, name="data")
+console = Console()
+err_console = Console(stderr=True)
+
+T = TypeVar("T")
+
+
+def _run(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Call a stage; a PipelineError becomes one clear line and a non-zero exit."""
+    try:
+        return fn(*args, **kwargs)
+    except PipelineError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=exc.exit_code) from None
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        raise typer.Exit(code=130) from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"pipeline {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """Train, export, verify and bulk-classify handwritten digits."""
+
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help=f"Folder with the dataset (else ${defaults.DATA_DIR_ENV}, ./data, ...)."),
+]
+DatasetOpt = Annotated[str, typer.Option("--dataset", help="mnist or fashion-mnist.")]
+
+
+# --- data -------------------------------------------------------------------------------------
+
+
+@data_app.callback(invoke_without_command=True)
+def data_cli(ctx: typer.Context, dataset: DatasetOpt = defaults.DATASET, data_dir: DataDir = None) -> None:
+    """Print where the dataset was found, its checksum status and counts per class."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from pipeline import data
+
+    summary = _run(data.summarize, dataset, data_dir)
+    loc = summary.location
+    console.print(
+        f"dataset  {loc.dataset.value}\nfound in {loc.source} ({loc.kind})\nchecksum {loc.checksum}"
+    )
+    table = Table("class", "train", "test")
+    for digit, (tr, te) in enumerate(zip(summary.train_counts, summary.test_counts, strict=True)):
+        table.add_row(data.CLASS_NAMES[loc.dataset][digit], str(tr), str(te))
+    table.add_row("total", str(sum(summary.train_counts)), str(sum(summary.test_counts)))
+    console.print(table)
+
+
+@data_app.command("samples")
+def samples_cli(
+    out: Annotated[Path, typer.Argument(help="Folder to write the images into.")],
+    count: Annotated[int, typer.Option("--count", "-n", min=1, help="How many test digits.")] = 100,
+    style: Annotated[
+        str, typer.Option("--style", help="mnist (28x28 PNG) or scan (ink on paper, JPEG).")
+    ] = "mnist",
+    start: Annotated[int, typer.Option("--start", min=0, help="First test-set index.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for the scan rendering.")] = defaults.SEED,
+    dataset: DatasetOpt = defaults.DATASET,
+    data_dir: DataDir = None,
+) -> None:
+    """Write test digits as image files (with labels.csv) to try `pipeline classify` on."""
+    from pipeline import samples
+
+    result = _run(samples.write_samples, out, count, style, dataset, data_dir, seed, start)
+    console.print(
+        f"wrote {result.count} {style} digits to {result.folder} (labels in {result.labels_csv.name})"
+    )
+
+
+# --- train ------------------------------------------------------------------------------------
+
+
+@app.command("train")
+def train_cli(
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="Architecture: conv2d, flat, ...")
+    ] = defaults.MODEL,
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Epochs (seed: 100).")] = defaults.EPOCHS,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = defaults.BATCH_SIZE,
+    learning_rate: Annotated[float, typer.Option("--learning-rate", min=0.0)] = defaults.LEARNING_RATE,
+    seed: Annotated[int, typer.Option("--seed")] = defaults.SEED,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=20, help="Use only the first N training images.")
+    ] = None,
+    validation_split: Annotated[
+        float, typer.Option("--validation-split", min=0.0, max=0.9)
+    ] = defaults.VALIDATION_SPLIT,
+    backend: Annotated[str, typer.Option("--backend", help="auto, tensorflow, jax or torch.")] = "auto",
+    deskew: Annotated[bool, typer.Option("--deskew/--no-deskew", help="Train on deskewed digits.")] = False,
+    target_accuracy: Annotated[
+        float | None,
+        typer.Option("--target-accuracy", help="Stop once validation accuracy reaches this (e.g. 0.99)."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Run folder (default runs/<model>-<time>).")
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out.")] = False,
+    dataset: DatasetOpt = defaults.DATASET,
+    data_dir: DataDir = None,
+) -> None:
+    """Train a model on the CPU or a GPU; writes a run folder with model.keras and metrics."""
+    from pipeline import train
+
+    config = train.TrainConfig(
+        model=model, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
+        limit=limit, validation_split=validation_split, dataset=dataset, backend=backend,
+        deskew=deskew, target_accuracy=target_accuracy,
+    )  # fmt: skip
+    if not resume:
+        _run(config.check)
+    result = _run(train.train, config, out, data_dir, resume, sys.stderr.isatty() or sys.stdout.isatty())
+    m = result.metrics
+    table = Table(title=f"run {result.run_dir}")
+    table.add_column("")
+    table.add_column("")
+    rows = [
+        ("model", f"{m['model']} ({m['parameters']:,} parameters)"),
+        ("backend / device", f"{m['backend']} / {m['device']}"),
+        ("epochs (best)", f"{m['epochs']} ({m['best_epoch']})"),
+        ("test accuracy", f"{m['test_accuracy']:.2%}"),
+        ("train / wall time", f"{m['train_seconds']:.1f} s / {m['wall_seconds']:.1f} s"),
+    ]
+    if m.get("target"):
+        t = m["target"]
+        rows.append(
+            ("target reached", f"epoch {t['epoch']}, {t['seconds_from_process_start']:.1f} s from start")
+        )
+    for k, v in rows:
+        table.add_row(k, v)
+    console.print(table)
+
+
+# --- evaluate ---------------------------------------------------------------------------------
+
+
+@app.command("evaluate")
+def evaluate_cli(
+    model: Annotated[Path, typer.Argument(help="A .keras, .onnx or .tflite file.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Folder for the figures (default: beside the model).")
+    ] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Only the first N test images.")] = None,
+    deskew: Annotated[
+        bool | None, typer.Option("--deskew/--no-deskew", help="Default: as the model's run was trained.")
+    ] = None,
+    dataset: DatasetOpt = defaults.DATASET,
+    data_dir: DataDir = None,
+) -> None:
+    """Test accuracy, per-class accuracy, confusion matrix and the examples figure."""
+    from pipeline.evaluate import evaluate
+
+    ev = _run(evaluate, model, out, dataset, data_dir, limit, deskew)
+    table = Table("digit", "accuracy", title=f"{model.name}: {ev.accuracy:.2%} on {ev.images} test images")
+    for d, acc in enumerate(ev.per_class):
+        table.add_row(str(d), f"{acc:.2%}")
+    console.print(table)
+    console.print(f"wrote {ev.confusion_png}, {ev.examples_png}, {ev.metrics_json}")
+
+
+def main() -> None:
+    """Entry point: like `app()`, but usage errors are one line instead of a help panel."""
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        err_console.print("interrupted")
+        sys.exit(130)
+    except typer.TyperException as exc:
+        message = exc.format_message()
+        if message:  # an empty message is `pipeline` with no command: help was already shown
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            err_console.print(f"[bold red]error:[/] {message}{hint}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,101 @@
+"""Every default value of the pipeline, each with the reason it has that value.
+
+Other modules import from here instead of repeating a literal, so a default changes in one place.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# --- data -------------------------------------------------------------------------------------
+
+# The dataset every stage uses unless told otherwise: the seed project's data.
+DATASET = "mnist"
+# Environment variable a user or CI sets to point at a folder holding <name>/ subfolders or the files.
+DATA_DIR_ENV = "PIPELINE_DATA_DIR"
+# Set to 1 to never download (air-gapped machines, tests): a missing dataset fails at once
+# instead of waiting on a network that is not there.
+NO_DOWNLOAD_ENV = "PIPELINE_NO_DOWNLOAD"
+# Folders searched in order after --data-dir and $PIPELINE_DATA_DIR (each gets /<dataset> appended):
+# a project-local copy first, then the workplace's shared copy, then Debian's dataset packages.
+DATA_SEARCH_ROOTS: tuple[Path, ...] = (
+    Path("data"),
+    Path("../shared/datasets"),
+    Path("/usr/share/datasets"),
+)
+# Pixel count guard for IDX files: MNIST-like images are 28x28; anything far larger is corrupt.
+IDX_MAX_IMAGE_SIDE = 512
+
+# --- preprocessing ----------------------------------------------------------------------------
+
+# MNIST geometry (LeCun et al.): the digit is fit into a 20x20 box, then centred by its centre of
+# mass in a 28x28 field. Changing these breaks parity with the training data.
+FIELD_SIZE = 28
+BOX_SIZE = 20
+# Ink below this fraction of full scale (after polarity normalisation and background removal) is
+# treated as paper noise when finding the bounding box; 0.25 ignores JPEG ringing and faint borders.
+INK_THRESHOLD = 0.25
+# An image whose strongest ink is below this (on 0..255, after background removal) is blank.
+BLANK_MAX_INK = 40
+
+# --- training ---------------------------------------------------------------------------------
+
+# The seed trained both models for 100 epochs; kept so `pipeline train` reproduces the seed.
+EPOCHS = 100
+# 128 keeps a CPU epoch short and is a common sweet spot for MNIST-sized CNNs on a GPU as well.
+BATCH_SIZE = 128
+# Adam's usual default; the seed models train stably with it.
+LEARNING_RATE = 1e-3
+# Explicit seed so a run with the same seed and backend reproduces its numbers.
+SEED = 1234
+# 10% of the training images (the last 6,000 after a seeded shuffle) choose epochs and
+# checkpoints; the test set is only ever used for the final report.
+VALIDATION_SPLIT = 0.1
+# Where `pipeline train` puts run folders.
+RUNS_DIR = Path("runs")
+# Default model architecture: the seed's CNN.
+MODEL = "conv2d"
+
+# --- export -----------------------------------------------------------------------------------
+
+# Where exported artifacts and the manifest live (committed for release models).
+EXPORT_DIR = Path("exported")
+MANIFEST_NAME = "manifest.json"
+# ONNX opset 17 is supported by every onnxruntime since 1.11 and by tf2onnx; the issue asks >= 17.
+ONNX_OPSET = 17
+# Training images used to calibrate int8 quantization: 500 covers every class about 50 times,
+# which is where accuracy stops improving for MNIST while keeping export under a minute on a CPU.
+CALIBRATION_SAMPLES = 500
+# Names of the model's input and output in every artifact.
+INPUT_NAME = "image"
+OUTPUT_NAME = "probabilities"
+
+# --- verify -----------------------------------------------------------------------------------
+
+# Float artifacts must classify like Keras: top-1 agreement of at least 99.9% ...
+FLOAT_MIN_AGREEMENT = 0.999
+# ... and an accuracy within 0.05 percentage points of Keras on the test set.
+FLOAT_MAX_ACCURACY_DELTA = 0.05
+# Quantized (dynamic range, int8) artifacts may lose up to 0.3 points of accuracy.
+QUANT_MAX_ACCURACY_DELTA = 0.3
+# Batch sizes at which verify reports latency: one image (interactive) and a bulk batch.
+LATENCY_BATCH_SIZES = (1, 256)
+# Batches timed per batch size; the median is reported.
+LATENCY_REPEATS = 20
+
+# --- classify ---------------------------------------------------------------------------------
+
+# Extensions classify picks up (case-insensitive): what scanners and phones write.
+IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "bmp", "gif", "tif", "tiff", "webp")
+# Images per onnxruntime call: large enough to amortise the call, small enough to keep memory low.
+CLASSIFY_BATCH_SIZE = 1024
+# Files handed to a worker process at once: amortises inter-process overhead on 28x28 PNGs.
+CLASSIFY_CHUNK_SIZE = 256
+# Refuse to decode images above this many pixels (decompression bombs): 64 megapixels is far
+# above any page scan at 600 dpi (A4 = 35 Mpx) and far below what would exhaust memory.
+MAX_IMAGE_PIXELS = 64_000_000
+# Images smaller than this on either side cannot hold a legible digit.
+MIN_IMAGE_SIDE = 2
+# Rows flushed to the partial CSV at a time; a kill loses at most the unflushed rows, which
+# --resume then recomputes.
+CLASSIFY_FLUSH_ROWS = 4096

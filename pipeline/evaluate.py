@@ -1,0 +1,78 @@
+"""Evaluation of any model or artifact on a test set: accuracy, per-class accuracy, figures.
+
+It runs through `pipeline.runtime`, so a `.keras` file and an int8 `.tflite` are evaluated the same
+way, and writes the seed's two figures: a confusion matrix and the examples figure.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import data, defaults, preprocess, report, runtime
+from pipeline.files import write_json
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    model: Path
+    accuracy: float
+    per_class: list[float]
+    images: int
+    confusion_png: Path
+    examples_png: Path
+    metrics_json: Path
+
+
+def trained_with_deskew(model_path: Path) -> bool:
+    """A run folder's config.json says whether its model expects deskewed digits."""
+    config = model_path.parent / "config.json"
+    if config.is_file():
+        return bool(json.loads(config.read_text()).get("deskew", False))
+    return False
+
+
+def evaluate(
+    model_path: Path,
+    out: Path | None = None,
+    dataset: str = defaults.DATASET,
+    data_dir: Path | None = None,
+    limit: int | None = None,
+    deskew: bool | None = None,
+) -> Evaluation:
+    """Score `model_path` on the test split and write confusion.png, examples.png, evaluation.json."""
+    predictor = runtime.load(model_path)
+    images, labels = data.load(data.Split.TEST, dataset, data_dir, limit=limit)
+    if deskew if deskew is not None else trained_with_deskew(model_path):
+        images = preprocess.deskew_batch(images)
+    probs = predictor.predict(preprocess.scale(images))
+    pred = probs.argmax(axis=1)
+    per_class = [float((pred[labels == d] == d).mean()) if (labels == d).any() else 0.0 for d in range(10)]
+    out = out or model_path.parent
+    out.mkdir(parents=True, exist_ok=True)
+    stem = model_path.name.replace(".", "_")
+    matrix = report.confusion(labels, pred)
+    accuracy = float((pred == labels).mean())
+    confusion_png = report.plot_confusion(
+        matrix,
+        out / f"{stem}.confusion.png",
+        title=f"{model_path.name}: {accuracy:.2%} on {len(labels)} test digits",
+    )
+    examples_png = report.plot_examples(images, labels, probs, out / f"{stem}.examples.png")
+    metrics_json = out / f"{stem}.evaluation.json"
+    write_json(
+        metrics_json,
+        {
+            "model": str(model_path), "dataset": dataset, "images": len(labels),
+            "accuracy": accuracy, "per_class_accuracy": per_class,
+            "confusion_matrix": matrix.tolist(),
+        },
+    )  # fmt: skip
+    return Evaluation(model_path, accuracy, per_class, len(labels), confusion_png, examples_png, metrics_json)
+
+
+def accuracy_of(probs: np.ndarray, labels: np.ndarray) -> float:
+    return float((probs.argmax(axis=1) == labels).mean())

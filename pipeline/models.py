@@ -1,0 +1,113 @@
+"""Model architectures by name.
+
+Every model takes `image` float32 [N, 28, 28, 1] in [0, 1] and ends in a layer named
+`probabilities` with 10 outputs, so export, runtime and verify never need to know which one it is.
+Only built-in Keras layers are used (no `Lambda`, no custom classes), so a `.keras` file saved
+on one backend (JAX on a GPU machine) loads and converts on another (TensorFlow here).
+
+Keras is imported inside the builders: listing names must not cost a TensorFlow import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pipeline import defaults
+from pipeline.errors import ModelError
+
+if TYPE_CHECKING:
+    import keras
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered architecture: how to build it and which loss fits its output layer."""
+
+    name: str
+    description: str
+    build: Callable[[], keras.Model]
+    label_smoothing: float = 0.0
+
+    def loss(self) -> Any:
+        """Categorical cross-entropy for every model, the sigmoid seed CNN included.
+
+        Keras' categorical cross-entropy divides the outputs by their sum before taking the log,
+        so on the seed's sigmoid layer it trains the normalised scores. Measured on the seed CNN,
+        one epoch on 2,000 images at batch 32: 92.2% test accuracy with it, 10-43% with binary
+        cross-entropy (the unit-normalised features give small logits that BCE moves slowly).
+        """
+        import keras
+
+        return keras.losses.CategoricalCrossentropy(label_smoothing=self.label_smoothing)
+
+
+def _input() -> Any:
+    import keras
+
+    size = defaults.FIELD_SIZE
+    return keras.Input(shape=(size, size, 1), name=defaults.INPUT_NAME)
+
+
+def build_conv2d() -> keras.Model:
+    """The seed's CNN: four Conv2D -> MaxPooling2D pairs, two Dense(512), sigmoid output.
+
+    The second Dense(512) is L2-normalised by `UnitNormalization`, which puts every value in
+    [-1, +1] as the seed specified, with a built-in layer that serialises on every backend.
+    Widths 32-64-128-128 and 'same' padding keep 28 -> 14 -> 7 -> 3 -> 1 spatially.
+    """
+    import keras
+    from keras import layers
+
+    inputs = _input()
+    x = inputs
+    for i, filters in enumerate((32, 64, 128, 128), start=1):
+        x = layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"conv{i}")(x)
+        x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(512, activation="relu", name="dense1")(x)
+    x = layers.Dense(512, name="dense2")(x)
+    x = layers.UnitNormalization(name="normalize")(x)
+    outputs = layers.Dense(10, activation="sigmoid", name=defaults.OUTPUT_NAME)(x)
+    return keras.Model(inputs, outputs, name="conv2d")
+
+
+def build_flat() -> keras.Model:
+    """The seed's MLP: 8 layers, 784 inputs -> six hidden Dense layers -> 10 outputs (softmax).
+
+    The input layer takes the 28x28x1 image like every other model and flattens it, so the
+    artifacts share one input signature.
+    """
+    import keras
+    from keras import layers
+
+    inputs = _input()
+    x = layers.Flatten(name="flatten")(inputs)  # the 784-node input layer
+    for i, units in enumerate((512, 512, 256, 256, 128, 64), start=1):
+        x = layers.Dense(units, activation="relu", name=f"hidden{i}")(x)
+    outputs = layers.Dense(10, activation="softmax", name=defaults.OUTPUT_NAME)(x)
+    return keras.Model(inputs, outputs, name="flat")
+
+
+REGISTRY: dict[str, ModelSpec] = {
+    "conv2d": ModelSpec(
+        "conv2d", "seed CNN: 4x(Conv2D+MaxPool), 2xDense(512) normalised to [-1,1], sigmoid",
+        build_conv2d,
+    ),
+    "flat": ModelSpec(
+        "flat", "seed MLP: 784 -> 6 hidden Dense -> 10, softmax", build_flat
+    ),
+}  # fmt: skip
+
+
+def names() -> list[str]:
+    return sorted(REGISTRY)
+
+
+def get(name: str) -> ModelSpec:
+    """Look a model up by name; an unknown name is a user error listing the known ones."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ModelError(f"unknown model {name!r}; choose one of: {', '.join(names())}") from None

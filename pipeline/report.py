@@ -1,0 +1,105 @@
+"""Figures and small reports: training curves, confusion matrix, the seed's examples figure.
+
+Matplotlib is imported inside each function with the non-interactive Agg backend, so nothing here
+needs a display and the CLI does not pay for the import unless it draws.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    """Write a figure atomically: a reader never sees a half-written PNG."""
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    _plt().close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def plot_history(history: dict[str, list[float]], path: Path, title: str = "") -> Path:
+    """Loss and accuracy per epoch, training against validation."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    epochs = np.arange(1, len(history.get("loss", [])) + 1)
+    for ax, key in zip(axes, ("loss", "accuracy"), strict=True):
+        if key in history:
+            ax.plot(epochs, history[key], label=f"train {key}")
+        if f"val_{key}" in history:
+            ax.plot(epochs, history[f"val_{key}"], label=f"validation {key}")
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def confusion(labels: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """10x10 counts: row = actual digit, column = predicted digit."""
+    matrix = np.zeros((10, 10), dtype=np.int64)
+    np.add.at(matrix, (labels.astype(int), predicted.astype(int)), 1)
+    return matrix
+
+
+def plot_confusion(matrix: np.ndarray, path: Path, title: str = "") -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    shown = matrix.astype(float).copy()
+    np.fill_diagonal(shown, np.nan)  # errors only, so the colour scale shows them
+    im = ax.imshow(shown, cmap="Reds")
+    for i in range(10):
+        for j in range(10):
+            if matrix[i, j]:
+                colour = "black" if i != j else "tab:blue"
+                ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7, color=colour)
+    ax.set_xticks(range(10))
+    ax.set_yticks(range(10))
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    ax.set_title(title or "confusion matrix (diagonal in blue)")
+    fig.colorbar(im, ax=ax, label="errors")
+    return _save(fig, path)
+
+
+def plot_examples(
+    images: np.ndarray, labels: np.ndarray, probs: np.ndarray, path: Path, per_row: int = 5
+) -> Path:
+    """The seed's figure: five correct and five wrong test digits with prediction, confidence,
+    second-best prediction and actual digit."""
+    from pipeline.runtime import top2
+
+    plt = _plt()
+    pred, conf, second, second_conf = top2(probs)
+    right = np.flatnonzero(pred == labels)[:per_row]
+    wrong = np.flatnonzero(pred != labels)[:per_row]
+    fig, axes = plt.subplots(2, per_row, figsize=(2.2 * per_row, 5.4))
+    for row, (idxs, name) in enumerate(((right, "correct"), (wrong, "incorrect"))):
+        for col in range(per_row):
+            ax = axes[row, col]
+            ax.axis("off")
+            if col >= len(idxs):
+                continue
+            i = idxs[col]
+            ax.imshow(images[i], cmap="gray")
+            ax.set_title(
+                f"{name}\npred {pred[i]} ({conf[i]:.2f})\n2nd {second[i]} ({second_conf[i]:.2f})"
+                f"\nactual {labels[i]}",
+                fontsize=8,
+                color="tab:green" if name == "correct" else "tab:red",
+            )
+    return _save(fig, path)

@@ -1,0 +1,36 @@
+"""Shared fixtures: the real MNIST data (found as users find it) and small trained models."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ["PIPELINE_NO_DOWNLOAD"] = "1"  # never wait on a network in tests
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline import data
+
+
+@pytest.fixture(scope="session")
+def mnist() -> data.Location:
+    return data.locate("mnist")
+
+
+@pytest.fixture(scope="session")
+def test_digits(mnist: data.Location) -> tuple[np.ndarray, np.ndarray]:
+    return data.load("test", location=mnist)
+
+
+@pytest.fixture(scope="session")
+def trained_conv2d(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The seed CNN after one epoch on 2,000 training images: a real, small, trained model."""
+    from pipeline.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("runs") / "conv2d"
+    config = TrainConfig(model="conv2d", epochs=1, limit=2000, batch_size=32, backend="tensorflow")
+    return train(config, out=out, show_progress=False).run_dir

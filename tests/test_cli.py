@@ -1,0 +1,89 @@
+"""Every command's --help, and user errors as one clear line with a non-zero exit code."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+
+runner = CliRunner()
+COMMANDS = [[], ["data"], ["data", "samples"], ["train"], ["evaluate"]]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "pipeline")
+def test_help(command: list[str]) -> None:
+    result = runner.invoke(app, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+
+
+def _cli(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, cwd=cwd, env=full_env
+    )
+
+
+def _one_clear_line(result: subprocess.CompletedProcess[str], expect: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error:") and expect in lines[0], lines[0]
+
+
+def test_pipeline_help_does_not_import_tensorflow() -> None:
+    code = "import sys; from pipeline.cli import app; print('tensorflow' in sys.modules, 'onnxruntime' in sys.modules)"  # noqa: E501
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
+
+
+@pytest.mark.parametrize(
+    ("args", "expect"),
+    [
+        (["train", "--model", "resnet"], "unknown model"),
+        (["train", "--epochs", "0"], "--epochs"),
+        (["train", "--backend", "theano"], "unknown backend"),
+        (["train", "--no-such-option"], "No such option"),
+        (["data", "--dataset", "cifar"], "unknown dataset"),
+        (["evaluate", "missing.keras"], "no such file"),
+        (["evaluate", "model.h5"], "unknown artifact type"),
+        (["data", "samples", "out", "--style", "photo"], "unknown style"),
+    ],
+)
+def test_user_errors_are_one_line(args: list[str], expect: str, tmp_path: Path) -> None:
+    _one_clear_line(_cli(*args, cwd=tmp_path), expect)
+
+
+def test_missing_data_is_one_line(tmp_path: Path) -> None:
+    env = {
+        "KERAS_HOME": str(tmp_path / "keras"),
+        "PIPELINE_NO_DOWNLOAD": "1",
+        "PIPELINE_DATA_DIR": str(tmp_path / "nothing"),
+    }
+    result = _cli("train", "--epochs", "1", "--data-dir", str(tmp_path / "empty"), cwd=tmp_path, env=env)
+    if Path("/usr/share/datasets/mnist").exists():
+        pytest.skip("this machine has MNIST in /usr/share/datasets")
+    _one_clear_line(result, "not found")
+    assert "empty" in result.stderr and "nothing" in result.stderr
+
+
+def test_data_prints_location_and_counts() -> None:
+    result = runner.invoke(app, ["data"])
+    assert result.exit_code == 0, result.output
+    assert "verified" in result.output and "5923" in result.output and "1135" in result.output
+
+
+def test_evaluate_writes_both_figures(trained_conv2d: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["evaluate", str(trained_conv2d / "model.keras"), "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "model_keras.confusion.png").stat().st_size > 10_000
+    assert (tmp_path / "model_keras.examples.png").stat().st_size > 10_000

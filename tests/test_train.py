@@ -1,0 +1,113 @@
+"""Training writes a complete run folder, learns, and resumes after a hard kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.errors import TrainError
+from pipeline.train import Backend, TrainConfig, select_backend, train
+
+
+def test_one_epoch_on_2000_images_beats_85_percent(trained_conv2d: Path) -> None:
+    metrics = json.loads((trained_conv2d / "metrics.json").read_text())
+    assert metrics["test_accuracy"] > 0.85
+    assert metrics["train_images"] == 1800 and metrics["validation_images"] == 200
+    assert metrics["test_images"] == 10000
+    for name in (
+        "model.keras",
+        "history.csv",
+        "history.json",
+        "curves.png",
+        "config.json",
+        "checkpoint.keras",
+    ):
+        assert (trained_conv2d / name).stat().st_size > 0, name
+    assert metrics["backend"] == "tensorflow" and metrics["device"].startswith("CPU")
+    assert len(metrics["per_class_accuracy"]) == 10 and metrics["data_sha256"]
+    assert "keras" in metrics["versions"] and metrics["seed"] == TrainConfig().seed
+    header = (trained_conv2d / "history.csv").read_text().splitlines()[0]
+    assert header.split(",")[:1] == ["epoch"] and "val_accuracy" in header
+
+
+def test_model_file_has_no_optimizer_state(trained_conv2d: Path) -> None:
+    assert (trained_conv2d / "model.keras").stat().st_size < (
+        trained_conv2d / "checkpoint.keras"
+    ).stat().st_size / 2
+
+
+def test_auto_backend_is_tensorflow_without_gpu() -> None:
+    assert select_backend("auto") is Backend.TENSORFLOW
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"epochs": 0}, "--epochs"),
+        ({"model": "nope"}, "unknown model"),
+        ({"backend": "theano"}, "unknown backend"),
+        ({"target_accuracy": 99.0}, "fraction"),
+        ({"validation_split": 1.5}, "validation-split"),
+    ],
+)
+def test_bad_config_is_a_named_error(change: dict[str, object], message: str) -> None:
+    with pytest.raises(Exception, match=message) as err:
+        TrainConfig(**change).check()  # type: ignore[arg-type]
+    assert err.type.__name__ in ("TrainError", "ModelError")
+
+
+def test_resume_refuses_a_folder_without_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(TrainError, match="no checkpoint"):
+        train(TrainConfig(epochs=2), out=tmp_path, resume=True)
+
+
+def _pipeline(*args: str) -> list[str]:
+    return [sys.executable, "-m", "pipeline", *args]
+
+
+def test_resume_after_kill_continues_from_checkpoint(tmp_path: Path) -> None:
+    """Kill -9 a real training process after its first checkpoint, then --resume it."""
+    run = tmp_path / "run"
+    args = [
+        "train",
+        "--model",
+        "flat",
+        "--epochs",
+        "4",
+        "--limit",
+        "3000",
+        "--out",
+        str(run),
+        "--backend",
+        "tensorflow",
+    ]
+    proc = subprocess.Popen(_pipeline(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = run / "state.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if state.exists() and json.loads(state.read_text())["epochs_done"] >= 1:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "training ended before it could be interrupted"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = json.loads(state.read_text())["epochs_done"]
+    assert 1 <= done_before < 4 and not (run / "metrics.json").exists()
+    first_epochs = json.loads(state.read_text())["history"]["loss"][:done_before]
+
+    resumed = subprocess.run(
+        _pipeline("train", "--resume", "--out", str(run), "--epochs", "4"), capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    history = json.loads((run / "history.json").read_text())
+    assert len(history["loss"]) == 4  # no epoch lost, none repeated
+    assert history["loss"][:done_before] == first_epochs
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["epochs"] == 4 and metrics["test_accuracy"] > 0.85
