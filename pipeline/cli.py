@@ -29,8 +29,9 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Show where a dataset is found, or write sample digit images.")
 app.add_typer(data_app, name="data")
-console = Console()
-err_console = Console(stderr=True)
+# Off a terminal (logs, CI) Rich would wrap tables at 80 columns; parity tables need more.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 240)
 
 T = TypeVar("T")
 
@@ -40,11 +41,16 @@ def _run(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     try:
         return fn(*args, **kwargs)
     except PipelineError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(code=exc.exit_code) from None
+        raise _fail(exc) from None
     except KeyboardInterrupt:
         err_console.print("interrupted")
         raise typer.Exit(code=130) from None
+
+
+def _fail(exc: PipelineError) -> typer.Exit:
+    """Print the error's one line; the caller raises the returned Exit with the error's code."""
+    err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    return typer.Exit(code=exc.exit_code)
 
 
 def _version(value: bool) -> None:
@@ -200,6 +206,95 @@ def evaluate_cli(
         table.add_row(str(d), f"{acc:.2%}")
     console.print(table)
     console.print(f"wrote {ev.confusion_png}, {ev.examples_png}, {ev.metrics_json}")
+
+
+# --- export and verify ------------------------------------------------------------------------
+
+
+@app.command("export")
+def export_cli(
+    model: Annotated[
+        Path | None,
+        typer.Option("--model", "-m", help="The .keras file (default: newest runs/*/model.keras)."),
+    ] = None,
+    fmt: Annotated[
+        str, typer.Option("--format", "-f", help="onnx, tflite or all (comma-separated ok).")
+    ] = "all",
+    quantize: Annotated[
+        str,
+        typer.Option("--quantize", "-q", help="none, dynamic, int8, float16 or all (comma-separated ok)."),
+    ] = "all",
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for artifacts and manifest.json.")
+    ] = defaults.EXPORT_DIR,
+    calibration_samples: Annotated[
+        int, typer.Option("--calibration-samples", help="Training images used to calibrate int8.")
+    ] = defaults.CALIBRATION_SAMPLES,
+    integer_io: Annotated[
+        bool, typer.Option("--integer-io", help="int8 TFLite with int8 input and output (microcontrollers).")
+    ] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Convert a Keras model to ONNX and TFLite, quantize, and record each file in the manifest."""
+    from pipeline import export
+
+    formats = _run(export.parse_choices, fmt, export.Format, "format")
+    quants = _run(export.parse_choices, quantize, export.Quantization, "quantization")
+    model_path = model if model is not None else _run(export.default_model)
+
+    def log(r: export.Exported) -> None:
+        console.print(f"wrote {r.path}  {r.bytes / 1024:,.0f} KiB  {r.seconds:.1f} s", highlight=False)
+
+    results = _run(
+        export.export, model_path, formats, quants, out, calibration_samples, integer_io, data_dir, log=log
+    )
+    console.print(f"{len(results)} artifact(s) from {model_path} recorded in {out / defaults.MANIFEST_NAME}")
+
+
+@app.command("verify")
+def verify_cli(
+    manifest: Annotated[Path, typer.Option("--manifest", help="manifest.json written by export.")] = (
+        defaults.EXPORT_DIR / defaults.MANIFEST_NAME
+    ),
+    float_min_agreement: Annotated[
+        float,
+        typer.Option("--float-min-agreement", help="float32/float16: minimum top-1 agreement (fraction)."),
+    ] = defaults.FLOAT_MIN_AGREEMENT,
+    float_max_delta: Annotated[
+        float, typer.Option("--float-max-delta", help="float32/float16: max |accuracy delta| in points.")
+    ] = defaults.FLOAT_MAX_ACCURACY_DELTA,
+    quant_max_delta: Annotated[
+        float, typer.Option("--quant-max-delta", help="dynamic/int8: max |accuracy delta| in points.")
+    ] = defaults.QUANT_MAX_ACCURACY_DELTA,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Only the first N test images.")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Prove every exported artifact classifies like its Keras model; non-zero exit on any failure."""
+    from pipeline import verify
+    from pipeline.errors import ParityError
+
+    tol = verify.Tolerances(float_min_agreement, float_max_delta, quant_max_delta)
+    try:
+        report = verify.verify(manifest, tol, data_dir, limit)
+    except ParityError as exc:
+        if exc.report is not None:
+            _print_parity(exc.report)
+        raise _fail(exc) from None
+    except PipelineError as exc:
+        raise _fail(exc) from None
+    _print_parity(report)
+    console.print(f"all {len(report.results)} artifacts pass; wrote {report.json_path} and {report.md_path}")
+
+
+def _print_parity(report: object) -> None:
+    from pipeline import verify
+
+    assert isinstance(report, verify.ParityReport)
+    table = Table(*verify.HEADERS, title=f"parity on {report.images} test images")
+    for row in verify.table_rows(report):
+        style = None if row[-1] == "ok" else "red"
+        table.add_row(*row, style=style)
+    console.print(table)
 
 
 def main() -> None:

@@ -48,9 +48,10 @@ class ParityError(PipelineError):
 
     exit_code = 8
 
-    def __init__(self, message: str, failures: list[str] | None = None) -> None:
+    def __init__(self, message: str, failures: list[str] | None = None, report: object = None) -> None:
         super().__init__(message)
         self.failures = failures or []
+        self.report = report  # the ParityReport, when verification ran
 
 
 class ClassifyError(PipelineError):

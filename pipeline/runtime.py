@@ -150,9 +150,12 @@ def _load_onnx(path: Path, threads: int | None) -> OnnxPredictor:
 def _load_tflite(path: Path, threads: int | None) -> LiteRTPredictor:
     from ai_edge_litert.interpreter import Interpreter
 
+    from pipeline.quiet import stderr_silenced
+
     try:
-        it = Interpreter(model_path=str(path), num_threads=threads)
-        it.allocate_tensors()
+        with stderr_silenced():  # LiteRT announces its XNNPACK delegate on stderr
+            it = Interpreter(model_path=str(path), num_threads=threads)
+            it.allocate_tensors()
     except Exception as exc:
         raise ArtifactError(f"{path}: LiteRT cannot load it ({exc})") from exc
     return LiteRTPredictor(path, it)

@@ -34,3 +34,15 @@ def trained_conv2d(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "conv2d"
     config = TrainConfig(model="conv2d", epochs=1, limit=2000, batch_size=32, backend="tensorflow")
     return train(config, out=out, show_progress=False).run_dir
+
+
+@pytest.fixture(scope="session")
+def exported(trained_conv2d: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every format x quantization of the small trained CNN, with its manifest (read-only use)."""
+    from pipeline.export import Format, Quantization, export
+
+    out = tmp_path_factory.mktemp("exported")
+    export(
+        trained_conv2d / "model.keras", list(Format), list(Quantization), out_dir=out, calibration_samples=200
+    )
+    return out

@@ -1,0 +1,457 @@
+"""Conversion of a trained Keras model to ONNX and TFLite, with quantization, and the manifest.
+
+`FORMATS` and `QUANTIZATIONS` below are the single table of what exists: file suffixes, the
+quantizations each format supports, and which verify rule applies. Every artifact is written under
+a temporary name and renamed only when complete, and its manifest entry is written after that, so
+a failed export leaves neither a half-written file nor an entry pointing at one.
+
+The manifest (`exported/manifest.json`) records, per artifact: path, format, quantization,
+SHA-256, size, input/output names, dtypes, shapes and quantization parameters, the preprocessing it
+expects, the source model with its SHA-256 and test accuracy, tool versions and the command.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline import __version__, data, defaults, preprocess, quiet
+from pipeline.errors import ArtifactError, ExportError
+from pipeline.files import sha256, write_json
+
+
+class Format(StrEnum):
+    ONNX = "onnx"
+    TFLITE = "tflite"
+
+
+class Quantization(StrEnum):
+    NONE = "none"  # float32, as trained
+    DYNAMIC = "dynamic"  # int8 weights, float activations quantized on the fly
+    INT8 = "int8"  # int8 weights and activations, calibrated on training images
+    FLOAT16 = "float16"  # half-precision weights
+
+
+# The one table of formats: suffix and the quantizations each supports (all four for both).
+FORMATS: dict[Format, dict[str, Any]] = {
+    Format.ONNX: {"suffix": ".onnx", "quantizations": tuple(Quantization)},
+    Format.TFLITE: {"suffix": ".tflite", "quantizations": tuple(Quantization)},
+}
+# Quantizations that may lose accuracy beyond float rounding: verify applies the looser rule.
+LOSSY = {Quantization.DYNAMIC, Quantization.INT8}
+
+
+def parse_choices(value: str, enum: type[StrEnum], what: str) -> list[Any]:
+    """'all', one value, or a comma-separated list -> enum members, in table order."""
+    if value == "all":
+        return list(enum)
+    chosen = []
+    for part in value.split(","):
+        try:
+            chosen.append(enum(part.strip()))
+        except ValueError:
+            known = ", ".join(m.value for m in enum)
+            raise ExportError(f"unknown {what} {part.strip()!r}; choose all or {known}") from None
+    return [m for m in enum if m in chosen]
+
+
+def artifact_name(model_name: str, fmt: Format, quant: Quantization, integer_io: bool = False) -> str:
+    """`conv2d.int8.onnx`: model and quantization readable from the file name."""
+    label = "float32" if quant is Quantization.NONE else quant.value
+    if integer_io and fmt is Format.TFLITE and quant is Quantization.INT8:
+        label = "int8-io"
+    return f"{model_name}.{label}{FORMATS[fmt]['suffix']}"
+
+
+@dataclass
+class Source:
+    """The Keras model being exported, with what the manifest says about it."""
+
+    path: Path
+    model: Any
+    name: str
+    sha256: str
+    test_accuracy: float | None
+    parameters: int
+    deskew: bool
+
+
+def tool_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"pipeline": __version__, "python": sys.version.split()[0]}
+    for name in ("tensorflow-cpu", "tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def load_source(path: Path) -> Source:
+    """Load the .keras file; its run folder's metrics.json and config.json supply accuracy and
+    preprocessing when present."""
+    if not path.is_file():
+        raise ExportError(f"{path}: no such model file")
+    from pipeline import runtime
+
+    try:
+        predictor = runtime.load(path)
+    except ArtifactError as exc:
+        raise ExportError(str(exc)) from exc
+    model = predictor.model  # type: ignore[attr-defined]
+    metrics_path, config_path = path.parent / "metrics.json", path.parent / "config.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    return Source(
+        path=path, model=model, name=str(metrics.get("model") or model.name), sha256=sha256(path),
+        test_accuracy=metrics.get("test_accuracy"), parameters=int(model.count_params()),
+        deskew=bool(config.get("deskew", False)),
+    )  # fmt: skip
+
+
+def calibration_images(count: int, seed: int, deskew: bool, data_dir: Path | None) -> np.ndarray:
+    """`count` training images (never test images), seeded, preprocessed as for training."""
+    x, _ = data.load(data.Split.TRAIN, data_dir=data_dir)
+    idx = np.random.default_rng(seed).choice(len(x), size=min(count, len(x)), replace=False)
+    picked = x[np.sort(idx)]
+    return preprocess.scale(preprocess.deskew_batch(picked) if deskew else picked)
+
+
+def _serving_function(model: Any) -> Any:
+    """A tf.function with a dynamic batch, named input `image` and output `probabilities`."""
+    tf = quiet.load("tensorflow")
+    size = defaults.FIELD_SIZE
+    spec = (tf.TensorSpec((None, size, size, 1), tf.float32, name=defaults.INPUT_NAME),)
+
+    @tf.function(input_signature=spec)  # type: ignore[misc]
+    def serve(image: Any) -> dict[str, Any]:
+        return {defaults.OUTPUT_NAME: model(image, training=False)}
+
+    return serve
+
+
+# --- ONNX ------------------------------------------------------------------------------------
+
+
+def _onnx_float32(source: Source, out: Path) -> None:
+    tf2onnx = quiet.load("tf2onnx")
+    serve = _serving_function(source.model)
+    with quiet.stderr_silenced():
+        proto, _ = tf2onnx.convert.from_function(
+            serve, input_signature=serve.input_signature, opset=defaults.ONNX_OPSET
+        )
+    import onnx
+
+    onnx.save(proto, str(out))
+
+
+class _Calibration:
+    """onnxruntime CalibrationDataReader over an in-memory array, in batches of 50."""
+
+    def __init__(self, images: np.ndarray) -> None:
+        self._batches: Iterator[np.ndarray] = iter(np.array_split(images, max(1, len(images) // 50)))
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._batches, None)
+        return None if batch is None else {defaults.INPUT_NAME: batch}
+
+    def rewind(self) -> None:  # onnxruntime calls this on some versions
+        pass
+
+
+def _onnx_quantized(
+    float_path: Path, quant: Quantization, out: Path, calib: Callable[[], np.ndarray]
+) -> None:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if quant is Quantization.FLOAT16:
+        import onnx
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        model = convert_float_to_float16(onnx.load(str(float_path)), keep_io_types=True)
+        onnx.save(model, str(out))
+        return
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        # onnxruntime's pre-processing: symbolic shape inference and graph optimisation, which
+        # the quantizer needs to find every quantizable node.
+        with quiet.stderr_silenced():
+            quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=False)
+        if quant is Quantization.DYNAMIC:
+            # Conv with dynamically quantized int8 weights has no CPU kernel in onnxruntime
+            # (ConvInteger is uint8 only), so dynamic quantization covers the dense layers, where
+            # nearly all of the weights are.
+            quantize_dynamic(
+                str(prepared), str(out), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"]
+            )
+        else:
+            quantize_static(
+                str(prepared), str(out), _Calibration(calib()),
+                quant_format=QuantFormat.QDQ, per_channel=True,
+                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+            )  # fmt: skip
+
+
+def _onnx_metadata(path: Path, source: Source, quant: Quantization) -> None:
+    """Write labels, preprocessing and provenance into the ONNX file's metadata_props."""
+    import onnx
+
+    model = onnx.load(str(path))
+    props = {
+        "labels": json.dumps(list(data.CLASS_NAMES[data.Dataset.MNIST])),
+        "preprocessing": json.dumps({**preprocess.PREPROCESSING_DESCRIPTION, "deskew": source.deskew}),
+        "source_model": source.name,
+        "source_sha256": source.sha256,
+        "quantization": quant.value,
+        "pipeline_version": __version__,
+    }
+    del model.metadata_props[:]
+    for key, value in props.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    model.producer_name, model.doc_string = "pipeline", f"{source.name} digit classifier ({quant.value})"
+    onnx.save(model, str(path))
+
+
+# --- TFLite ----------------------------------------------------------------------------------
+
+
+def _saved_model(source: Source, folder: Path) -> Path:
+    """Write the model as a SavedModel with one `serve` endpoint (`image` -> `probabilities`).
+
+    LiteRT's converter reads weights as constants from a SavedModel; converting the concrete
+    function of a live Keras 3 model instead leaves them as resource variables, which produces
+    an 11 KB file without weights and makes int8 calibration fail (READ_VARIABLE).
+    """
+    if not (folder / "saved_model.pb").is_file():
+        tf, keras = quiet.load("tensorflow"), quiet.load("keras")
+        size = defaults.FIELD_SIZE
+        archive = keras.export.ExportArchive()
+        archive.track(source.model)
+        archive.add_endpoint(
+            "serve",
+            lambda image: {defaults.OUTPUT_NAME: source.model(image, training=False)},
+            input_signature=[tf.TensorSpec((None, size, size, 1), tf.float32, name=defaults.INPUT_NAME)],
+        )
+        with quiet.stderr_silenced():
+            archive.write_out(str(folder), verbose=False)
+    return folder
+
+
+def _tflite(
+    saved_model: Path, quant: Quantization, out: Path, calib: Callable[[], np.ndarray], integer_io: bool
+) -> None:
+    tf = quiet.load("tensorflow")
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+    if quant is not Quantization.NONE:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quant is Quantization.FLOAT16:
+        converter.target_spec.supported_types = [tf.float16]
+    elif quant is Quantization.INT8:
+        images = calib()
+
+        def representative() -> Iterator[list[np.ndarray]]:
+            for i in range(len(images)):
+                yield [images[i : i + 1]]
+
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if integer_io:  # microcontrollers: no float anywhere, not even at the edges
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
+    with quiet.stderr_silenced():
+        out.write_bytes(converter.convert())
+
+
+# --- describing and recording ----------------------------------------------------------------
+
+
+def _describe_io(path: Path, fmt: Format) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Names, dtypes, shapes and quantization parameters of the artifact's input and output."""
+    if fmt is Format.ONNX:
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        i, o = sess.get_inputs()[0], sess.get_outputs()[0]
+
+        def onnx_io(t: Any) -> dict[str, Any]:
+            dtype = t.type.replace("tensor(", "").replace(")", "").replace("float", "float32")
+            shape = [d if isinstance(d, int) else None for d in t.shape]
+            return {"name": t.name, "dtype": dtype, "shape": shape, "quantization": None}
+
+        return onnx_io(i), onnx_io(o)
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path))
+
+    def tfl_io(d: dict[str, Any]) -> dict[str, Any]:
+        scale, zero = d["quantization"]
+        shape = [None if s < 0 else int(s) for s in d.get("shape_signature", d["shape"])]
+        return {
+            "name": d["name"], "dtype": np.dtype(d["dtype"]).name, "shape": shape,
+            "quantization": {"scale": float(scale), "zero_point": int(zero)} if scale else None,
+        }  # fmt: skip
+
+    return tfl_io(it.get_input_details()[0]), tfl_io(it.get_output_details()[0])
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {"pipeline_version": __version__, "artifacts": []}
+    try:
+        manifest = json.loads(path.read_text())
+        if not isinstance(manifest.get("artifacts"), list):
+            raise ValueError("no artifacts list")
+    except (ValueError, AttributeError) as exc:
+        raise ExportError(f"{path}: not a valid manifest ({exc})") from exc
+    return manifest
+
+
+def _record(manifest_path: Path, entry: dict[str, Any]) -> None:
+    """Insert or replace the entry for entry['path'], then rewrite the manifest atomically."""
+    manifest = read_manifest(manifest_path)
+    kept = [a for a in manifest["artifacts"] if a.get("path") != entry["path"]]
+    manifest["artifacts"] = [*kept, entry]
+    manifest["pipeline_version"] = __version__
+    write_json(manifest_path, manifest)
+
+
+@dataclass(frozen=True)
+class Exported:
+    path: Path
+    format: Format
+    quantization: Quantization
+    bytes: int
+    seconds: float
+
+
+def export(
+    model_path: Path,
+    formats: list[Format],
+    quantizations: list[Quantization],
+    out_dir: Path = defaults.EXPORT_DIR,
+    calibration_samples: int = defaults.CALIBRATION_SAMPLES,
+    integer_io: bool = False,
+    data_dir: Path | None = None,
+    seed: int = defaults.SEED,
+    log: Callable[[Exported], None] | None = None,
+) -> list[Exported]:
+    """Export one Keras model to every requested format x quantization and record each artifact."""
+    if calibration_samples < 10:
+        raise ExportError("--calibration-samples must be at least 10")
+    source = load_source(model_path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest_path = out_dir / defaults.MANIFEST_NAME
+    read_manifest(manifest_path)  # refuse a corrupt manifest before doing any work
+    if source.test_accuracy is None:
+        from pipeline import runtime
+
+        x, y = data.load(data.Split.TEST, data_dir=data_dir)
+        x = preprocess.deskew_batch(x) if source.deskew else x
+        probs = runtime.KerasPredictor(model_path, source.model).predict(preprocess.scale(x))
+        source.test_accuracy = float((probs.argmax(axis=1) == y).mean())
+    calib_cache: list[np.ndarray] = []
+
+    def calib() -> np.ndarray:
+        if not calib_cache:
+            calib_cache.append(calibration_images(calibration_samples, seed, source.deskew, data_dir))
+        return calib_cache[0]
+
+    results: list[Exported] = []
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".export-") as work_dir:
+        work = Path(work_dir)
+        onnx_float: Path | None = None
+        for fmt in formats:
+            for quant in quantizations:
+                name = artifact_name(source.name, fmt, quant, integer_io)
+                tmp, final = work / name, out_dir / name
+                started = time.perf_counter()
+                try:
+                    if fmt is Format.ONNX:
+                        if onnx_float is None:
+                            onnx_float = work / "float32-base.onnx"
+                            _onnx_float32(source, onnx_float)
+                        if quant is Quantization.NONE:
+                            tmp.write_bytes(onnx_float.read_bytes())
+                        else:
+                            _onnx_quantized(onnx_float, quant, tmp, calib)
+                        _onnx_metadata(tmp, source, quant)
+                    else:
+                        _tflite(_saved_model(source, work / "saved_model"), quant, tmp, calib, integer_io)
+                    inp, outp = _describe_io(tmp, fmt)
+                except ExportError:
+                    raise
+                except Exception as exc:  # converter failures come in every type; all are one error
+                    raise ExportError(
+                        f"{name}: {fmt.value} {quant.value} export failed: {type(exc).__name__}: {exc}"
+                    ) from exc
+                seconds = time.perf_counter() - started
+                os.replace(tmp, final)
+                entry = _entry(final, out_dir, fmt, quant, source, inp, outp, seconds, calibration_samples)
+                _record(manifest_path, entry)
+                result = Exported(final, fmt, quant, final.stat().st_size, seconds)
+                results.append(result)
+                if log:
+                    log(result)
+    return results
+
+
+def _entry(
+    path: Path, out_dir: Path, fmt: Format, quant: Quantization, source: Source,
+    inp: dict[str, Any], outp: dict[str, Any], seconds: float, calibration_samples: int,
+) -> dict[str, Any]:  # fmt: skip
+    return {
+        "path": path.name,
+        "format": fmt.value,
+        "quantization": quant.value,
+        "sha256": sha256(path),
+        "bytes": path.stat().st_size,
+        "input": inp,
+        "output": outp,
+        "labels": list(data.CLASS_NAMES[data.Dataset.MNIST]),
+        "preprocessing": {**preprocess.PREPROCESSING_DESCRIPTION, "deskew": source.deskew},
+        "source": {
+            "model": source.name,
+            "path": os.path.relpath(source.path.resolve(), out_dir.resolve()),
+            "sha256": source.sha256,
+            "test_accuracy": source.test_accuracy,
+            "parameters": source.parameters,
+        },
+        "calibration": (
+            {"samples": calibration_samples, "split": "train", "dataset": defaults.DATASET}
+            if quant is Quantization.INT8 else None
+        ),
+        "opset": defaults.ONNX_OPSET if fmt is Format.ONNX else None,
+        "tools": tool_versions(),
+        "command": _command(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "export_seconds": round(seconds, 2),
+    }  # fmt: skip
+
+
+def _command() -> str | None:
+    """The command line that made the artifact, when it was the `pipeline` CLI."""
+    if sys.argv and "pipeline" in sys.argv[0]:
+        return shlex.join(["pipeline", *sys.argv[1:]])
+    return None
+
+
+def default_model() -> Path:
+    """The newest runs/*/model.keras, for `pipeline export` without --model."""
+    found = sorted(defaults.RUNS_DIR.glob("*/model.keras"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise ExportError(f"no --model given and no {defaults.RUNS_DIR}/*/model.keras to export")
+    return found[-1]

@@ -1,0 +1,165 @@
+"""Export to every format and quantization, run each artifact, and verify parity (and its failures)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from typer.testing import CliRunner
+
+from pipeline import runtime
+from pipeline.cli import app
+from pipeline.errors import ExportError, ParityError
+from pipeline.export import Format, Quantization, export, parse_choices
+from pipeline.files import sha256
+from pipeline.preprocess import scale
+from pipeline.verify import verify
+
+EXPECTED = [
+    f"conv2d.{q}.{ext}" for ext in ("onnx", "tflite") for q in ("float32", "dynamic", "int8", "float16")
+]
+
+
+def _copy(exported: Path, tmp_path: Path) -> Path:
+    """Copy the export folder and its source model, keeping the manifest's relative source path."""
+    dst = tmp_path / "exported"
+    shutil.copytree(exported, dst)
+    source = json.loads((exported / "manifest.json").read_text())["artifacts"][0]["source"]["path"]
+    (dst / source).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(exported / source, dst / source)
+    return dst
+
+
+def test_every_artifact_is_written_and_recorded(exported: Path) -> None:
+    manifest = json.loads((exported / "manifest.json").read_text())
+    paths = [a["path"] for a in manifest["artifacts"]]
+    assert sorted(paths) == sorted(EXPECTED)
+    for entry in manifest["artifacts"]:
+        path = exported / entry["path"]
+        assert entry["sha256"] == sha256(path) and entry["bytes"] == path.stat().st_size
+        assert entry["input"]["shape"] == [None, 28, 28, 1] and entry["input"]["dtype"] == "float32"
+        assert entry["output"]["shape"] == [None, 10]
+        assert entry["source"]["sha256"] and entry["source"]["test_accuracy"] > 0.85
+        assert entry["preprocessing"]["deskew"] is False and entry["tools"]["tf2onnx"]
+        if entry["format"] == "onnx":
+            assert entry["input"]["name"] == "image" and entry["output"]["name"] == "probabilities"
+    assert not list(exported.glob(".*")), "temporary files left behind"
+
+
+def test_onnx_metadata_and_opset(exported: Path) -> None:
+    model = onnx.load(str(exported / "conv2d.int8.onnx"))
+    props = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(props["labels"]) == [str(d) for d in range(10)]
+    assert props["quantization"] == "int8" and len(props["source_sha256"]) == 64
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    ops = {n.op_type for n in model.graph.node}
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops  # QDQ format
+
+
+def test_int8_is_much_smaller(exported: Path) -> None:
+    for ext in ("onnx", "tflite"):
+        ratio = (exported / f"conv2d.float32.{ext}").stat().st_size / (
+            exported / f"conv2d.int8.{ext}"
+        ).stat().st_size
+        assert ratio > 3.5, (ext, ratio)
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_each_artifact_runs_any_batch_size(
+    exported: Path, name: str, test_digits: tuple[np.ndarray, np.ndarray]
+) -> None:
+    predictor = runtime.load(exported / name)
+    x = scale(test_digits[0][:300])
+    for n in (1, 7, 300):
+        probs = predictor.predict(x[:n])
+        assert probs.shape == (n, 10) and probs.dtype == np.float32
+    assert (predictor.predict(x).argmax(axis=1) == test_digits[1][:300]).mean() > 0.8
+
+
+def test_integer_only_tflite(
+    trained_conv2d: Path, tmp_path: Path, test_digits: tuple[np.ndarray, np.ndarray]
+) -> None:
+    [result] = export(
+        trained_conv2d / "model.keras", [Format.TFLITE], [Quantization.INT8], tmp_path, 100, integer_io=True
+    )
+    assert result.path.name == "conv2d.int8-io.tflite"
+    entry = json.loads((tmp_path / "manifest.json").read_text())["artifacts"][0]
+    assert entry["input"]["dtype"] == "int8" and entry["input"]["quantization"]["scale"] > 0
+    probs = runtime.load(result.path).predict(scale(test_digits[0][:200]))
+    assert (probs.argmax(axis=1) == test_digits[1][:200]).mean() > 0.8
+
+
+def test_verify_passes_and_writes_reports(exported: Path, tmp_path: Path) -> None:
+    folder = _copy(exported, tmp_path)
+    report = verify(folder / "manifest.json", latency_repeats=2)
+    assert report.images == 10000 and len(report.results) == 8
+    assert all(r.status == "ok" and r.latency_ms_batch1 and r.latency_ms_batch256 for r in report.results)
+    parity = json.loads((folder / "parity.json").read_text())
+    assert parity["passed"] is True and len(parity["results"]) == 8
+    assert "| conv2d.int8.onnx |" in (folder / "parity.md").read_text()
+
+
+def test_verify_fails_when_a_file_changed(exported: Path, tmp_path: Path) -> None:
+    folder = _copy(exported, tmp_path)
+    with open(folder / "conv2d.float16.tflite", "ab") as f:
+        f.write(b"\0")
+    (folder / "conv2d.dynamic.onnx").unlink()
+    with pytest.raises(ParityError) as err:
+        verify(folder / "manifest.json", limit=500, latency_repeats=1)
+    failures = " ".join(err.value.failures)
+    assert "conv2d.float16.tflite: SHA-256 differs" in failures
+    assert "conv2d.dynamic.onnx: file is missing" in failures
+    assert json.loads((folder / "parity.json").read_text())["passed"] is False
+
+
+def test_verify_fails_on_an_artifact_from_another_model(exported: Path, tmp_path: Path) -> None:
+    """Swap in a flat model's ONNX (manifest hash updated so integrity passes): parity must fail."""
+    from pipeline.train import TrainConfig, train
+
+    flat = train(
+        TrainConfig(model="flat", epochs=1, limit=1000, backend="tensorflow"),
+        out=tmp_path / "flat",
+        show_progress=False,
+    )
+    other = export(flat.run_dir / "model.keras", [Format.ONNX], [Quantization.NONE], tmp_path / "other")[
+        0
+    ].path
+    folder = _copy(exported, tmp_path)
+    shutil.copy(other, folder / "conv2d.float32.onnx")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for entry in manifest["artifacts"]:
+        if entry["path"] == "conv2d.float32.onnx":
+            entry["sha256"] = sha256(folder / "conv2d.float32.onnx")
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    result = CliRunner().invoke(
+        app, ["verify", "--manifest", str(folder / "manifest.json"), "--limit", "1000"]
+    )
+    assert result.exit_code != 0
+    assert "conv2d.float32.onnx: top-1 agreement" in result.output
+
+
+def test_verify_without_manifest_is_one_line(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["verify", "--manifest", str(tmp_path / "manifest.json")])
+    assert (
+        result.exit_code != 0 and "manifest not found" in result.output and "Traceback" not in result.output
+    )
+
+
+def test_export_of_missing_or_corrupt_model(tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="no such model file"):
+        export(tmp_path / "missing.keras", [Format.ONNX], [Quantization.NONE], tmp_path / "out")
+    bad = tmp_path / "bad.keras"
+    bad.write_bytes(b"PK\x03\x04 this is not a keras archive")
+    result = CliRunner().invoke(app, ["export", "--model", str(bad), "--out", str(tmp_path / "out")])
+    assert result.exit_code != 0 and "not a loadable Keras model" in result.output
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_bad_choices_are_named_errors() -> None:
+    assert parse_choices("int8,none", Quantization, "quantization") == [Quantization.NONE, Quantization.INT8]
+    with pytest.raises(ExportError, match="unknown format 'coreml'"):
+        parse_choices("coreml", Format, "format")
