@@ -297,6 +297,79 @@ def _print_parity(report: object) -> None:
     console.print(table)
 
 
+# --- classify ---------------------------------------------------------------------------------
+
+
+@app.command("classify")
+def classify_cli(
+    folder: Annotated[Path, typer.Argument(help="Folder of digit images (searched recursively).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="CSV file to write.")] = Path("results.csv"),
+    model: Annotated[
+        Path | None, typer.Option("--model", "-m", help="Any .onnx/.tflite/.keras (default: best int8 ONNX).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted run into the same --out.")
+    ] = False,
+    probabilities: Annotated[bool, typer.Option("--probabilities", help="Add columns p0..p9.")] = False,
+    recursive: Annotated[bool, typer.Option("--recursive/--no-recursive")] = True,
+    extensions: Annotated[
+        str, typer.Option("--extensions", help="Comma-separated file extensions to include.")
+    ] = ",".join(defaults.IMAGE_EXTENSIONS),
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=1, help="Decoding processes (default: one per core).")
+    ] = None,
+    deskew: Annotated[
+        bool | None, typer.Option("--deskew/--no-deskew", help="Default: as the model was trained.")
+    ] = None,
+    fail_on_error: Annotated[
+        bool, typer.Option("--fail-on-error", help=f"Exit {FAILED_FILES_EXIT} if any file could not be read.")
+    ] = False,
+) -> None:
+    """Classify every digit image in a folder into a CSV (one row per file, bad files included)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from pipeline import classify
+
+    exts = tuple(e.strip().lower().lstrip(".") for e in extensions.split(",") if e.strip())
+    with Progress(
+        "[bold]classify", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), "{task.fields[rate]}",
+        console=err_console, transient=True, disable=not err_console.is_terminal,
+    ) as bar:  # fmt: skip
+        task = bar.add_task("", total=None, rate="")
+
+        def progress(advance: int, total: int) -> None:
+            bar.update(task, advance=advance, total=total)
+
+        summary = _run(
+            classify.classify, folder, out, model, resume, probabilities, recursive, exts, workers,
+            deskew=deskew, progress=progress,
+        )  # fmt: skip
+    table = Table(title=f"classified {folder} -> {summary.out}", show_header=False)
+    for key, value in (
+        ("model", str(summary.model)),
+        (
+            "files",
+            f"{summary.files:,}"
+            + (f" ({summary.resumed:,} from the interrupted run)" if summary.resumed else ""),
+        ),
+        ("classified", f"{summary.classified:,}"),
+        ("blank", f"{summary.blank:,}"),
+        ("errors", f"{summary.errors:,}"),
+        ("per digit", "  ".join(f"{d}:{n}" for d, n in enumerate(summary.per_digit))),
+        ("elapsed", f"{summary.seconds:.1f} s"),
+        ("images / s", f"{summary.images_per_second:,.0f}"),
+    ):
+        table.add_row(key, value)
+    console.print(table)
+    if fail_on_error and summary.errors:
+        err_console.print(f"[bold red]error:[/] {summary.errors} file(s) could not be classified (see {out})")
+        raise typer.Exit(code=FAILED_FILES_EXIT)
+
+
+# Exit code of `classify --fail-on-error` when the run finished but some files were unreadable.
+FAILED_FILES_EXIT = 10
+
+
 def main() -> None:
     """Entry point: like `app()`, but usage errors are one line instead of a help panel."""
     try:

@@ -214,9 +214,11 @@ def to_mnist(img: Image.Image, *, deskew_digit: bool = False) -> np.ndarray:
     return deskew(digit) if deskew_digit else digit
 
 
-def load_digit(path: Path | str, *, deskew_digit: bool = False) -> np.ndarray:
+def load_digit(
+    path: Path | str, *, deskew_digit: bool = False, max_pixels: int = defaults.MAX_IMAGE_PIXELS
+) -> np.ndarray:
     """Open, decode and preprocess one file: what each classify worker does per image."""
-    with open_image(path) as img:
+    with open_image(path, max_pixels) as img:
         return to_mnist(img, deskew_digit=deskew_digit)
 
 

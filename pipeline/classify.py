@@ -1,0 +1,402 @@
+"""Bulk classification of folders of digit images to a CSV: the job users run most.
+
+Shape of a run, chosen for throughput with bounded memory on any folder size:
+
+    walk (main, streaming, sorted)  ->  chunks of paths  ->  worker processes: decode + preprocess
+    -> main: one onnxruntime call per chunk -> rows, in walk order -> CSV (partial file, renamed)
+
+- At most `2 x workers` chunks are in flight, so memory does not grow with the folder.
+- Rows come out in the deterministic walk order whatever the worker timing, so two runs over the
+  same folder write identical files, and a resumed run continues exactly where the first stopped.
+- The CSV is written to `<out>.partial`; after every flushed block its committed size and row count
+  go to `<out>.partial.json`. `--resume` truncates the partial file to that size (dropping a row
+  torn by `kill -9`), skips the files already written (checking they are the same files, in the
+  same order), and appends. Only a finished run is renamed to `<out>`.
+- A file that cannot be classified becomes a row with status `error` (or `blank`) and a one-line
+  reason; the run goes on.
+
+This module never imports TensorFlow: it runs artifacts through `pipeline.runtime`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import multiprocessing
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline import defaults, preprocess, runtime
+from pipeline.errors import BlankImageError, ClassifyError, ImageError
+
+HEADER = ["path", "prediction", "confidence", "second", "second_confidence", "status", "error"]
+PROB_COLUMNS = [f"p{d}" for d in range(10)]
+# Paths are kept as str with undecodable bytes as surrogates (os.fsdecode); the CSV is written
+# with the same error handler, so a file name that is not valid UTF-8 comes out as its own bytes.
+ENCODING, ERRORS = "utf-8", "surrogateescape"
+
+
+# --- walking ---------------------------------------------------------------------------------
+
+
+def walk(root: Path, extensions: tuple[str, ...], recursive: bool = True) -> Iterator[str]:
+    """Yield image paths relative to `root`, sorted, depth-first, following links without loops.
+
+    Sorting each folder's entries by name gives one deterministic order on every machine. Folders
+    are identified by (device, inode), so a symbolic link back to an ancestor is visited once.
+    """
+    exts = {"." + e.lower().lstrip(".") for e in extensions}
+    seen: set[tuple[int, int]] = set()
+
+    def visit(folder: str, rel: str) -> Iterator[str]:
+        try:
+            info = os.stat(folder)
+        except OSError:
+            return
+        key = (info.st_dev, info.st_ino)
+        if key in seen:
+            return
+        seen.add(key)
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:
+            return
+        for entry in entries:
+            rel_path = f"{rel}{entry.name}"
+            try:
+                is_dir = entry.is_dir(follow_symlinks=True)
+            except OSError:
+                is_dir = False
+            if is_dir:
+                if recursive:
+                    yield from visit(entry.path, rel_path + "/")
+            elif os.path.splitext(entry.name)[1].lower() in exts:
+                yield rel_path
+
+    yield from visit(os.fsdecode(root), "")
+
+
+# --- workers ---------------------------------------------------------------------------------
+
+
+@dataclass
+class ChunkResult:
+    """What a worker sends back for one chunk: digits for the good files, a status for each."""
+
+    paths: list[str]
+    digits: np.ndarray  # uint8 [n_ok, 28, 28]
+    status: list[str]  # "ok", "blank" or "error", one per path
+    errors: list[str]
+
+
+def decode_chunk(root: str, paths: list[str], deskew: bool, max_pixels: int) -> ChunkResult:
+    """Decode and preprocess a chunk of files; runs in a worker process."""
+    digits, status, errors = [], [], []
+    for rel in paths:
+        try:
+            digits.append(
+                preprocess.load_digit(os.path.join(root, rel), deskew_digit=deskew, max_pixels=max_pixels)
+            )
+            status.append("ok")
+            errors.append("")
+        except BlankImageError as exc:
+            status.append("blank")
+            errors.append(str(exc))
+        except ImageError as exc:
+            status.append("error")
+            errors.append(str(exc))
+        except Exception as exc:  # a decoder bug on one hostile file must not end the run
+            status.append("error")
+            errors.append(f"{type(exc).__name__}: {exc}".replace("\n", " "))
+    size = defaults.FIELD_SIZE
+    array = np.stack(digits) if digits else np.zeros((0, size, size), np.uint8)
+    return ChunkResult(paths, array, status, errors)
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Summary:
+    out: Path
+    model: Path
+    files: int = 0
+    classified: int = 0
+    blank: int = 0
+    errors: int = 0
+    resumed: int = 0
+    per_digit: list[int] = field(default_factory=lambda: [0] * 10)
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        done = self.files - self.resumed
+        return done / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    path: Path
+    deskew: bool
+
+
+def find_manifests() -> list[Path]:
+    """Manifests where shipped or exported models live: ./exported, then the project's own."""
+    here = defaults.EXPORT_DIR / defaults.MANIFEST_NAME
+    shipped = Path(__file__).resolve().parent.parent / defaults.EXPORT_DIR / defaults.MANIFEST_NAME
+    return [m for m in dict.fromkeys([here, shipped]) if m.is_file()]
+
+
+def _accuracy(entry: dict[str, Any], parity: dict[str, float]) -> float:
+    return parity.get(entry["path"], entry.get("source", {}).get("test_accuracy") or 0.0)
+
+
+def choose_model(model: Path | None) -> ModelChoice:
+    """`--model` as given, else the most accurate int8 ONNX listed in a manifest.
+
+    Accuracy comes from parity.json (measured on the artifact itself) when verify has run, else
+    from the source model's test accuracy. The deskew setting comes from the artifact's entry.
+    """
+    if model is not None:
+        if not model.is_file():
+            raise ClassifyError(f"{model}: no such model file")
+        runtime.format_of(model)
+        deskew = False
+        manifest = model.parent / defaults.MANIFEST_NAME
+        if manifest.is_file():
+            for entry in json.loads(manifest.read_text()).get("artifacts", []):
+                if entry.get("path") == model.name:
+                    deskew = bool(entry.get("preprocessing", {}).get("deskew", False))
+        return ModelChoice(model, deskew)
+    candidates: list[tuple[float, Path, bool]] = []
+    for manifest in find_manifests():
+        parity_path = manifest.parent / "parity.json"
+        parity = {}
+        if parity_path.is_file():
+            results = json.loads(parity_path.read_text()).get("results", [])
+            parity = {r["path"]: r["accuracy"] for r in results if r.get("accuracy") is not None}
+        for entry in json.loads(manifest.read_text()).get("artifacts", []):
+            if entry.get("format") == "onnx" and entry.get("quantization") == "int8":
+                path = manifest.parent / entry["path"]
+                if path.is_file():
+                    deskew = bool(entry.get("preprocessing", {}).get("deskew", False))
+                    candidates.append((_accuracy(entry, parity), path, deskew))
+    if not candidates:
+        raise ClassifyError("no --model given and no int8 ONNX model in exported/manifest.json")
+    _, path, deskew = max(candidates, key=lambda c: c[0])
+    return ModelChoice(path, deskew)
+
+
+class _Writer:
+    """Append rows to the partial CSV and commit its size to the sidecar after each block."""
+
+    def __init__(self, partial: Path, state: Path, header: list[str], resume_bytes: int | None) -> None:
+        self.partial, self.state = partial, state
+        if resume_bytes is None:
+            self.file = open(partial, "w", encoding=ENCODING, errors=ERRORS, newline="")  # noqa: SIM115
+            csv.writer(self.file).writerow(header)
+            self.rows = 0
+        else:
+            with open(partial, "r+b") as raw:
+                raw.truncate(resume_bytes)  # drop a row torn by a kill
+            self.file = open(partial, "a", encoding=ENCODING, errors=ERRORS, newline="")  # noqa: SIM115
+            self.rows = json.loads(state.read_text())["rows"]
+        self.buffer = io.StringIO()
+        self.writer = csv.writer(self.buffer)
+        self.pending = 0
+        self.commit()
+
+    def write(self, row: list[Any]) -> None:
+        self.writer.writerow(row)
+        self.pending += 1
+        if self.pending >= defaults.CLASSIFY_FLUSH_ROWS:
+            self.commit()
+
+    def commit(self) -> None:
+        self.file.write(self.buffer.getvalue())
+        self.buffer.seek(0)
+        self.buffer.truncate()
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.rows += self.pending
+        self.pending = 0
+        tmp = self.state.with_name(self.state.name + ".tmp")
+        tmp.write_text(json.dumps({"rows": self.rows, "bytes": self.file.tell()}))
+        os.replace(tmp, self.state)
+
+    def close(self) -> None:
+        self.commit()
+        self.file.close()
+
+
+def _done_paths(partial: Path, state: Path, header: list[str]) -> tuple[int, Iterator[str]]:
+    """For --resume: committed byte size of the partial CSV and an iterator over its paths."""
+    try:
+        committed = json.loads(state.read_text())
+        size, rows = int(committed["bytes"]), int(committed["rows"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise ClassifyError(f"{state}: cannot resume, progress file unreadable ({exc})") from exc
+    if partial.stat().st_size < size:
+        raise ClassifyError(f"{partial}: shorter than its committed progress; start over without --resume")
+
+    def paths() -> Iterator[str]:
+        with open(partial, encoding=ENCODING, errors=ERRORS, newline="") as f:
+            text = f.read(size) if size else ""
+        reader = csv.reader(io.StringIO(text))
+        if next(reader, None) != header:
+            raise ClassifyError(f"{partial}: written with other columns; start over without --resume")
+        for count, row in enumerate(reader):
+            if count >= rows:
+                return
+            yield row[0]
+
+    return size, paths()
+
+
+def _check_output(out: Path) -> None:
+    parent = out.parent if str(out.parent) else Path(".")
+    if out.is_dir():
+        raise ClassifyError(f"{out}: is a folder; --out takes a file name")
+    if not parent.is_dir():
+        raise ClassifyError(f"{parent}: output folder does not exist")
+    if not os.access(parent, os.W_OK):
+        raise ClassifyError(f"{parent}: output folder is not writable")
+
+
+def classify(
+    folder: Path,
+    out: Path,
+    model: Path | None = None,
+    resume: bool = False,
+    probabilities: bool = False,
+    recursive: bool = True,
+    extensions: tuple[str, ...] = defaults.IMAGE_EXTENSIONS,
+    workers: int | None = None,
+    chunk_size: int = defaults.CLASSIFY_CHUNK_SIZE,
+    deskew: bool | None = None,
+    max_pixels: int = defaults.MAX_IMAGE_PIXELS,
+    progress: Callable[[int, int], None] | None = None,
+) -> Summary:
+    """Classify every image under `folder` into the CSV `out`; see the module docstring."""
+    if not folder.is_dir():
+        raise ClassifyError(f"{folder}: no such folder")
+    _check_output(out)
+    if chunk_size < 1:
+        raise ClassifyError("--chunk-size must be at least 1")
+    choice = choose_model(model)
+    use_deskew = choice.deskew if deskew is None else deskew
+    header = HEADER + (PROB_COLUMNS if probabilities else [])
+    partial = out.with_name(out.name + ".partial")
+    state = out.with_name(out.name + ".partial.json")
+    done: Iterator[str] = iter(())
+    resume_bytes: int | None = None
+    if resume and partial.is_file() and state.is_file():
+        resume_bytes, done = _done_paths(partial, state, header)
+    predictor = runtime.load(choice.path)  # fails before any work when the model is unusable
+    n_workers = workers or os.cpu_count() or 1
+    total = sum(1 for _ in walk(folder, extensions, recursive))
+    summary = Summary(out=out, model=choice.path, files=total)
+    started = time.perf_counter()
+    writer = _Writer(partial, state, header, resume_bytes)
+    try:
+        todo = _skip_done(walk(folder, extensions, recursive), done, summary)
+        if progress:
+            progress(summary.resumed, total)
+        for chunk in _decoded_chunks(folder, todo, n_workers, chunk_size, use_deskew, max_pixels):
+            _write_chunk(chunk, predictor, writer, summary, probabilities)
+            if progress:
+                progress(len(chunk.paths), total)
+    finally:
+        writer.close()
+    summary.seconds = time.perf_counter() - started
+    os.replace(partial, out)
+    state.unlink(missing_ok=True)
+    return summary
+
+
+def _skip_done(paths: Iterator[str], done: Iterator[str], summary: Summary) -> Iterator[str]:
+    """Drop the prefix of the walk that the interrupted run already wrote, checking it matches."""
+    for previous in done:
+        current = next(paths, None)
+        if current != previous:
+            raise ClassifyError(
+                f"the folder changed since the interrupted run ({previous!r} vs {current!r}); "
+                "start over without --resume"
+            )
+        summary.resumed += 1
+    yield from paths
+
+
+def _chunks(paths: Iterator[str], size: int) -> Iterator[list[str]]:
+    chunk: list[str] = []
+    for path in paths:
+        chunk.append(path)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _decoded_chunks(
+    folder: Path, paths: Iterator[str], workers: int, chunk_size: int, deskew: bool, max_pixels: int
+) -> Iterator[ChunkResult]:
+    """Decode chunks in a process pool, yielding them in walk order with a bounded window."""
+    root = os.fsdecode(folder)
+    chunks = _chunks(paths, chunk_size)
+    if workers <= 1:
+        for chunk in chunks:
+            yield decode_chunk(root, chunk, deskew, max_pixels)
+        return
+    # fork: workers start instantly and inherit the imported modules; they only use PIL and numpy.
+    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
+    with ctx.Pool(workers) as pool:
+        window: deque[Any] = deque()
+        for chunk in chunks:
+            window.append(pool.apply_async(decode_chunk, (root, chunk, deskew, max_pixels)))
+            if len(window) >= 2 * workers:
+                yield window.popleft().get()
+        while window:
+            yield window.popleft().get()
+
+
+def _write_chunk(
+    chunk: ChunkResult, predictor: runtime.Predictor, writer: _Writer, summary: Summary, probabilities: bool
+) -> None:
+    probs = predictor.predict(preprocess.scale(chunk.digits)) if len(chunk.digits) else np.zeros((0, 10))
+    first, conf, second, second_conf = runtime.top2(probs)
+    k = 0
+    for path, status, error in zip(chunk.paths, chunk.status, chunk.errors, strict=True):
+        if status == "ok":
+            row: list[Any] = [
+                path,
+                int(first[k]),
+                f"{conf[k]:.6f}",
+                int(second[k]),
+                f"{second_conf[k]:.6f}",
+                "ok",
+                "",
+            ]
+            if probabilities:
+                row += [f"{p:.6f}" for p in probs[k]]
+            summary.classified += 1
+            summary.per_digit[int(first[k])] += 1
+            k += 1
+        else:
+            row = [path, "", "", "", "", status, error]
+            if probabilities:
+                row += [""] * 10
+            if status == "blank":
+                summary.blank += 1
+            else:
+                summary.errors += 1
+        writer.write(row)
