@@ -12,6 +12,8 @@ MNIST test set as PNG files gives exactly the accuracy that `pipeline verify` re
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +32,15 @@ def open_image(path: Path | str, max_pixels: int = defaults.MAX_IMAGE_PIXELS) ->
 
     `Image.open` only reads the header, so the pixel count is known before the expensive (and
     memory-hungry) decode; a 1-bit 100k x 100k PNG is a few kilobytes on disk but 10 GB in memory.
+    Only regular files are opened: a FIFO or device named `x.png` would block or never end.
     """
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise ImageError("not a regular file")
+    except FileNotFoundError as exc:
+        raise ImageError("unreadable: file not found (dangling link or removed)") from exc
+    except OSError as exc:
+        raise ImageError(f"unreadable: {exc.strerror or exc}") from exc
     try:
         img = Image.open(path)
     except FileNotFoundError as exc:
@@ -147,7 +157,7 @@ def _fit_and_centre(digit: np.ndarray) -> np.ndarray:
         raise BlankImageError("blank: digit vanished when scaled")
     ys, xs = np.indices(out.shape)
     cy, cx = (ys * out).sum() / mass, (xs * out).sum() / mass
-    dy, dx = round((field - 1) / 2 - cy), round((field - 1) / 2 - cx)
+    dy, dx = round(field / 2 - cy), round(field / 2 - cx)  # MNIST: mass at (14, 14)
     # Shift without wrapping; the 4-pixel margin keeps the digit inside the field.
     shifted = np.zeros_like(out)
     src_y = slice(max(0, -dy), field - max(0, dy))

@@ -1,0 +1,261 @@
+"""classify: bad input of every kind, CSV quoting, odd names, links, order, resume after kill -9."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from pipeline import runtime
+from pipeline.classify import ENCODING, ERRORS, HEADER, choose_model, classify, walk
+from pipeline.cli import app
+from pipeline.errors import ClassifyError
+from pipeline.preprocess import scale
+
+
+@pytest.fixture(scope="module")
+def int8_onnx(exported: Path) -> Path:
+    return exported / "conv2d.int8.onnx"
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, encoding=ENCODING, errors=ERRORS, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _write_digits(folder: Path, images: np.ndarray, names: list[str] | None = None) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    names = names or [f"{i:05d}.png" for i in range(len(images))]
+    for name, img in zip(names, images, strict=True):
+        Image.fromarray(img).save(folder / name)
+    return names
+
+
+def test_mnist_pngs_classify_exactly_like_the_arrays(
+    int8_onnx: Path, test_digits: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    images = test_digits[0][:1500]
+    _write_digits(tmp_path / "digits", images)
+    summary = classify(tmp_path / "digits", tmp_path / "out.csv", model=int8_onnx, workers=2, chunk_size=100)
+    assert summary.files == summary.classified == 1500 and summary.errors == 0
+    rows = _rows(tmp_path / "out.csv")
+    expected = runtime.load(int8_onnx).predict(scale(images)).argmax(axis=1)
+    assert [int(r["prediction"]) for r in rows] == expected.tolist()
+    assert list(rows[0]) == HEADER
+    assert all(0.0 <= float(r["confidence"]) <= 1.0 and r["second"] != r["prediction"] for r in rows)
+    assert sum(summary.per_digit) == 1500
+
+
+def _bad_files(folder: Path, good: np.ndarray) -> dict[str, str]:
+    """Every kind of bad input, with the words its error row must contain."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "empty.png").write_bytes(b"")
+    Image.fromarray(good).save(folder / "whole.png")
+    data = (folder / "whole.png").read_bytes()
+    (folder / "truncated.png").write_bytes(data[: len(data) // 2])
+    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0" + os.urandom(2000))
+    (folder / "notes.png").write_text("this is a text file, not an image\n")
+    Image.new("L", (1, 1), 0).save(folder / "one_pixel.png")
+    Image.new("1", (9000, 8000), 1).save(folder / "bomb.png")
+    os.symlink(folder / "gone.png", folder / "dangling.png")
+    os.mkfifo(folder / "pipe.png")
+    Image.new("L", (200, 120), 240).save(folder / "blank.png")
+    (folder / "whole.png").unlink()
+    return {
+        "empty.png": "not an image",
+        "truncated.png": "truncated",
+        "corrupt.jpg": "",
+        "notes.png": "not an image",
+        "one_pixel.png": "too small",
+        "bomb.png": "exceeds the limit",
+        "dangling.png": "unreadable",
+        "pipe.png": "not a regular file",
+        "blank.png": "blank",
+    }
+
+
+def test_bad_files_become_error_rows_and_the_run_goes_on(
+    int8_onnx: Path, test_digits: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    folder = tmp_path / "scans"
+    expected = _bad_files(folder, test_digits[0][0])
+    _write_digits(folder, test_digits[0][:3], ["a.png", "b.png", "c.png"])
+    summary = classify(folder, tmp_path / "out.csv", model=int8_onnx, workers=2, chunk_size=4)
+    rows = {r["path"]: r for r in _rows(tmp_path / "out.csv")}
+    assert set(rows) == set(expected) | {"a.png", "b.png", "c.png"}
+    for name, words in expected.items():
+        row = rows[name]
+        assert row["status"] == ("blank" if name == "blank.png" else "error"), row
+        assert words in row["error"] and "\n" not in row["error"] and row["prediction"] == ""
+    assert all(rows[n]["status"] == "ok" for n in ("a.png", "b.png", "c.png"))
+    assert summary.errors == 8 and summary.blank == 1 and summary.classified == 3
+
+
+def test_fail_on_error_exit_code(
+    int8_onnx: Path, tmp_path: Path, test_digits: tuple[np.ndarray, np.ndarray]
+) -> None:
+    folder = tmp_path / "scans"
+    _write_digits(folder, test_digits[0][:2])
+    (folder / "broken.png").write_bytes(b"nope")
+    out = tmp_path / "r.csv"
+    plain = CliRunner().invoke(app, ["classify", str(folder), "--out", str(out), "--model", str(int8_onnx)])
+    assert plain.exit_code == 0, plain.output
+    strict = CliRunner().invoke(
+        app, ["classify", str(folder), "--out", str(out), "--model", str(int8_onnx), "--fail-on-error"]
+    )
+    assert strict.exit_code == 10 and "1 file(s) could not be classified" in strict.output
+
+
+def test_csv_quoting_and_odd_names_round_trip(
+    int8_onnx: Path, test_digits: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    folder = tmp_path / "odd"
+    names = ["comma,name.png", 'quote"name.png', "new\nline.png", "space name.png", "ünïcødé.png"]
+    _write_digits(folder, test_digits[0][: len(names)], names)
+    raw_name = os.fsdecode(b"latin1-\xe9\xff.png")  # not valid UTF-8
+    Image.fromarray(test_digits[0][9]).save(os.path.join(os.fsencode(folder), os.fsencode(raw_name)))
+    classify(folder, tmp_path / "out.csv", model=int8_onnx, workers=1)
+    rows = _rows(tmp_path / "out.csv")
+    assert sorted(r["path"] for r in rows) == sorted([*names, raw_name])
+    assert all(r["status"] == "ok" for r in rows)
+    assert b"latin1-\xe9\xff.png" in (tmp_path / "out.csv").read_bytes()  # the name's own bytes
+    assert b'"comma,name.png"' in (tmp_path / "out.csv").read_bytes()
+
+
+def test_walk_is_sorted_recursive_and_survives_link_loops(tmp_path: Path) -> None:
+    for rel in [
+        "b/2.png",
+        "b/1.PNG",
+        "a/z.jpg",
+        "a/deeper/x.tif",
+        "top.webp",
+        "skip.txt",
+        "c/ignored.gif.bak",
+    ]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    os.symlink(tmp_path, tmp_path / "a" / "loop")  # a link back to the root
+    os.symlink(tmp_path / "a", tmp_path / "b" / "to_a")
+    found = list(walk(tmp_path, ("png", "jpg", "tif", "webp", "gif")))
+    assert found == ["a/deeper/x.tif", "a/z.jpg", "b/1.PNG", "b/2.png", "top.webp"]
+    assert list(walk(tmp_path, ("png",), recursive=False)) == []
+
+
+def test_output_is_deterministic(
+    int8_onnx: Path, test_digits: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    folder = tmp_path / "d"
+    for sub in ("z", "a", "m"):
+        _write_digits(folder / sub, test_digits[0][:50])
+    classify(folder, tmp_path / "one.csv", model=int8_onnx, workers=2, chunk_size=7)
+    classify(folder, tmp_path / "two.csv", model=int8_onnx, workers=1, chunk_size=64)
+    assert (tmp_path / "one.csv").read_bytes() == (tmp_path / "two.csv").read_bytes()
+    paths = [r["path"] for r in _rows(tmp_path / "one.csv")]
+    assert paths == sorted(paths) and paths[0] == "a/00000.png"
+
+
+def test_resume_after_kill_loses_and_duplicates_nothing(
+    int8_onnx: Path, test_digits: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    folder = tmp_path / "many"
+    for sub in range(12):
+        _write_digits(folder / f"{sub:02d}", test_digits[0][sub * 1000 % 9000 : sub * 1000 % 9000 + 1000])
+    reference = tmp_path / "reference.csv"
+    classify(folder, reference, model=int8_onnx, workers=1)
+
+    out = tmp_path / "results.csv"
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "classify",
+        str(folder),
+        "--out",
+        str(out),
+        "--model",
+        str(int8_onnx),
+    ]
+    proc = subprocess.Popen([*cmd, "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = tmp_path / "results.csv.partial.json"
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        if state.exists() and json.loads(state.read_text())["rows"] >= 4096:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "classify finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not out.exists() and (tmp_path / "results.csv.partial").exists()
+    with open(tmp_path / "results.csv.partial", "a") as f:
+        f.write("half/a/row.png,7,0.9")  # what a kill in the middle of a write leaves
+    resumed = subprocess.run([*cmd, "--resume"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "from the interrupted run" in resumed.stdout
+    assert out.read_bytes() == reference.read_bytes()
+    assert not state.exists() and not (tmp_path / "results.csv.partial").exists()
+
+
+def test_resume_refuses_a_changed_folder(
+    int8_onnx: Path, tmp_path: Path, test_digits: tuple[np.ndarray, np.ndarray]
+) -> None:
+    folder = tmp_path / "f"
+    _write_digits(folder, test_digits[0][:20])
+    partial = tmp_path / "r.csv.partial"
+    partial.write_text(",".join(HEADER) + "\r\nother.png,1,0.9,2,0.1,ok,\r\n")
+    (tmp_path / "r.csv.partial.json").write_text(json.dumps({"rows": 1, "bytes": partial.stat().st_size}))
+    with pytest.raises(ClassifyError, match="folder changed"):
+        classify(folder, tmp_path / "r.csv", model=int8_onnx, resume=True, workers=1)
+
+
+@pytest.mark.parametrize(
+    ("args", "expect"),
+    [
+        (["classify", "no-such-folder"], "no such folder"),
+        (["classify", ".", "--out", "missing-dir/r.csv"], "output folder does not exist"),
+        (["classify", ".", "--model", "nope.onnx"], "no such model file"),
+        (["classify", ".", "--model", "model.pt"], "no such model file"),
+    ],
+)
+def test_bad_arguments_fail_before_work(
+    args: list[str], expect: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code != 0 and expect in result.output and "Traceback" not in result.output
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_default_model_is_the_best_int8_onnx_in_the_manifest(
+    exported: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shutil.copytree(exported, tmp_path / "exported")
+    monkeypatch.chdir(tmp_path)
+    choice = choose_model(None)
+    assert choice.path.resolve() == (tmp_path / "exported" / "conv2d.int8.onnx").resolve()
+    assert choice.deskew is False
+
+
+def test_scans_are_classified_about_as_well_as_clean_digits(
+    int8_onnx: Path, test_digits: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    from pipeline.samples import write_samples
+
+    write_samples(tmp_path / "scans", 400, "scan", start=2000)
+    summary = classify(tmp_path / "scans", tmp_path / "scans.csv", model=int8_onnx, workers=2)
+    labels = {r["file"]: r["label"] for r in csv.DictReader(open(tmp_path / "scans" / "labels.csv"))}
+    rows = _rows(tmp_path / "scans.csv")
+    scan_acc = np.mean([r["prediction"] == labels[r["path"]] for r in rows])
+    clean = runtime.load(int8_onnx).predict(scale(test_digits[0][2000:2400])).argmax(axis=1)
+    clean_acc = np.mean(clean == test_digits[1][2000:2400])
+    assert summary.errors == 0 and scan_acc > clean_acc - 0.05, (scan_acc, clean_acc)

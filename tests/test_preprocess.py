@@ -1,0 +1,135 @@
+"""MNIST-style preprocessing: modes, orientation, polarity, cropping, centring, deskew, blanks."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline import preprocess
+from pipeline.errors import BlankImageError, ImageError
+from pipeline.samples import render_scan
+
+
+@pytest.fixture(scope="module")
+def digit(test_digits: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    return test_digits[0][0]
+
+
+def _similar(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(float).ravel(), b.astype(float).ravel()
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def test_mnist_digits_pass_bit_identical(test_digits: tuple[np.ndarray, np.ndarray], tmp_path: Path) -> None:
+    for i in range(0, 10000, 397):
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(test_digits[0][i]).save(path)
+        np.testing.assert_array_equal(preprocess.load_digit(path), test_digits[0][i])
+
+
+def test_inverted_28x28_is_restored(digit: np.ndarray) -> None:
+    np.testing.assert_array_equal(preprocess.to_mnist(Image.fromarray(255 - digit)), digit)
+
+
+def _as_scan(digit: np.ndarray, scale: int = 6) -> Image.Image:
+    """Dark ink on light paper, larger, with an uneven margin."""
+    big = Image.fromarray(255 - digit).resize((28 * scale, 28 * scale), Image.Resampling.BICUBIC)
+    page = Image.new("L", (28 * scale + 90, 28 * scale + 40), 255)
+    page.paste(big, (70, 10))
+    return page
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "P", "RGB", "RGBA", "CMYK", "I;16", "I", "F", "1"])
+def test_every_mode_gives_the_same_digit(digit: np.ndarray, mode: str) -> None:
+    scan = _as_scan(digit)
+    reference = preprocess.to_mnist(scan)
+    if mode == "I;16":
+        converted = Image.fromarray(np.asarray(scan).astype(np.uint16) * 257)
+        assert converted.mode.startswith("I;16")
+    elif mode == "1":
+        converted = scan.point(lambda v: 255 if v > 128 else 0).convert("1")
+    else:
+        converted = scan.convert(mode)
+    result = preprocess.to_mnist(converted)
+    assert result.shape == (28, 28) and result.dtype == np.uint8
+    assert _similar(result, reference) > (0.85 if mode == "1" else 0.99)
+    assert _similar(result, digit) > 0.8
+
+
+def test_transparent_png_is_composited_on_white(digit: np.ndarray) -> None:
+    rgba = np.zeros((28 * 4, 28 * 4, 4), np.uint8)  # black ink whose shape lives in the alpha channel
+    rgba[..., 3] = np.asarray(Image.fromarray(digit).resize((112, 112)))
+    assert _similar(preprocess.to_mnist(Image.fromarray(rgba, "RGBA")), digit) > 0.9
+
+
+def test_exif_orientation_is_applied(digit: np.ndarray, tmp_path: Path) -> None:
+    scan = _as_scan(digit)
+    rotated = scan.transpose(Image.Transpose.ROTATE_90)  # stored sideways ...
+    exif = Image.Exif()
+    exif[0x0112] = 6  # ... with "rotate 90 CW to display"
+    path = tmp_path / "photo.jpg"
+    rotated.convert("RGB").save(path, exif=exif, quality=95)
+    upright = preprocess.to_mnist(_as_scan(digit))
+    assert _similar(preprocess.load_digit(path), upright) > 0.95
+
+
+def test_scan_is_cropped_fit_and_centred(digit: np.ndarray) -> None:
+    out = preprocess.to_mnist(_as_scan(digit, scale=9))
+    rows, cols = np.flatnonzero(out.max(axis=1) > 30), np.flatnonzero(out.max(axis=0) > 30)
+    assert max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1 <= 21  # the 20-pixel box
+    ys, xs = np.indices(out.shape)
+    mass = out.sum()
+    assert abs((ys * out).sum() / mass - 14) < 1 and abs((xs * out).sum() / mass - 14) < 1
+    assert _similar(out, digit) > 0.85
+
+
+def test_rendered_scans_come_back(test_digits: tuple[np.ndarray, np.ndarray]) -> None:
+    rng = np.random.default_rng(0)
+    scores = []
+    for i in range(40):
+        buf = io.BytesIO()
+        render_scan(test_digits[0][i], rng).save(buf, format="JPEG", quality=70)
+        scores.append(_similar(preprocess.to_mnist(Image.open(buf)), test_digits[0][i]))
+    assert np.median(scores) > 0.8
+
+
+@pytest.mark.parametrize("size", [(28, 28), (300, 200)])
+def test_blank_images_are_reported_not_guessed(size: tuple[int, int]) -> None:
+    rng = np.random.default_rng(1)
+    paper = np.clip(235 + rng.normal(0, 4, size[::-1]), 0, 255).astype(np.uint8)
+    with pytest.raises(BlankImageError):
+        preprocess.to_mnist(Image.fromarray(paper))
+    with pytest.raises(BlankImageError):
+        preprocess.to_mnist(Image.new("L", size, 0))
+
+
+def test_deskew_straightens_a_slanted_digit(test_digits: tuple[np.ndarray, np.ndarray]) -> None:
+    def skew(img: np.ndarray) -> float:
+        v = img.astype(float)
+        ys, xs = np.indices(v.shape)
+        m = v.sum()
+        cy, cx = (ys * v).sum() / m, (xs * v).sum() / m
+        return float(((xs - cx) * (ys - cy) * v).sum() / (((ys - cy) ** 2) * v).sum())
+
+    one = test_digits[0][test_digits[1] == 1][0]
+    slanted = np.asarray(
+        Image.fromarray(one).transform((28, 28), Image.Transform.AFFINE, (1, 0.4, -5.6, 0, 1, 0))
+    )
+    assert abs(skew(slanted)) > 0.2
+    assert abs(skew(preprocess.deskew(slanted))) < 0.05
+    batch = preprocess.deskew_batch(np.stack([slanted, one]))
+    assert batch.shape == (2, 28, 28) and batch.dtype == np.uint8
+
+
+def test_tiny_and_huge_images_are_refused(tmp_path: Path) -> None:
+    Image.new("L", (1, 1), 255).save(tmp_path / "dot.png")
+    with pytest.raises(ImageError, match="too small"):
+        preprocess.load_digit(tmp_path / "dot.png")
+    Image.new("1", (9000, 8000), 1).save(tmp_path / "bomb.png")  # 72 Mpx, 9 KB on disk
+    assert (tmp_path / "bomb.png").stat().st_size < 100_000
+    with pytest.raises(ImageError, match="exceeds the limit"):
+        preprocess.load_digit(tmp_path / "bomb.png")
