@@ -253,7 +253,7 @@ def test_scans_are_classified_about_as_well_as_clean_digits(
 
     write_samples(tmp_path / "scans", 400, "scan", start=2000)
     summary = classify(tmp_path / "scans", tmp_path / "scans.csv", model=int8_onnx, workers=2)
-    labels = {r["file"]: r["label"] for r in csv.DictReader(open(tmp_path / "scans" / "labels.csv"))}
+    labels = {r["file"]: r["label"] for r in _rows(tmp_path / "scans" / "labels.csv")}
     rows = _rows(tmp_path / "scans.csv")
     scan_acc = np.mean([r["prediction"] == labels[r["path"]] for r in rows])
     clean = runtime.load(int8_onnx).predict(scale(test_digits[0][2000:2400])).argmax(axis=1)
