@@ -29,6 +29,8 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Show where a dataset is found, or write sample digit images.")
 app.add_typer(data_app, name="data")
+bench_app = typer.Typer(help="Benchmarks that print figures (artifacts, classify throughput, scans).")
+app.add_typer(bench_app, name="bench")
 # Off a terminal (logs, CI) Rich would wrap tables at 80 columns; parity tables need more.
 console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 240)
@@ -364,6 +366,82 @@ def classify_cli(
     if fail_on_error and summary.errors:
         err_console.print(f"[bold red]error:[/] {summary.errors} file(s) could not be classified (see {out})")
         raise typer.Exit(code=FAILED_FILES_EXIT)
+
+
+# --- bench ------------------------------------------------------------------------------------
+
+
+@bench_app.command("artifacts")
+def bench_artifacts_cli(
+    paths: Annotated[
+        list[Path] | None, typer.Argument(help="Artifacts (default: all in the manifest).")
+    ] = None,
+    manifest: Annotated[Path, typer.Option("--manifest")] = defaults.EXPORT_DIR / defaults.MANIFEST_NAME,
+) -> None:
+    """Per artifact: size, test accuracy, latency at batch 1 and 256 on this CPU."""
+    import json
+
+    from pipeline import bench
+
+    if not paths:
+        if not manifest.is_file():
+            raise _fail(PipelineError(f"{manifest}: manifest not found; pass artifact paths"))
+        paths = [manifest.parent / a["path"] for a in json.loads(manifest.read_text())["artifacts"]]
+    results = _run(bench.bench_artifacts, paths)
+    table = Table(
+        "artifact", "size", "accuracy", "ms @1", "ms @256", "images/s @256", title="artifacts on this CPU"
+    )
+    for r in results:
+        table.add_row(
+            str(r.path), f"{r.bytes / 1024:,.0f} KiB", f"{r.accuracy:.2%}", f"{r.ms_batch1:.3f}",
+            f"{r.ms_batch256:.2f}", f"{256_000 / r.ms_batch256:,.0f}",
+        )  # fmt: skip
+    console.print(table)
+
+
+@bench_app.command("classify")
+def bench_classify_cli(
+    model: Annotated[Path | None, typer.Option("--model", "-m", help="Default: best int8 ONNX.")] = None,
+    count: Annotated[
+        int, typer.Option("--count", min=100, help="PNG digits in the generated folder.")
+    ] = 50_000,
+    folder: Annotated[Path | None, typer.Option("--folder", help="Where to generate (reused).")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", min=1)] = None,
+    naive: Annotated[bool, typer.Option("--naive/--no-naive", help="Also time the naive loop.")] = True,
+) -> None:
+    """Decode-only ceiling, naive loop and `pipeline classify` on one folder: images/s, peak memory."""
+    from pipeline import bench, classify
+
+    choice = _run(classify.choose_model, model)
+    results = _run(bench.bench_classify, choice.path, count, folder, workers, naive)
+    table = Table(
+        "run", "images", "seconds", "images/s", "peak memory", title=f"classify on {count:,} PNG digits"
+    )
+    for r in results:
+        table.add_row(
+            r.name, f"{r.images:,}", f"{r.seconds:.2f}", f"{r.per_second:,.0f}", f"{r.peak_mib:,.0f} MiB"
+        )
+    console.print(table)
+    naive_runs = [r for r in results if r.name == "naive loop"]
+    if naive_runs:
+        console.print(f"classify / naive: {results[-1].per_second / naive_runs[0].per_second:.1f}x")
+
+
+@bench_app.command("scans")
+def bench_scans_cli(
+    model: Annotated[Path | None, typer.Option("--model", "-m", help="Default: best int8 ONNX.")] = None,
+    count: Annotated[int, typer.Option("--count", min=10, help="Test digits rendered as scans.")] = 2000,
+    start: Annotated[int, typer.Option("--start", min=0)] = 0,
+) -> None:
+    """Accuracy on MNIST test digits rendered as scans (dark ink on paper, any size, blur, JPEG)."""
+    from pipeline import bench, classify
+
+    choice = _run(classify.choose_model, model)
+    r = _run(bench.bench_scans, choice.path, count, start)
+    console.print(
+        f"{choice.path}: {r.accuracy:.2%} on {r.images} rendered scans ({r.errors} errors, "
+        f"{r.per_second:,.0f} images/s); {r.clean_accuracy:.2%} on the same digits as clean MNIST"
+    )
 
 
 # Exit code of `classify --fail-on-error` when the run finished but some files were unreadable.

@@ -51,20 +51,29 @@ def open_image(path: Path | str, max_pixels: int = defaults.MAX_IMAGE_PIXELS) ->
         raise ImageError("not an image (unrecognised format)") from exc
     except OSError as exc:
         raise ImageError(f"cannot open: {exc}") from exc
-    with img:
+    try:
         width, height = img.size
         if width * height > max_pixels:
             raise ImageError(f"refused: {width}x{height} pixels exceeds the limit of {max_pixels}")
         if min(width, height) < defaults.MIN_IMAGE_SIDE:
             raise ImageError(f"too small to hold a digit: {width}x{height}")
         try:
-            img.load()
+            img.load()  # decodes, then closes the file of a single-frame image
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
             raise ImageError(f"corrupt or truncated image data: {exc}") from exc
-        try:
-            return ImageOps.exif_transpose(img)
-        except Exception:  # a malformed EXIF block must not cost the image
-            return img.copy()
+    except BaseException:
+        img.close()
+        raise
+    if img.format in _NO_ORIENTATION_FORMATS and "exif" not in img.info:
+        return img  # nothing to rotate; skips exif_transpose's copy on the hot path
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception:  # a malformed EXIF block must not cost the image
+        return img
+
+
+# Formats whose orientation can only come from an embedded EXIF block (img.info["exif"]).
+_NO_ORIENTATION_FORMATS = frozenset({"PNG", "GIF", "BMP"})
 
 
 def to_gray(img: Image.Image) -> np.ndarray:
@@ -210,14 +219,20 @@ def to_mnist(img: Image.Image, *, deskew_digit: bool = False) -> np.ndarray:
     gray = to_gray(img)
     if gray.ndim != 2:
         raise ImageError(f"unsupported image layout {gray.shape}")
-    ink = normalize_polarity(gray)
     field = defaults.FIELD_SIZE
-    if ink.shape == (field, field):
+    if gray.shape == (field, field):
         # Already MNIST geometry: only polarity may differ, so MNIST digits pass bit-identical.
-        if int(ink.max()) - int(np.median(_border(ink))) < defaults.BLANK_MAX_INK:
+        # This is classify's hot path, so the border is read once and "median > 127" is decided
+        # by counting (same answer, a quarter of the time of np.median on 108 pixels).
+        border = _border(gray)
+        paper = float(border.mean())
+        if 2 * int(np.count_nonzero(border > 127)) > border.size:
+            gray, paper = 255 - gray, 255 - paper
+        if int(gray.max()) - paper < defaults.BLANK_MAX_INK:
             raise BlankImageError("blank: no ink found")
-        digit = np.ascontiguousarray(ink)
+        digit = np.ascontiguousarray(gray)
     else:
+        ink = normalize_polarity(gray)
         values = _remove_background(ink)
         top, bottom, left, right = _ink_box(values)
         digit = _fit_and_centre(values[top:bottom, left:right])

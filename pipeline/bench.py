@@ -1,0 +1,217 @@
+"""Benchmarks that print figures: artifacts (size, accuracy, latency), classify throughput and
+memory, and accuracy on rendered scans. Speed targets live here, never in timed tests.
+
+Classify runs are measured as separate processes (`python -m pipeline classify`) so start-up
+cost is counted as a user pays it, and peak memory is the peak of the summed proportional set
+size (PSS) of the process and its workers, sampled from /proc: forked workers share pages, which
+RSS would count once per process.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import data, defaults, preprocess, runtime
+from pipeline.errors import PipelineError
+
+
+@dataclass(frozen=True)
+class ArtifactBench:
+    path: Path
+    bytes: int
+    accuracy: float
+    ms_batch1: float
+    ms_batch256: float
+
+
+def bench_artifacts(paths: list[Path], repeats: int = defaults.LATENCY_REPEATS) -> list[ArtifactBench]:
+    """Size, test accuracy and median latency at batch 1 and 256 for each artifact."""
+    from pipeline.verify import measure_latency
+
+    images, labels = data.load(data.Split.TEST)
+    x = preprocess.scale(images)
+    out = []
+    for path in paths:
+        predictor = runtime.load(path)
+        accuracy = float((predictor.predict(x).argmax(axis=1) == labels).mean())
+        b1, b256 = defaults.LATENCY_BATCH_SIZES
+        out.append(
+            ArtifactBench(
+                path,
+                path.stat().st_size,
+                accuracy,
+                measure_latency(predictor, x, b1, repeats * 10),
+                measure_latency(predictor, x, b256, repeats),
+            )  # fmt: skip
+        )
+    return out
+
+
+def make_digit_folder(folder: Path, count: int, per_dir: int = 10_000) -> Path:
+    """`count` MNIST test digits as 28x28 PNG files, 10,000 per subfolder (reused if present)."""
+    marker = folder / f".complete-{count}"
+    if marker.exists():
+        return folder
+    images, _ = data.load(data.Split.TEST)
+    for i in range(count):
+        sub = folder / f"{i // per_dir:03d}"
+        if i % per_dir == 0:
+            sub.mkdir(parents=True, exist_ok=True)
+        from PIL import Image
+
+        Image.fromarray(images[i % len(images)]).save(sub / f"{i:07d}.png", compress_level=6)
+    marker.touch()
+    return folder
+
+
+def _tree_pss_kib(pid: int) -> int:
+    """Summed PSS of a process and all its descendants, in KiB (0 if it is gone)."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1])
+                        break
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+@dataclass(frozen=True)
+class RunBench:
+    name: str
+    images: int
+    seconds: float
+    peak_mib: float
+
+    @property
+    def per_second(self) -> float:
+        return self.images / self.seconds
+
+
+def _measure(name: str, cmd: list[str], images: int) -> RunBench:
+    """Run `cmd`, timing it and sampling its process tree's memory every 20 ms."""
+    peak = 0
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, _tree_pss_kib(proc.pid))
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    stdout, stderr = proc.communicate()
+    seconds = time.perf_counter() - start
+    done.set()
+    sampler.join()
+    if proc.returncode != 0:
+        raise PipelineError(f"benchmark step {name!r} failed: {stderr.strip().splitlines()[-1:]}")
+    reported = [line for line in stdout.splitlines() if line.startswith("SECONDS ")]
+    if reported:  # the step timed its own work (after imports)
+        seconds = float(reported[-1].split()[1])
+    return RunBench(name, images, seconds, peak / 1024)
+
+
+# The three contenders, each a small program run as its own process.
+_DECODE_ONLY = """
+import sys, time
+from pathlib import Path
+from pipeline import classify
+root, workers = Path(sys.argv[1]), int(sys.argv[2])
+t = time.perf_counter()
+n = sum(len(c.paths) for c in classify._decoded_chunks(
+    root, classify.walk(root, ("png",)), workers, 256, False, 10**8))
+print("SECONDS", time.perf_counter() - t)
+"""
+_NAIVE = """
+import sys, time, os
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+from pipeline import classify
+root, model = sys.argv[1], sys.argv[2]
+session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+t = time.perf_counter()
+with open(os.devnull, "w") as out:
+    for rel in classify.walk(root, ("png",)):
+        x = np.asarray(Image.open(os.path.join(root, rel)).convert("L"), np.float32)[None, :, :, None] / 255
+        p = session.run(None, {"image": x})[0][0]
+        out.write(f"{rel},{int(p.argmax())}\\n")
+print("SECONDS", time.perf_counter() - t)
+"""
+
+
+def bench_classify(
+    model: Path,
+    count: int = 50_000,
+    folder: Path | None = None,
+    workers: int | None = None,
+    naive: bool = True,
+) -> list[RunBench]:
+    """Decode-only ceiling, the naive loop and `pipeline classify` on the same folder of PNGs."""
+    folder = make_digit_folder(folder or Path(tempfile.gettempdir()) / f"pipeline-bench-{count}", count)
+    n_workers = workers or os.cpu_count() or 1
+    py = sys.executable
+    results = [
+        _measure("decode only (ceiling)", [py, "-c", _DECODE_ONLY, str(folder), str(n_workers)], count)
+    ]
+    if naive:
+        results.append(_measure("naive loop", [py, "-c", _NAIVE, str(folder), str(model)], count))
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "results.csv"
+        cmd = [py, "-m", "pipeline", "classify", str(folder), "--out", str(out), "--model", str(model)]
+        if workers:
+            cmd += ["--workers", str(workers)]
+        results.append(_measure("pipeline classify", cmd, count))
+    return results
+
+
+@dataclass(frozen=True)
+class ScanBench:
+    images: int
+    accuracy: float
+    clean_accuracy: float
+    errors: int
+    per_second: float
+
+
+def bench_scans(model: Path, count: int = 2000, start: int = 0, seed: int = defaults.SEED) -> ScanBench:
+    """Accuracy on MNIST test digits rendered as scans (ink on paper, any size, blur, JPEG)."""
+    from pipeline.classify import ENCODING, ERRORS, classify
+    from pipeline.samples import write_samples
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "scans"
+        write_samples(folder, count, "scan", start=start, seed=seed)
+        summary = classify(folder, Path(tmp) / "scans.csv", model=model)
+        with open(folder / "labels.csv", newline="") as f:
+            labels = {r["file"]: r["label"] for r in csv.DictReader(f)}
+        with open(Path(tmp) / "scans.csv", encoding=ENCODING, errors=ERRORS, newline="") as f:
+            rows = list(csv.DictReader(f))
+    correct = sum(r["prediction"] == labels[r["path"]] for r in rows)
+    images, y = data.load(data.Split.TEST)
+    clean = runtime.load(model).predict(preprocess.scale(images[start : start + count])).argmax(axis=1)
+    return ScanBench(
+        count, correct / count, float(np.mean(clean == y[start : start + count])), summary.errors,
+        summary.images_per_second,
+    )  # fmt: skip
