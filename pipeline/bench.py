@@ -52,7 +52,7 @@ def bench_artifacts(paths: list[Path], repeats: int = defaults.LATENCY_REPEATS) 
                 accuracy,
                 measure_latency(predictor, x, b1, repeats * 10),
                 measure_latency(predictor, x, b256, repeats),
-            )  # fmt: skip
+            )
         )
     return out
 

@@ -140,6 +140,12 @@ def train_cli(
     ] = defaults.VALIDATION_SPLIT,
     backend: Annotated[str, typer.Option("--backend", help="auto, tensorflow, jax or torch.")] = "auto",
     deskew: Annotated[bool, typer.Option("--deskew/--no-deskew", help="Train on deskewed digits.")] = False,
+    augment: Annotated[
+        bool | None,
+        typer.Option(
+            "--augment/--no-augment", help="Random affine + elastic augmentation (default: model's recipe)."
+        ),
+    ] = None,
     target_accuracy: Annotated[
         float | None,
         typer.Option("--target-accuracy", help="Stop once validation accuracy reaches this (e.g. 0.99)."),
@@ -157,7 +163,7 @@ def train_cli(
     config = train.TrainConfig(
         model=model, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
         limit=limit, validation_split=validation_split, dataset=dataset, backend=backend,
-        deskew=deskew, target_accuracy=target_accuracy,
+        deskew=deskew, target_accuracy=target_accuracy, augment=augment,
     )  # fmt: skip
     if not resume:
         _run(config.check)

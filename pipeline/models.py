@@ -29,6 +29,11 @@ class ModelSpec:
     description: str
     build: Callable[[], keras.Model]
     label_smoothing: float = 0.0
+    # Training recipe defaults (overridable from the CLI): host-side augmentation and a
+    # warm-up + cosine learning-rate schedule help the larger models and slow the seed ones.
+    augment: bool = False
+    cosine: bool = False
+    weight_decay: float = 0.0
 
     def loss(self) -> Any:
         """Categorical cross-entropy for every model, the sigmoid seed CNN included.
@@ -90,6 +95,39 @@ def build_flat() -> keras.Model:
     return keras.Model(inputs, outputs, name="flat")
 
 
+def _conv_bn(
+    x: Any, filters: int, kernel: int, strides: int = 1, padding: str = "same", name: str = ""
+) -> Any:
+    from keras import layers
+
+    x = layers.Conv2D(filters, kernel, strides=strides, padding=padding, use_bias=False, name=name)(x)
+    # momentum 0.9: the moving statistics settle within ~50 steps, so short runs validate too
+    x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(x)
+
+
+def build_bncnn() -> keras.Model:
+    """A stronger edge CNN (~330k parameters): BatchNorm, strided 5x5 convolutions instead of
+    pooling, dropout. The shape of the best single Kaggle MNIST CNNs (about 99.7% with
+    augmentation), small enough for a microcontroller once quantized (about 0.4 MB int8).
+    """
+    import keras
+    from keras import layers
+
+    inputs = _input()
+    x = inputs
+    for stage, filters in enumerate((32, 64), start=1):
+        x = _conv_bn(x, filters, 3, name=f"s{stage}c1")
+        x = _conv_bn(x, filters, 3, name=f"s{stage}c2")
+        x = _conv_bn(x, filters, 5, strides=2, name=f"s{stage}down")
+        x = layers.Dropout(0.4, name=f"s{stage}drop")(x)
+    x = _conv_bn(x, 128, 4, padding="valid", name="head")
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dropout(0.4, name="head_drop")(x)
+    outputs = layers.Dense(10, activation="softmax", name=defaults.OUTPUT_NAME)(x)
+    return keras.Model(inputs, outputs, name="bncnn")
+
+
 REGISTRY: dict[str, ModelSpec] = {
     "conv2d": ModelSpec(
         "conv2d", "seed CNN: 4x(Conv2D+MaxPool), 2xDense(512) normalised to [-1,1], sigmoid",
@@ -97,6 +135,10 @@ REGISTRY: dict[str, ModelSpec] = {
     ),
     "flat": ModelSpec(
         "flat", "seed MLP: 784 -> 6 hidden Dense -> 10, softmax", build_flat
+    ),
+    "bncnn": ModelSpec(
+        "bncnn", "edge CNN: BatchNorm, strided convs, dropout, augmentation, label smoothing",
+        build_bncnn, label_smoothing=0.1, augment=True, cosine=True, weight_decay=1e-4,
     ),
 }  # fmt: skip
 

@@ -160,6 +160,7 @@ class TrainConfig:
     backend: str = Backend.AUTO.value
     deskew: bool = False
     target_accuracy: float | None = None
+    augment: bool | None = None  # None: the model's recipe decides (models.ModelSpec.augment)
 
     def check(self) -> None:
         models.get(self.model)
@@ -332,6 +333,47 @@ def _callbacks(run_dir: Path, state: dict[str, Any], config: TrainConfig, show_p
     return cbs
 
 
+def _optimizer(spec: models.ModelSpec, config: TrainConfig, n_train: int) -> Any:
+    """Adam, or AdamW with one epoch of linear warm-up and cosine decay when the recipe asks."""
+    import keras
+
+    rate: Any = config.learning_rate
+    if spec.cosine:
+        steps = -(-n_train // config.batch_size)
+        total = steps * config.epochs
+        warmup = min(steps, total // 2)
+        rate = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=config.learning_rate / 10, decay_steps=max(1, total - warmup),
+            alpha=0.01, warmup_target=config.learning_rate, warmup_steps=warmup,
+        )  # fmt: skip
+    if spec.weight_decay:
+        return keras.optimizers.AdamW(rate, weight_decay=spec.weight_decay)
+    return keras.optimizers.Adam(rate)
+
+
+def _augmented_batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int) -> Any:
+    """Batches augmented on the host by `preprocess.augment`, reshuffled every epoch."""
+    import keras
+
+    class Augmented(keras.utils.PyDataset):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.rng = np.random.default_rng(seed)
+            self.order = self.rng.permutation(len(x))
+
+        def __len__(self) -> int:
+            return -(-len(x) // batch_size)
+
+        def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+            idx = np.sort(self.order[i * batch_size : (i + 1) * batch_size])
+            return preprocess.augment(x[idx], self.rng), y[idx]
+
+        def on_epoch_end(self) -> None:
+            self.order = self.rng.permutation(len(x))
+
+    return Augmented()
+
+
 def _new_run_dir(config: TrainConfig) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return defaults.RUNS_DIR / f"{config.model}-{stamp}"
@@ -450,6 +492,7 @@ def _finish(
         "dataset": config.dataset,
         "data_sha256": splits.checksum,
         "deskew": config.deskew,
+        "augment": bool(state.get("augment", False)),
         "target": state.get("target_reached"),
         "config": asdict(config),
     }
