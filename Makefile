@@ -27,6 +27,8 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[train,export,dev]'
+	@# Ray is optional (classify --engine ray); its tests are skipped, with the reason, if it cannot install.
+	$(BIN)/pip install --quiet -e '.[ray]' || echo "warning: Ray could not be installed; --engine ray tests will be skipped"
 	touch $(STAMP)
 
 test: setup
@@ -69,6 +71,8 @@ classify: setup
 bench: setup
 	$(PIPELINE) bench artifacts
 	$(PIPELINE) bench classify
+	$(PIPELINE) bench scans
+	$(PIPELINE) bench engines
 
 clean:
 	rm -rf demo .pytest_cache .mypy_cache .ruff_cache build *.egg-info

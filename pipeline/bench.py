@@ -102,7 +102,7 @@ class RunBench:
 
     @property
     def per_second(self) -> float:
-        return self.images / self.seconds
+        return self.images / self.seconds if self.seconds > 0 else 0.0
 
 
 def _measure(name: str, cmd: list[str], images: int) -> RunBench:
@@ -183,6 +183,37 @@ def bench_classify(
         if workers:
             cmd += ["--workers", str(workers)]
         results.append(_measure("pipeline classify", cmd, count))
+    return results
+
+
+_RAY_STARTUP = """
+import time
+t = time.perf_counter()
+import ray, ray.data
+ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+ray.data.range(8).map_batches(lambda b: b).take_all()
+ray.shutdown()
+print("SECONDS", time.perf_counter() - t)
+"""
+
+
+def bench_engines(model: Path, count: int = 20_000, folder: Path | None = None) -> list[RunBench]:
+    """The local engine and the Ray engine on the same folder, plus Ray's bare start-up cost
+    (start a local Ray, run a one-block dataset, shut down)."""
+    from pipeline import ray_engine
+
+    ray_engine.require_ray()
+    folder = make_digit_folder(folder or Path(tempfile.gettempdir()) / f"pipeline-bench-{count}", count)
+    py = sys.executable
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for engine in ("local", "ray"):
+            out = Path(tmp) / f"{engine}.csv"
+            cmd = [py, "-m", "pipeline", "classify", str(folder), "--out", str(out), "--model", str(model)]
+            results.append(_measure(f"classify --engine {engine}", [*cmd, "--engine", engine], count))
+        if (Path(tmp) / "local.csv").read_bytes() != (Path(tmp) / "ray.csv").read_bytes():
+            raise PipelineError("the two engines wrote different CSV files")
+    results.append(_measure("ray start-up + shutdown", [py, "-c", _RAY_STARTUP], 0))
     return results
 
 

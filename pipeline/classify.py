@@ -29,6 +29,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,12 @@ import numpy as np
 
 from pipeline import defaults, preprocess, runtime
 from pipeline.errors import BlankImageError, ClassifyError, ImageError
+
+
+class Engine(StrEnum):
+    LOCAL = "local"  # worker processes on this machine
+    RAY = "ray"  # a Ray Data job, local or on a cluster (pipeline.ray_engine)
+
 
 HEADER = ["path", "prediction", "confidence", "second", "second_confidence", "status", "error"]
 PROB_COLUMNS = [f"p{d}" for d in range(10)]
@@ -96,6 +103,7 @@ class ChunkResult:
     digits: np.ndarray  # uint8 [n_ok, 28, 28]
     status: list[str]  # "ok", "blank" or "error", one per path
     errors: list[str]
+    probs: np.ndarray | None = None  # float32 [n_ok, 10], filled in by the engine's inference
 
 
 def decode_chunk(root: str, paths: list[str], deskew: bool, max_pixels: int) -> ChunkResult:
@@ -285,8 +293,22 @@ def classify(
     deskew: bool | None = None,
     max_pixels: int = defaults.MAX_IMAGE_PIXELS,
     progress: Callable[[int, int], None] | None = None,
+    engine: Engine | str = "local",
+    address: str | None = None,
 ) -> Summary:
-    """Classify every image under `folder` into the CSV `out`; see the module docstring."""
+    """Classify every image under `folder` into the CSV `out`; see the module docstring.
+
+    `engine="ray"` runs decoding and inference as a Ray Data job (`pipeline.ray_engine`), on a
+    local Ray or the cluster at `address`; the CSV is the same, row for row.
+    """
+    try:
+        engine = Engine(engine)
+    except ValueError:
+        raise ClassifyError(f"unknown engine {engine!r}; choose local or ray") from None
+    if engine is Engine.RAY:
+        from pipeline import ray_engine
+
+        ray_engine.require_ray()
     if not folder.is_dir():
         raise ClassifyError(f"{folder}: no such folder")
     _check_output(out)
@@ -315,8 +337,16 @@ def classify(
         todo = _skip_done(walk(folder, extensions, recursive), done, summary)
         if progress:
             progress(summary.resumed, total)
-        for chunk in _decoded_chunks(folder, todo, n_workers, chunk_size, use_deskew, max_pixels):
-            _write_chunk(chunk, predictor, writer, summary, probabilities)
+        if engine is Engine.RAY:
+            from pipeline import ray_engine
+
+            chunks = ray_engine.predicted_chunks(
+                folder, todo, choice.path, use_deskew, max_pixels, chunk_size, address, workers
+            )
+        else:
+            chunks = _local_chunks(folder, todo, predictor, n_workers, chunk_size, use_deskew, max_pixels)
+        for chunk in chunks:
+            _write_chunk(chunk, writer, summary, probabilities)
             if progress:
                 progress(len(chunk.paths), total)
     finally:
@@ -373,10 +403,27 @@ def _decoded_chunks(
             yield window.popleft().get()
 
 
-def _write_chunk(
-    chunk: ChunkResult, predictor: runtime.Predictor, writer: _Writer, summary: Summary, probabilities: bool
-) -> None:
-    probs = predictor.predict(preprocess.scale(chunk.digits)) if len(chunk.digits) else np.zeros((0, 10))
+def _local_chunks(
+    folder: Path, paths: Iterator[str], predictor: runtime.Predictor, workers: int, chunk_size: int,
+    deskew: bool, max_pixels: int,
+) -> Iterator[ChunkResult]:  # fmt: skip
+    """The local engine: chunks decoded by the process pool, predicted here, in walk order."""
+    for chunk in _decoded_chunks(folder, paths, workers, chunk_size, deskew, max_pixels):
+        chunk.probs = predict_digits(predictor, chunk.digits)
+        yield chunk
+
+
+def predict_digits(predictor: runtime.Predictor, digits: np.ndarray) -> np.ndarray:
+    """Probabilities for a uint8 [n, 28, 28] batch (n may be 0): the one inference call of both
+    engines."""
+    if not len(digits):
+        return np.zeros((0, 10), np.float32)
+    return predictor.predict(preprocess.scale(digits))
+
+
+def _write_chunk(chunk: ChunkResult, writer: _Writer, summary: Summary, probabilities: bool) -> None:
+    """Turn one predicted chunk into CSV rows (shared by both engines, so their files match)."""
+    probs = chunk.probs if chunk.probs is not None else np.zeros((0, 10), np.float32)
     first, conf, second, second_conf = runtime.top2(probs)
     k = 0
     for path, status, error in zip(chunk.paths, chunk.status, chunk.errors, strict=True):

@@ -324,7 +324,19 @@ def classify_cli(
         str, typer.Option("--extensions", help="Comma-separated file extensions to include.")
     ] = ",".join(defaults.IMAGE_EXTENSIONS),
     workers: Annotated[
-        int | None, typer.Option("--workers", min=1, help="Decoding processes (default: one per core).")
+        int | None,
+        typer.Option(
+            "--workers",
+            "--num-workers",
+            min=1,
+            help="Local: decoding processes (default: one per core). Ray: inference actors.",
+        ),
+    ] = None,
+    engine: Annotated[
+        str, typer.Option("--engine", help="local (processes) or ray (Ray Data job).")
+    ] = "local",
+    address: Annotated[
+        str | None, typer.Option("--address", help="Ray cluster to join (default: start a local Ray).")
     ] = None,
     deskew: Annotated[
         bool | None, typer.Option("--deskew/--no-deskew", help="Default: as the model was trained.")
@@ -350,7 +362,7 @@ def classify_cli(
 
         summary = _run(
             classify.classify, folder, out, model, resume, probabilities, recursive, exts, workers,
-            deskew=deskew, progress=progress,
+            deskew=deskew, progress=progress, engine=engine, address=address,
         )  # fmt: skip
     table = Table(title=f"classified {folder} -> {summary.out}", show_header=False)
     for key, value in (
@@ -431,6 +443,28 @@ def bench_classify_cli(
     naive_runs = [r for r in results if r.name == "naive loop"]
     if naive_runs:
         console.print(f"classify / naive: {results[-1].per_second / naive_runs[0].per_second:.1f}x")
+
+
+@bench_app.command("engines")
+def bench_engines_cli(
+    model: Annotated[Path | None, typer.Option("--model", "-m", help="Default: best int8 ONNX.")] = None,
+    count: Annotated[
+        int, typer.Option("--count", min=100, help="PNG digits in the generated folder.")
+    ] = 20_000,
+    folder: Annotated[Path | None, typer.Option("--folder", help="Where to generate (reused).")] = None,
+) -> None:
+    """Local engine against the Ray engine on one folder (same CSV checked), and Ray's start-up."""
+    from pipeline import bench, classify
+
+    choice = _run(classify.choose_model, model)
+    results = _run(bench.bench_engines, choice.path, count, folder)
+    table = Table(
+        "run", "images", "seconds", "images/s", "peak memory", title=f"engines on {count:,} PNG digits"
+    )
+    for r in results:
+        rate = f"{r.per_second:,.0f}" if r.images else "-"
+        table.add_row(r.name, f"{r.images:,}", f"{r.seconds:.2f}", rate, f"{r.peak_mib:,.0f} MiB")
+    console.print(table)
 
 
 @bench_app.command("scans")
