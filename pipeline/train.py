@@ -421,12 +421,13 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "config.json", {**asdict(config), "backend": backend.value})
 
+    augment = spec.augment if config.augment is None else config.augment
     if resume:
         model = keras.saving.load_model(run_dir / "checkpoint.keras")
     else:
         model = spec.build()
         model.compile(
-            optimizer=keras.optimizers.Adam(config.learning_rate),
+            optimizer=_optimizer(spec, config, len(splits.x_train)),
             loss=spec.loss(),
             metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
         )
@@ -434,12 +435,22 @@ def train(
     validation = (splits.x_val, y_val) if len(splits.x_val) else None
     state["fit_start"] = time.time()
     state["train_seconds_before"] = state.get("train_seconds", 0.0)
-    model.fit(
-        splits.x_train, y_train,
-        batch_size=config.batch_size, epochs=config.epochs, initial_epoch=state["epochs_done"],
-        validation_data=validation, shuffle=True, verbose=0,
-        callbacks=_callbacks(run_dir, state, config, show_progress),
-    )  # fmt: skip
+    state["augment"] = augment
+    callbacks = _callbacks(run_dir, state, config, show_progress)
+    if augment:
+        batches = _augmented_batches(
+            splits.x_train, y_train, config.batch_size, config.seed + state["epochs_done"]
+        )
+        model.fit(
+            batches, epochs=config.epochs, initial_epoch=state["epochs_done"],
+            validation_data=validation, verbose=0, callbacks=callbacks,
+        )  # fmt: skip
+    else:
+        model.fit(
+            splits.x_train, y_train, batch_size=config.batch_size, epochs=config.epochs,
+            initial_epoch=state["epochs_done"], validation_data=validation, shuffle=True,
+            verbose=0, callbacks=callbacks,
+        )  # fmt: skip
     if (run_dir / "best.weights.h5").is_file():
         model.load_weights(run_dir / "best.weights.h5")  # validation chose this epoch
     metrics = _finish(model, config, splits, run_dir, state, backend, device, started)

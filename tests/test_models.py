@@ -54,3 +54,11 @@ def test_flat_is_eight_layers_784_to_10(batch: np.ndarray) -> None:
 def test_unknown_model_lists_known_ones() -> None:
     with pytest.raises(ModelError, match="conv2d, flat"):
         models.get("resnet")
+
+
+def test_bncnn_fits_the_edge_budget(batch: np.ndarray) -> None:
+    model = models.get("bncnn").build()
+    assert model.count_params() <= 1_500_000
+    out = np.asarray(model(batch, training=False))
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)
+    assert models.get("bncnn").augment and models.get("bncnn").label_smoothing > 0

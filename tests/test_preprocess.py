@@ -133,3 +133,16 @@ def test_tiny_and_huge_images_are_refused(tmp_path: Path) -> None:
     assert (tmp_path / "bomb.png").stat().st_size < 100_000
     with pytest.raises(ImageError, match="exceeds the limit"):
         preprocess.load_digit(tmp_path / "bomb.png")
+
+
+def test_augment_keeps_digits_recognisable(test_digits: tuple[np.ndarray, np.ndarray]) -> None:
+    x = preprocess.scale(test_digits[0][:64])
+    rng = np.random.default_rng(3)
+    out = preprocess.augment(x, rng)
+    assert out.shape == x.shape and out.dtype == np.float32
+    assert out.min() >= 0.0 and out.max() <= 1.0 + 1e-6
+    assert not np.allclose(out, x)
+    corr = [_similar(a, b) for a, b in zip(out[..., 0], x[..., 0], strict=True)]
+    assert np.median(corr) > 0.5  # distorted, not destroyed
+    identity = preprocess.augment(x, rng, 0, 0, 0, 0, 0)
+    np.testing.assert_allclose(identity, x, atol=1e-6)

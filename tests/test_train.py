@@ -111,3 +111,18 @@ def test_resume_after_kill_continues_from_checkpoint(tmp_path: Path) -> None:
     assert history["loss"][:done_before] == first_epochs
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["epochs"] == 4 and metrics["test_accuracy"] > 0.85
+
+
+def test_target_accuracy_stops_early_and_reports_time(tmp_path: Path) -> None:
+    config = TrainConfig(model="flat", epochs=5, limit=3000, target_accuracy=0.5, backend="tensorflow")
+    metrics = train(config, out=tmp_path / "run", show_progress=False).metrics
+    assert metrics["epochs"] == 1 and metrics["target"]["epoch"] == 1
+    assert metrics["target"]["val_accuracy"] >= 0.5
+    assert 0 < metrics["target"]["seconds_from_process_start"] < 600
+
+
+def test_augmented_training_runs(tmp_path: Path) -> None:
+    config = TrainConfig(model="bncnn", epochs=1, limit=1500, batch_size=64, backend="tensorflow")
+    metrics = train(config, out=tmp_path / "run", show_progress=False).metrics
+    assert metrics["augment"] is True and metrics["parameters"] < 1_500_000
+    assert metrics["test_accuracy"] > 0.5

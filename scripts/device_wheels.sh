@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Download, here, the Python 3.12 wheels that the GPU machine lacks (it has JAX, numpy, pillow and
+# rich but no Keras), into .whl/ (ignored by git), so `scripts/device_train.sh` can install them
+# there without a network. Run once per checkout: bash scripts/device_wheels.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
+PY=${PYTHON:-python3}
+platforms=()
+for n in 2_28 2_27 2_24 2_17 2014 1; do
+  case $n in 2014|1) platforms+=(--platform "manylinux${n}_x86_64");; *) platforms+=(--platform "manylinux_${n}_x86_64");; esac
+done
+# keras and what it imports beyond the machine's own packages; typer (and its needs) for the CLI;
+# matplotlib (and its needs) for the training-curves figure.
+packages=(keras namex optree h5py absl-py ml-dtypes typer shellingham annotated-doc typing-extensions
+          matplotlib contourpy cycler fonttools kiwisolver pyparsing python-dateutil six packaging)
+for pkg in "${packages[@]}"; do
+  "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    "${platforms[@]}" -d .whl "$pkg"
+done
+du -sh .whl
