@@ -122,7 +122,9 @@ def test_target_accuracy_stops_early_and_reports_time(tmp_path: Path) -> None:
 
 
 def test_augmented_training_runs(tmp_path: Path) -> None:
-    config = TrainConfig(model="bncnn", epochs=1, limit=1500, batch_size=64, backend="tensorflow")
+    config = TrainConfig(model="bncnn", epochs=2, limit=3000, batch_size=64, backend="tensorflow")
     metrics = train(config, out=tmp_path / "run", show_progress=False).metrics
     assert metrics["augment"] is True and metrics["parameters"] < 1_500_000
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert history["accuracy"][1] > history["accuracy"][0]  # it learns through the augmentation
     assert metrics["test_accuracy"] > 0.5
