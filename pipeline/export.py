@@ -85,6 +85,7 @@ class Source:
     test_accuracy: float | None
     parameters: int
     deskew: bool
+    training: dict[str, Any]  # epochs, train_seconds, device, ... from the run's metrics.json
 
 
 def tool_versions() -> dict[str, str]:
@@ -99,8 +100,18 @@ def tool_versions() -> dict[str, str]:
     return out
 
 
+def _sidecar(path: Path, name: str) -> dict[str, Any]:
+    """`<stem>.<name>` beside a shipped model (exported/bncnn.metrics.json), else the run folder's
+    `<name>` (runs/x/metrics.json); empty when neither exists."""
+    for candidate in (path.with_name(f"{path.stem}.{name}"), path.parent / name):
+        if candidate.is_file():
+            data_ = json.loads(candidate.read_text())
+            return data_ if isinstance(data_, dict) else {}
+    return {}
+
+
 def load_source(path: Path) -> Source:
-    """Load the .keras file; its run folder's metrics.json and config.json supply accuracy and
+    """Load the .keras file; its metrics.json and config.json supply accuracy, training facts and
     preprocessing when present."""
     if not path.is_file():
         raise ExportError(f"{path}: no such model file")
@@ -111,13 +122,25 @@ def load_source(path: Path) -> Source:
     except ArtifactError as exc:
         raise ExportError(str(exc)) from exc
     model = predictor.model  # type: ignore[attr-defined]
-    metrics_path, config_path = path.parent / "metrics.json", path.parent / "config.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    metrics, config = _sidecar(path, "metrics.json"), _sidecar(path, "config.json")
+    training: dict[str, Any] = {
+        key: metrics.get(key)
+        for key in (
+            "epochs",
+            "best_epoch",
+            "train_seconds",
+            "backend",
+            "device",
+            "augment",
+            "seed",
+            "dataset",
+        )
+        if key in metrics
+    }
     return Source(
         path=path, model=model, name=str(metrics.get("model") or model.name), sha256=sha256(path),
         test_accuracy=metrics.get("test_accuracy"), parameters=int(model.count_params()),
-        deskew=bool(config.get("deskew", False)),
+        deskew=bool(config.get("deskew", metrics.get("deskew", False))), training=training,
     )  # fmt: skip
 
 
@@ -429,6 +452,7 @@ def _entry(
             "sha256": source.sha256,
             "test_accuracy": source.test_accuracy,
             "parameters": source.parameters,
+            "training": source.training,
         },
         "calibration": (
             {"samples": calibration_samples, "split": "train", "dataset": defaults.DATASET}
