@@ -417,13 +417,26 @@ def bench_artifacts_cli(
     console.print(table)
 
 
+BenchModel = Annotated[Path | None, typer.Option("--model", "-m", help="Default: best int8 ONNX.")]
+BenchFolder = Annotated[Path | None, typer.Option("--folder", help="Where to generate the PNGs (reused).")]
+
+
+def _print_runs(results: list[Any], title: str) -> None:
+    """One table for the process-level benchmarks (classify, engines)."""
+    table = Table("run", "images", "seconds", "images/s", "peak memory", title=title)
+    for r in results:
+        rate = f"{r.per_second:,.0f}" if r.images else "-"
+        table.add_row(r.name, f"{r.images:,}", f"{r.seconds:.2f}", rate, f"{r.peak_mib:,.0f} MiB")
+    console.print(table)
+
+
 @bench_app.command("classify")
 def bench_classify_cli(
-    model: Annotated[Path | None, typer.Option("--model", "-m", help="Default: best int8 ONNX.")] = None,
+    model: BenchModel = None,
     count: Annotated[
         int, typer.Option("--count", min=100, help="PNG digits in the generated folder.")
     ] = 50_000,
-    folder: Annotated[Path | None, typer.Option("--folder", help="Where to generate (reused).")] = None,
+    folder: BenchFolder = None,
     workers: Annotated[int | None, typer.Option("--workers", min=1)] = None,
     naive: Annotated[bool, typer.Option("--naive/--no-naive", help="Also time the naive loop.")] = True,
 ) -> None:
@@ -432,14 +445,7 @@ def bench_classify_cli(
 
     choice = _run(classify.choose_model, model)
     results = _run(bench.bench_classify, choice.path, count, folder, workers, naive)
-    table = Table(
-        "run", "images", "seconds", "images/s", "peak memory", title=f"classify on {count:,} PNG digits"
-    )
-    for r in results:
-        table.add_row(
-            r.name, f"{r.images:,}", f"{r.seconds:.2f}", f"{r.per_second:,.0f}", f"{r.peak_mib:,.0f} MiB"
-        )
-    console.print(table)
+    _print_runs(results, f"classify on {count:,} PNG digits")
     naive_runs = [r for r in results if r.name == "naive loop"]
     if naive_runs:
         console.print(f"classify / naive: {results[-1].per_second / naive_runs[0].per_second:.1f}x")
@@ -447,29 +453,23 @@ def bench_classify_cli(
 
 @bench_app.command("engines")
 def bench_engines_cli(
-    model: Annotated[Path | None, typer.Option("--model", "-m", help="Default: best int8 ONNX.")] = None,
+    model: BenchModel = None,
     count: Annotated[
         int, typer.Option("--count", min=100, help="PNG digits in the generated folder.")
     ] = 20_000,
-    folder: Annotated[Path | None, typer.Option("--folder", help="Where to generate (reused).")] = None,
+    folder: BenchFolder = None,
 ) -> None:
     """Local engine against the Ray engine on one folder (same CSV checked), and Ray's start-up."""
     from pipeline import bench, classify
 
     choice = _run(classify.choose_model, model)
     results = _run(bench.bench_engines, choice.path, count, folder)
-    table = Table(
-        "run", "images", "seconds", "images/s", "peak memory", title=f"engines on {count:,} PNG digits"
-    )
-    for r in results:
-        rate = f"{r.per_second:,.0f}" if r.images else "-"
-        table.add_row(r.name, f"{r.images:,}", f"{r.seconds:.2f}", rate, f"{r.peak_mib:,.0f} MiB")
-    console.print(table)
+    _print_runs(results, f"engines on {count:,} PNG digits")
 
 
 @bench_app.command("scans")
 def bench_scans_cli(
-    model: Annotated[Path | None, typer.Option("--model", "-m", help="Default: best int8 ONNX.")] = None,
+    model: BenchModel = None,
     count: Annotated[int, typer.Option("--count", min=10, help="Test digits rendered as scans.")] = 2000,
     start: Annotated[int, typer.Option("--start", min=0)] = 0,
 ) -> None:

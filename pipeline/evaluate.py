@@ -6,14 +6,13 @@ way, and writes the seed's two figures: a confusion matrix and the examples figu
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from pipeline import data, defaults, preprocess, report, runtime
-from pipeline.files import write_json
+from pipeline.files import sidecar_json, write_json
 
 
 @dataclass(frozen=True)
@@ -28,11 +27,8 @@ class Evaluation:
 
 
 def trained_with_deskew(model_path: Path) -> bool:
-    """A run folder's config.json says whether its model expects deskewed digits."""
-    config = model_path.parent / "config.json"
-    if config.is_file():
-        return bool(json.loads(config.read_text()).get("deskew", False))
-    return False
+    """The model's config.json (run folder or `<stem>.config.json`) says if it expects deskewed digits."""
+    return bool(sidecar_json(model_path, "config.json").get("deskew", False))
 
 
 def evaluate(

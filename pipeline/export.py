@@ -28,7 +28,7 @@ import numpy as np
 
 from pipeline import __version__, data, defaults, preprocess, quiet
 from pipeline.errors import ArtifactError, ExportError
-from pipeline.files import sha256, write_json
+from pipeline.files import sha256, sidecar_json, write_json
 
 
 class Format(StrEnum):
@@ -100,16 +100,6 @@ def tool_versions() -> dict[str, str]:
     return out
 
 
-def _sidecar(path: Path, name: str) -> dict[str, Any]:
-    """`<stem>.<name>` beside a shipped model (exported/bncnn.metrics.json), else the run folder's
-    `<name>` (runs/x/metrics.json); empty when neither exists."""
-    for candidate in (path.with_name(f"{path.stem}.{name}"), path.parent / name):
-        if candidate.is_file():
-            data_ = json.loads(candidate.read_text())
-            return data_ if isinstance(data_, dict) else {}
-    return {}
-
-
 def load_source(path: Path) -> Source:
     """Load the .keras file; its metrics.json and config.json supply accuracy, training facts and
     preprocessing when present."""
@@ -122,7 +112,7 @@ def load_source(path: Path) -> Source:
     except ArtifactError as exc:
         raise ExportError(str(exc)) from exc
     model = predictor.model  # type: ignore[attr-defined]
-    metrics, config = _sidecar(path, "metrics.json"), _sidecar(path, "config.json")
+    metrics, config = sidecar_json(path, "metrics.json"), sidecar_json(path, "config.json")
     training: dict[str, Any] = {
         key: metrics.get(key)
         for key in (

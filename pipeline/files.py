@@ -56,3 +56,13 @@ def sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def sidecar_json(model: Path, name: str) -> dict[str, Any]:
+    """A model's `<stem>.<name>` beside it (exported/bncnn.metrics.json, for shipped models), else
+    its run folder's `<name>` (runs/x/metrics.json); empty when neither exists."""
+    for candidate in (model.with_name(f"{model.stem}.{name}"), model.parent / name):
+        if candidate.is_file():
+            loaded = json.loads(candidate.read_text())
+            return loaded if isinstance(loaded, dict) else {}
+    return {}
