@@ -6,16 +6,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PIPELINE=${PIPELINE:-.venv/bin/pipeline}
 [ $# -gt 0 ] || { echo "usage: $0 NAME=RUN_DIR [NAME=RUN_DIR ...]" >&2; exit 2; }
-rm -rf exported.new && mkdir exported.new
+rm -rf exported && mkdir exported  # a failed release leaves git's copy to restore
 for pair in "$@"; do
   name=${pair%%=*} run=${pair#*=}
-  cp "$run/model.keras" "exported.new/$name.keras"
-  cp "$run/metrics.json" "exported.new/$name.metrics.json"
-  cp "$run/config.json" "exported.new/$name.config.json"
-  cp "$run/curves.png" "exported.new/$name.curves.png"
-  "$PIPELINE" export --model "exported.new/$name.keras" --format all --quantize none,int8 --out exported.new
-  "$PIPELINE" evaluate "exported.new/$name.keras" --out exported.new
+  cp "$run/model.keras" "exported/$name.keras"
+  cp "$run/metrics.json" "exported/$name.metrics.json"
+  cp "$run/config.json" "exported/$name.config.json"
+  cp "$run/curves.png" "exported/$name.curves.png"
+  "$PIPELINE" export --model "exported/$name.keras" --format all --quantize none,int8 --out exported
+  "$PIPELINE" evaluate "exported/$name.keras" --out exported
 done
-"$PIPELINE" verify --manifest exported.new/manifest.json
-rm -rf exported && mv exported.new exported
+"$PIPELINE" verify --manifest exported/manifest.json
+
 du -sh exported
