@@ -218,12 +218,9 @@ def _onnx_quantized(
             )  # fmt: skip
 
 
-def _onnx_metadata(path: Path, source: Source, quant: Quantization) -> None:
-    """Write labels, preprocessing and provenance into the ONNX file's metadata_props."""
-    import onnx
-
-    model = onnx.load(str(path))
-    props = {
+def _metadata(source: Source, quant: Quantization) -> dict[str, str]:
+    """What every artifact carries about itself: labels, preprocessing and provenance."""
+    return {
         "labels": json.dumps(list(data.CLASS_NAMES[data.Dataset.MNIST])),
         "preprocessing": json.dumps({**preprocess.PREPROCESSING_DESCRIPTION, "deskew": source.deskew}),
         "source_model": source.name,
@@ -231,6 +228,14 @@ def _onnx_metadata(path: Path, source: Source, quant: Quantization) -> None:
         "quantization": quant.value,
         "pipeline_version": __version__,
     }
+
+
+def _onnx_metadata(path: Path, source: Source, quant: Quantization) -> None:
+    """Write the metadata into the ONNX file's metadata_props."""
+    import onnx
+
+    model = onnx.load(str(path))
+    props = _metadata(source, quant)
     del model.metadata_props[:]
     for key, value in props.items():
         entry = model.metadata_props.add()
@@ -287,6 +292,39 @@ def _tflite(
             converter.inference_output_type = tf.int8
     with quiet.stderr_silenced():
         out.write_bytes(converter.convert())
+
+
+TFLITE_METADATA_NAME = "pipeline"
+
+
+def _tflite_metadata(path: Path, source: Source, quant: Quantization) -> None:
+    """Add the metadata as a JSON buffer named "pipeline" in the TFLite flatbuffer's metadata
+    list, where interpreters ignore it and `read_tflite_metadata` finds it."""
+    quiet.load("tensorflow")
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(path.read_bytes()))
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(json.dumps(_metadata(source, quant)).encode(), dtype=np.uint8)
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name, entry.buffer = TFLITE_METADATA_NAME, len(model.buffers) - 1
+    model.metadata = [*(model.metadata or []), entry]
+    path.write_bytes(bytes(flatbuffer_utils.convert_object_to_bytearray(model)))
+
+
+def read_tflite_metadata(path: Path) -> dict[str, str]:
+    """The "pipeline" metadata of a TFLite file written by this exporter ({} if none)."""
+    quiet.load("tensorflow")
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(path.read_bytes()))
+    for entry in model.metadata or []:
+        name = entry.name.decode() if isinstance(entry.name, bytes) else entry.name
+        if name == TFLITE_METADATA_NAME:
+            return dict(json.loads(bytes(model.buffers[entry.buffer].data).decode()))
+    return {}
 
 
 # --- describing and recording ----------------------------------------------------------------
@@ -404,6 +442,7 @@ def export(
                         _onnx_metadata(tmp, source, quant)
                     else:
                         _tflite(_saved_model(source, work / "saved_model"), quant, tmp, calib, integer_io)
+                        _tflite_metadata(tmp, source, quant)
                     inp, outp = _describe_io(tmp, fmt)
                 except ExportError:
                     raise

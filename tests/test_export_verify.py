@@ -60,6 +60,14 @@ def test_onnx_metadata_and_opset(exported: Path) -> None:
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops  # QDQ format
 
 
+def test_tflite_metadata(exported: Path) -> None:
+    from pipeline.export import read_tflite_metadata
+
+    meta = read_tflite_metadata(exported / "conv2d.int8.tflite")
+    assert meta["quantization"] == "int8" and meta["source_model"] == "conv2d"
+    assert json.loads(meta["labels"])[9] == "9" and json.loads(meta["preprocessing"])["deskew"] is False
+
+
 def test_int8_is_much_smaller(exported: Path) -> None:
     for ext in ("onnx", "tflite"):
         ratio = (exported / f"conv2d.float32.{ext}").stat().st_size / (
