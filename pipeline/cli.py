@@ -359,6 +359,9 @@ def classify_cli(
 
         def progress(advance: int, total: int) -> None:
             bar.update(task, advance=advance, total=total)
+            speed = bar.tasks[0].speed
+            if speed:
+                bar.update(task, rate=f"{speed:,.0f} images/s")
 
         summary = _run(
             classify.classify, folder, out, model, resume, probabilities, recursive, exts, workers,
