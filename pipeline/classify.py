@@ -257,15 +257,16 @@ def _done_paths(partial: Path, state: Path, header: list[str]) -> tuple[int, Ite
         raise ClassifyError(f"{partial}: shorter than its committed progress; start over without --resume")
 
     def paths() -> Iterator[str]:
+        # Streamed, so resuming a run of millions of rows needs no memory for them; reading stops
+        # after the committed rows, before any torn tail.
         with open(partial, encoding=ENCODING, errors=ERRORS, newline="") as f:
-            text = f.read(size) if size else ""
-        reader = csv.reader(io.StringIO(text))
-        if next(reader, None) != header:
-            raise ClassifyError(f"{partial}: written with other columns; start over without --resume")
-        for count, row in enumerate(reader):
-            if count >= rows:
-                return
-            yield row[0]
+            reader = csv.reader(f)
+            if next(reader, None) != header:
+                raise ClassifyError(f"{partial}: written with other columns; start over without --resume")
+            for count, row in enumerate(reader):
+                if count >= rows:
+                    return
+                yield row[0]
 
     return size, paths()
 
