@@ -154,22 +154,43 @@ def _ink_values(gray: np.ndarray) -> np.ndarray:
     return np.clip(values * (255.0 / max(scale, 1.0)), 0, 255)
 
 
-def _ink_box(values: np.ndarray) -> tuple[int, int, int, int]:
-    """Bounding box (top, bottom, left, right; exclusive ends) of the ink, ignoring specks."""
-    mask = values > defaults.INK_THRESHOLD * 255
-    h, w = mask.shape
-    if min(h, w) >= 4 * defaults.FIELD_SIZE:
-        # On a large scan strokes are many pixels wide, so a 3x3 opening removes dust and JPEG
-        # speckle without touching the digit; on small images it would erase thin strokes.
-        m = Image.fromarray(mask.astype(np.uint8) * 255)
-        m = m.filter(ImageFilter.MinFilter(3)).filter(ImageFilter.MaxFilter(3))
-        opened = np.asarray(m) > 0
-        if opened.any():
-            mask = opened
+def _bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     if rows.size == 0:
-        raise BlankImageError("blank: no ink above the noise threshold")
+        return None
     return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def _ink_box(values: np.ndarray) -> tuple[int, int, int, int]:
+    """Bounding box (top, bottom, left, right; exclusive ends) of the ink, ignoring specks.
+
+    On a large image a 3x3 opening removes dust and JPEG speckle, and its box locates the digit.
+    The opening also erases strokes thinner than 3 px (a small digit on a big page), so the box is
+    then grown back over the unopened ink it touches, until it stops changing; specks away from
+    the digit stay out.
+    """
+    mask = values > defaults.INK_THRESHOLD * 255
+    full = _bbox(mask)
+    if full is None:
+        raise BlankImageError("blank: no ink above the noise threshold")
+    h, w = mask.shape
+    if min(h, w) < 4 * defaults.FIELD_SIZE:
+        return full
+    m = Image.fromarray(mask.astype(np.uint8) * 255)
+    opened = _bbox(np.asarray(m.filter(ImageFilter.MinFilter(3)).filter(ImageFilter.MaxFilter(3))) > 0)
+    if opened is None:
+        return full
+    top, bottom, left, right = opened
+    for _ in range(8):
+        pad = 2 + max(bottom - top, right - left) // 10
+        t, b, l_, r = max(0, top - pad), min(h, bottom + pad), max(0, left - pad), min(w, right + pad)
+        inner = _bbox(mask[t:b, l_:r])
+        assert inner is not None  # the window holds the opened box, which holds ink
+        grown = (t + inner[0], t + inner[1], l_ + inner[2], l_ + inner[3])
+        if grown == (top, bottom, left, right):
+            break
+        top, bottom, left, right = grown
+    return top, bottom, left, right
 
 
 def stroke_width(mask: np.ndarray) -> float:

@@ -56,7 +56,7 @@ def test_every_mode_gives_the_same_digit(digit: np.ndarray, mode: str) -> None:
         converted = scan.convert(mode)
     result = preprocess.to_mnist(converted)
     assert result.shape == (28, 28) and result.dtype == np.uint8
-    assert _similar(result, reference) > (0.85 if mode == "1" else 0.99)
+    assert _similar(result, reference) > (0.8 if mode == "1" else 0.99)  # 1-bit loses the grey levels
     assert _similar(result, digit) > 0.8
 
 
@@ -94,7 +94,7 @@ def test_rendered_scans_come_back(test_digits: tuple[np.ndarray, np.ndarray]) ->
         buf = io.BytesIO()
         render_scan(test_digits[0][i], rng).save(buf, format="JPEG", quality=70)
         scores.append(_similar(preprocess.to_mnist(Image.open(buf)), test_digits[0][i]))
-    assert np.median(scores) > 0.8
+    assert np.median(scores) > 0.95
 
 
 @pytest.mark.parametrize("size", [(28, 28), (300, 200)])
@@ -179,3 +179,19 @@ def test_uneven_lighting_is_cancelled(test_digits: tuple[np.ndarray, np.ndarray]
         even = Image.fromarray(np.clip(235 - 195 * canvas, 0, 255).astype(np.uint8))
         scores.append(_similar(preprocess.to_mnist(page), preprocess.to_mnist(even)))
     assert np.mean(scores) > 0.85  # measured: 0.92 with the local paper level, 0.30 with one global level
+
+
+def test_small_digit_on_a_big_speckled_page(test_digits: tuple[np.ndarray, np.ndarray]) -> None:
+    """Thin strokes of a small digit survive the speck filter; dust far from it is ignored."""
+    rng = np.random.default_rng(0)
+    scores = []
+    for i in range(20):
+        page = np.full((600, 800), 235.0) + rng.normal(0, 4, (600, 800))
+        page[300:328, 400:428] -= test_digits[0][i] * 0.8
+        for _ in range(5):
+            y, x = rng.integers(0, 590), rng.integers(0, 790)
+            page[y : y + 2, x : x + 2] = 40
+        out = preprocess.to_mnist(Image.fromarray(np.clip(page, 0, 255).astype(np.uint8)))
+        scores.append(_similar(out, test_digits[0][i]))
+    # Measured: median 0.997 once the box grows back over thin strokes, 0.83 cropped to the opening.
+    assert np.median(scores) > 0.95
