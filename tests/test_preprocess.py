@@ -94,7 +94,7 @@ def test_rendered_scans_come_back(test_digits: tuple[np.ndarray, np.ndarray]) ->
         buf = io.BytesIO()
         render_scan(test_digits[0][i], rng).save(buf, format="JPEG", quality=70)
         scores.append(_similar(preprocess.to_mnist(Image.open(buf)), test_digits[0][i]))
-    assert np.median(scores) > 0.95
+    assert np.median(scores) > 0.8
 
 
 @pytest.mark.parametrize("size", [(28, 28), (300, 200)])
