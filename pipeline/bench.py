@@ -74,6 +74,13 @@ def make_digit_folder(folder: Path, count: int, per_dir: int = 10_000) -> Path:
     return folder
 
 
+def warm_cache(folder: Path) -> None:
+    """Read every file once so that each contender finds them in the page cache: otherwise the
+    first one measured pays the disk reads for all the others."""
+    for path in folder.rglob("*.png"):
+        path.read_bytes()
+
+
 def _tree_pss_kib(pid: int) -> int:
     """Summed PSS of a process and all its descendants, in KiB (0 if it is gone)."""
     total, todo = 0, [pid]
@@ -170,6 +177,7 @@ def bench_classify(
 ) -> list[RunBench]:
     """Decode-only ceiling, the naive loop and `pipeline classify` on the same folder of PNGs."""
     folder = make_digit_folder(folder or Path(tempfile.gettempdir()) / f"pipeline-bench-{count}", count)
+    warm_cache(folder)
     n_workers = workers or os.cpu_count() or 1
     py = sys.executable
     results = [
@@ -204,6 +212,7 @@ def bench_engines(model: Path, count: int = 20_000, folder: Path | None = None) 
 
     ray_engine.require_ray()
     folder = make_digit_folder(folder or Path(tempfile.gettempdir()) / f"pipeline-bench-{count}", count)
+    warm_cache(folder)
     py = sys.executable
     results = []
     with tempfile.TemporaryDirectory() as tmp:
