@@ -103,3 +103,46 @@ def plot_examples(
                 color="tab:green" if name == "correct" else "tab:red",
             )
     return _save(fig, path)
+
+
+def release_table(manifest_path: Path) -> str:
+    """The README's results table, built from the manifest and parity.json beside it, so every
+    figure in it traces to a recorded artifact."""
+    import json
+
+    manifest = json.loads(manifest_path.read_text())
+    parity_path = manifest_path.parent / "parity.json"
+    parity = {}
+    if parity_path.is_file():
+        parity = {r["path"]: r for r in json.loads(parity_path.read_text())["results"]}
+    by_model: dict[str, dict[str, dict[str, Any]]] = {}
+    for entry in manifest["artifacts"]:
+        key = f"{entry['format']}.{entry['quantization']}"
+        by_model.setdefault(entry["source"]["model"], {})[key] = entry
+
+    def acc(entry: dict[str, Any] | None) -> str:
+        result = parity.get(str(entry["path"])) if entry else None
+        return f"{result['accuracy']:.2%}" if result and result.get("accuracy") is not None else "-"
+
+    rows = [
+        "| model | parameters | epochs (best) | device | training time | Keras | ONNX float32 | ONNX int8 "
+        "| TFLite int8 | size float32 / int8 (ONNX) | int8 ONNX latency @1 / @256 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for model, entries in by_model.items():
+        source = next(iter(entries.values()))["source"]
+        assert isinstance(source, dict)
+        training = source.get("training", {})
+        f32, i8 = entries.get("onnx.none"), entries.get("onnx.int8")
+        t_i8 = entries.get("tflite.int8")
+        lat = parity.get(str(i8["path"])) if i8 else None
+        latency = f"{lat['latency_ms_batch1']:.2f} / {lat['latency_ms_batch256']:.1f} ms" if lat else "-"
+        sizes = f"{f32['bytes'] / 1024:,.0f} / {i8['bytes'] / 1024:,.0f} KiB" if f32 and i8 else "-"
+        epochs = f"{training.get('epochs', '-')} ({training.get('best_epoch', '-')})"
+        rows.append(
+            f"| {model} | {source['parameters']:,} | {epochs} "
+            f"| {training.get('device', '-')}, {training.get('backend', '-')} "
+            f"| {training.get('train_seconds', 0) / 60:.0f} min | {source['test_accuracy']:.2%} "
+            f"| {acc(f32)} | {acc(i8)} | {acc(t_i8)} | {sizes} | {latency} |"
+        )
+    return "\n".join(rows)

@@ -246,6 +246,22 @@ def test_default_model_is_the_best_int8_onnx_in_the_manifest(
     assert choice.deskew is False
 
 
+def test_shipped_default_model_classifies_out_of_the_box(
+    test_digits: tuple[np.ndarray, np.ndarray], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From a fresh clone, with no training: classify picks the best shipped int8 ONNX."""
+    shipped = Path(__file__).resolve().parent.parent / "exported" / "manifest.json"
+    if not shipped.is_file():
+        pytest.skip("no shipped exports in this checkout")
+    monkeypatch.chdir(tmp_path)  # not the repo: the shipped manifest is found beside the package
+    _write_digits(tmp_path / "digits", test_digits[0][:200])
+    result = CliRunner().invoke(app, ["classify", str(tmp_path / "digits"), "--out", str(tmp_path / "r.csv")])
+    assert result.exit_code == 0, result.output
+    assert ".int8.onnx" in result.output
+    predictions = [int(r["prediction"]) for r in _rows(tmp_path / "r.csv")]
+    assert np.mean(np.array(predictions) == test_digits[1][:200]) > 0.97
+
+
 def test_scans_are_classified_about_as_well_as_clean_digits(
     int8_onnx: Path, test_digits: tuple[np.ndarray, np.ndarray], tmp_path: Path
 ) -> None:

@@ -109,6 +109,29 @@ def test_verify_passes_and_writes_reports(exported: Path, tmp_path: Path) -> Non
     parity = json.loads((folder / "parity.json").read_text())
     assert parity["passed"] is True and len(parity["results"]) == 8
     assert "| conv2d.int8.onnx |" in (folder / "parity.md").read_text()
+    from pipeline.report import release_table
+
+    row = release_table(folder / "manifest.json").splitlines()[2]
+    int8 = next(r for r in report.results if r.path == "conv2d.int8.onnx")
+    assert row.startswith("| conv2d |") and f"{int8.accuracy:.2%}" in row
+
+
+SHIPPED = Path(__file__).resolve().parent.parent / "exported" / "manifest.json"
+
+
+@pytest.mark.skipif(not SHIPPED.is_file(), reason="no shipped exports in this checkout")
+def test_shipped_release_models_verify() -> None:
+    """The committed exports pass verify from a fresh clone (reports are not rewritten)."""
+    report = verify(SHIPPED, latency_repeats=1, write=False)
+    assert all(r.status == "ok" for r in report.results) and len(report.results) >= 4
+    shipped = json.loads(SHIPPED.read_text())["artifacts"]
+    assert {(a["format"], a["quantization"]) for a in shipped} >= {
+        ("onnx", "none"),
+        ("onnx", "int8"),
+        ("tflite", "none"),
+        ("tflite", "int8"),
+    }
+    assert sum((SHIPPED.parent / p.name).stat().st_size for p in SHIPPED.parent.iterdir()) < 25 * 2**20
 
 
 def test_verify_fails_when_a_file_changed(exported: Path, tmp_path: Path) -> None:
