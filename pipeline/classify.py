@@ -169,7 +169,8 @@ def _accuracy(entry: dict[str, Any], parity: dict[str, float]) -> float:
 
 
 def choose_model(model: Path | None) -> ModelChoice:
-    """`--model` as given, else the most accurate int8 ONNX listed in a manifest.
+    """`--model` as given, else the most accurate int8 ONNX of the first manifest that lists one
+    (./exported/manifest.json, then the one shipped with the project).
 
     Accuracy comes from parity.json (measured on the artifact itself) when verify has run, else
     from the source model's test accuracy. The deskew setting comes from the artifact's entry.
@@ -186,7 +187,7 @@ def choose_model(model: Path | None) -> ModelChoice:
                     deskew = bool(entry.get("preprocessing", {}).get("deskew", False))
         return ModelChoice(model, deskew)
     candidates: list[tuple[float, Path, bool]] = []
-    for manifest in find_manifests():
+    for manifest in find_manifests():  # ./exported first: a user's own exports win over shipped ones
         parity_path = manifest.parent / "parity.json"
         parity = {}
         if parity_path.is_file():
@@ -198,6 +199,8 @@ def choose_model(model: Path | None) -> ModelChoice:
                 if path.is_file():
                     deskew = bool(entry.get("preprocessing", {}).get("deskew", False))
                     candidates.append((_accuracy(entry, parity), path, deskew))
+        if candidates:
+            break
     if not candidates:
         raise ClassifyError("no --model given and no int8 ONNX model in exported/manifest.json")
     _, path, deskew = max(candidates, key=lambda c: c[0])
