@@ -62,13 +62,13 @@ def make_digit_folder(folder: Path, count: int, per_dir: int = 10_000) -> Path:
     marker = folder / f".complete-{count}"
     if marker.exists():
         return folder
+    from PIL import Image
+
     images, _ = data.load(data.Split.TEST)
     for i in range(count):
         sub = folder / f"{i // per_dir:03d}"
         if i % per_dir == 0:
             sub.mkdir(parents=True, exist_ok=True)
-        from PIL import Image
-
         Image.fromarray(images[i % len(images)]).save(sub / f"{i:07d}.png", compress_level=6)
     marker.touch()
     return folder

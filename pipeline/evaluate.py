@@ -9,8 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from pipeline import data, defaults, preprocess, report, runtime
 from pipeline.files import sidecar_json, write_json
 
@@ -68,7 +66,3 @@ def evaluate(
         },
     )  # fmt: skip
     return Evaluation(model_path, accuracy, per_class, len(labels), confusion_png, examples_png, metrics_json)
-
-
-def accuracy_of(probs: np.ndarray, labels: np.ndarray) -> float:
-    return float((probs.argmax(axis=1) == labels).mean())

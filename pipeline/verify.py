@@ -123,6 +123,7 @@ def verify(
     images, labels = data.load(data.Split.TEST, data_dir=data_dir, limit=limit)
     results: list[ArtifactResult] = []
     keras_cache: dict[str, tuple[np.ndarray, float] | str] = {}
+    inputs: dict[bool, np.ndarray] = {}
     for entry in entries:
         src = entry.get("source", {})
         res = ArtifactResult(
@@ -140,7 +141,9 @@ def verify(
             res.problems.append("SHA-256 differs from the manifest: the file changed after export")
             continue
         deskew = bool(entry.get("preprocessing", {}).get("deskew", False))
-        x = preprocess.scale(preprocess.deskew_batch(images) if deskew else images)
+        if deskew not in inputs:  # once per preprocessing, not once per artifact
+            inputs[deskew] = preprocess.scale(preprocess.deskew_batch(images) if deskew else images)
+        x = inputs[deskew]
         ref = _keras_reference(base / src.get("path", ""), src.get("sha256"), x, labels, keras_cache, deskew)
         if isinstance(ref, str):
             res.status = "error"

@@ -8,7 +8,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ["PIPELINE_NO_DOWNLOAD"] = "1"  # never wait on a network in tests
 
+import json
+import signal
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -46,3 +52,18 @@ def exported(trained_conv2d: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         trained_conv2d / "model.keras", list(Format), list(Quantization), out_dir=out, calibration_samples=200
     )
     return out
+
+
+def kill_when(
+    cmd: list[str], state: Path, ready: Callable[[dict[str, Any]], bool], timeout: float = 120
+) -> None:
+    """Start `cmd`, wait until its JSON progress file `state` satisfies `ready`, then kill -9 it."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if state.exists() and ready(json.loads(state.read_text())):
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, f"{cmd[3]} finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()

@@ -6,14 +6,13 @@ import csv
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import kill_when
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -186,16 +185,8 @@ def test_resume_after_kill_loses_and_duplicates_nothing(
         "--model",
         str(int8_onnx),
     ]
-    proc = subprocess.Popen([*cmd, "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = tmp_path / "results.csv.partial.json"
-    deadline = time.time() + 60
-    while time.time() < deadline and proc.poll() is None:
-        if state.exists() and json.loads(state.read_text())["rows"] >= 4096:
-            break
-        time.sleep(0.01)
-    assert proc.poll() is None, "classify finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when([*cmd, "--workers", "1"], state, lambda s: int(s["rows"]) >= 4096, timeout=60)
     assert not out.exists() and (tmp_path / "results.csv.partial").exists()
     with open(tmp_path / "results.csv.partial", "a") as f:
         f.write("half/a/row.png,7,0.9")  # what a kill in the middle of a write leaves

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from conftest import kill_when
 
 from pipeline.errors import TrainError
 from pipeline.train import Backend, TrainConfig, select_backend, train
@@ -88,16 +86,8 @@ def test_resume_after_kill_continues_from_checkpoint(tmp_path: Path) -> None:
         "--backend",
         "tensorflow",
     ]
-    proc = subprocess.Popen(_pipeline(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = run / "state.json"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if state.exists() and json.loads(state.read_text())["epochs_done"] >= 1:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "training ended before it could be interrupted"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when(_pipeline(*args), state, lambda s: int(s["epochs_done"]) >= 1)
     done_before = json.loads(state.read_text())["epochs_done"]
     assert 1 <= done_before < 4 and not (run / "metrics.json").exists()
     first_epochs = json.loads(state.read_text())["history"]["loss"][:done_before]
