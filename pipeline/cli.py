@@ -189,6 +189,29 @@ def train_cli(
     console.print(table)
 
 
+@app.command("ensemble")
+def ensemble_cli(
+    members: Annotated[
+        list[Path], typer.Argument(help="Run folders (or .keras files) of trained softmax models.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Run folder for the ensemble.")],
+    name: Annotated[
+        str | None, typer.Option("--name", help="Model name (default <model>-x<N>, e.g. bncnn-x3).")
+    ] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Average trained models into one model (a run folder that export and verify take as is)."""
+    from pipeline.ensemble import ensemble
+
+    result = _run(ensemble, members, out, name, data_dir)
+    m = result.metrics
+    each = ", ".join(f"{f['test_accuracy']:.2%}" for f in m["members"] if f.get("test_accuracy") is not None)
+    console.print(
+        f"{m['model']}: {len(m['members'])} members ({each}), {m['parameters']:,} parameters, "
+        f"test accuracy {m['test_accuracy']:.2%}; wrote {result.run_dir}/model.keras"
+    )
+
+
 # --- evaluate ---------------------------------------------------------------------------------
 
 

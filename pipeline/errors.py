@@ -66,3 +66,7 @@ class ImageError(PipelineError):
 
 class BlankImageError(ImageError):
     """The image holds no ink: reported as blank rather than guessed."""
+
+
+class EnsembleError(TrainError):
+    """Models cannot be combined (too few, missing, or disagreeing on data or output)."""

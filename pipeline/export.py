@@ -124,6 +124,8 @@ def load_source(path: Path) -> Source:
             "augment",
             "seed",
             "dataset",
+            "kind",
+            "members",
         )
         if key in metrics
     }

@@ -49,6 +49,22 @@ def plot_history(history: dict[str, list[float]], path: Path, title: str = "") -
     return _save(fig, path)
 
 
+def plot_members(histories: dict[str, dict[str, list[float]]], path: Path, title: str = "") -> Path:
+    """An ensemble's figure: each member's validation loss and accuracy per epoch, side by side."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key in zip(axes, ("val_loss", "val_accuracy"), strict=True):
+        for label, history in histories.items():
+            if key in history:
+                ax.plot(np.arange(1, len(history[key]) + 1), history[key], label=label)
+        ax.set_xlabel("epoch")
+        ax.set_title(key.replace("val_", "validation "))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
 def confusion(labels: np.ndarray, predicted: np.ndarray) -> np.ndarray:
     """10x10 counts: row = actual digit, column = predicted digit."""
     matrix = np.zeros((10, 10), dtype=np.int64)
@@ -138,7 +154,7 @@ def release_table(manifest_path: Path) -> str:
         lat = parity.get(str(i8["path"])) if i8 else None
         latency = f"{lat['latency_ms_batch1']:.2f} / {lat['latency_ms_batch256']:.1f} ms" if lat else "-"
         sizes = f"{f32['bytes'] / 1024:,.0f} / {i8['bytes'] / 1024:,.0f} KiB" if f32 and i8 else "-"
-        epochs = f"{training.get('epochs', '-')} ({training.get('best_epoch', '-')})"
+        epochs = f"{_cell(training.get('epochs'))} ({_cell(training.get('best_epoch'))})"
         rows.append(
             f"| {model} | {source['parameters']:,} | {epochs} "
             f"| {training.get('device', '-')}, {training.get('backend', '-')} "
@@ -146,3 +162,10 @@ def release_table(manifest_path: Path) -> str:
             f"| {acc(f32)} | {acc(i8)} | {acc(t_i8)} | {sizes} | {latency} |"
         )
     return "\n".join(rows)
+
+
+def _cell(value: Any) -> str:
+    """An ensemble records a list (one value per member): shown as 25+35+30."""
+    if isinstance(value, list):
+        return "+".join(str(v) for v in value)
+    return "-" if value is None else str(value)

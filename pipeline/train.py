@@ -225,7 +225,7 @@ def _one_hot(labels: np.ndarray) -> np.ndarray:
     return np.eye(10, dtype=np.float32)[labels.astype(np.int64)]
 
 
-def _save_model_file(model: Any, path: Path, include_optimizer: bool) -> None:
+def save_model_file(model: Any, path: Path, include_optimizer: bool) -> None:
     """Save a `.keras` file atomically; without optimizer state unless asked.
 
     Keras 3 always stores a compiled model's optimizer (and `clone_model` copies the compile
@@ -281,7 +281,7 @@ def _callbacks(run_dir: Path, state: dict[str, Any], config: TrainConfig, show_p
                 os.replace(tmp, run_dir / "best.weights.h5")
             state["epochs_done"] = epoch + 1
             state["train_seconds"] = state["train_seconds_before"] + time.time() - state["fit_start"]
-            _save_model_file(self.model, run_dir / "checkpoint.keras", include_optimizer=True)
+            save_model_file(self.model, run_dir / "checkpoint.keras", include_optimizer=True)
             write_json(run_dir / "state.json", state)
 
     class TargetAccuracy(keras.callbacks.Callback):  # type: ignore[misc]
@@ -478,7 +478,7 @@ def _finish(
         float((pred[splits.y_test == d] == d).mean()) if (splits.y_test == d).any() else None
         for d in range(10)
     ]
-    _save_model_file(model, run_dir / "model.keras", include_optimizer=False)
+    save_model_file(model, run_dir / "model.keras", include_optimizer=False)
     history = state["history"]
     _write_history(run_dir, history)
     report.plot_history(history, run_dir / "curves.png", title=f"{config.model} ({backend.value}, {device})")

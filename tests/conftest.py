@@ -11,6 +11,7 @@ os.environ["PIPELINE_NO_DOWNLOAD"] = "1"  # never wait on a network in tests
 import json
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -67,3 +68,22 @@ def kill_when(
     assert proc.poll() is None, f"{cmd[3]} finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+
+
+def run_cli(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m pipeline ARGS` as a user would."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, cwd=cwd, env=full_env
+    )
+
+
+def one_clear_line(result: subprocess.CompletedProcess[str], expect: str) -> None:
+    """A user error: non-zero exit, no traceback, exactly one `error:` line naming `expect`."""
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error:") and expect in lines[0], lines[0]

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import one_clear_line, run_cli
 from typer.testing import CliRunner
 
 from pipeline.cli import app
 
 runner = CliRunner()
-COMMANDS = [[], ["data"], ["data", "samples"], ["train"], ["evaluate"]]
+COMMANDS = [[], ["data"], ["data", "samples"], ["train"], ["ensemble"], ["evaluate"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "pipeline")
@@ -21,23 +21,6 @@ def test_help(command: list[str]) -> None:
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0, result.output
     assert "Usage" in result.output
-
-
-def _cli(
-    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, cwd=cwd, env=full_env
-    )
-
-
-def _one_clear_line(result: subprocess.CompletedProcess[str], expect: str) -> None:
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr + result.stdout
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error:") and expect in lines[0], lines[0]
 
 
 def test_pipeline_help_does_not_import_tensorflow() -> None:
@@ -60,7 +43,7 @@ def test_pipeline_help_does_not_import_tensorflow() -> None:
     ],
 )
 def test_user_errors_are_one_line(args: list[str], expect: str, tmp_path: Path) -> None:
-    _one_clear_line(_cli(*args, cwd=tmp_path), expect)
+    one_clear_line(run_cli(*args, cwd=tmp_path), expect)
 
 
 def test_missing_data_is_one_line(tmp_path: Path) -> None:
@@ -69,10 +52,10 @@ def test_missing_data_is_one_line(tmp_path: Path) -> None:
         "PIPELINE_NO_DOWNLOAD": "1",
         "PIPELINE_DATA_DIR": str(tmp_path / "nothing"),
     }
-    result = _cli("train", "--epochs", "1", "--data-dir", str(tmp_path / "empty"), cwd=tmp_path, env=env)
+    result = run_cli("train", "--epochs", "1", "--data-dir", str(tmp_path / "empty"), cwd=tmp_path, env=env)
     if Path("/usr/share/datasets/mnist").exists():
         pytest.skip("this machine has MNIST in /usr/share/datasets")
-    _one_clear_line(result, "not found")
+    one_clear_line(result, "not found")
     assert "empty" in result.stderr and "nothing" in result.stderr
 
 
