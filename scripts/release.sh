@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuild exported/ from trained run folders: the release models' .keras files (no optimizer state)
 # with their metrics, ONNX and TFLite float32 and int8 exports, figures, and the parity report.
-#   bash scripts/release.sh bncnn=runs/bncnn-full conv2d=runs/conv2d-full
+#   bash scripts/release.sh bncnn-x3=runs/bncnn-x3 conv2d=runs/conv2d-aug
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PIPELINE=${PIPELINE:-.venv/bin/pipeline}
