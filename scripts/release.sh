@@ -1,19 +1,25 @@
 #!/usr/bin/env bash
 # Rebuild exported/ from trained run folders: the release models' .keras files (no optimizer state)
-# with their metrics, ONNX and TFLite float32 and int8 exports, figures, and the parity report.
-#   bash scripts/release.sh bncnn-x3=runs/bncnn-x3 conv2d=runs/conv2d-aug
+# with their metrics, ONNX and TFLite exports (float32 and int8 unless QUANT says otherwise),
+# figures, and the parity report.
+#   bash scripts/release.sh NAME=RUN_DIR[:QUANT] ...
+#   bash scripts/release.sh bncnn-x4=runs/bncnn-x4 conv2d=runs/conv2d-aug:int8
+# QUANT is a --quantize list (default none,int8): a reference model can ship int8 only, which
+# keeps exported/ under its 25 MB budget.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PIPELINE=${PIPELINE:-.venv/bin/pipeline}
-[ $# -gt 0 ] || { echo "usage: $0 NAME=RUN_DIR [NAME=RUN_DIR ...]" >&2; exit 2; }
+[ $# -gt 0 ] || { echo "usage: $0 NAME=RUN_DIR[:QUANT] [NAME=RUN_DIR[:QUANT] ...]" >&2; exit 2; }
 rm -rf exported && mkdir exported  # a failed release leaves git's copy to restore
 for pair in "$@"; do
-  name=${pair%%=*} run=${pair#*=}
+  name=${pair%%=*} rest=${pair#*=}
+  run=${rest%%:*} quant=none,int8
+  [ "$run" = "$rest" ] || quant=${rest#*:}
   cp "$run/model.keras" "exported/$name.keras"
   cp "$run/metrics.json" "exported/$name.metrics.json"
   cp "$run/config.json" "exported/$name.config.json"
   cp "$run/curves.png" "exported/$name.curves.png"
-  "$PIPELINE" export --model "exported/$name.keras" --format all --quantize none,int8 --out exported
+  "$PIPELINE" export --model "exported/$name.keras" --format all --quantize "$quant" --out exported
   "$PIPELINE" evaluate "exported/$name.keras" --out exported
 done
 "$PIPELINE" verify --manifest exported/manifest.json
