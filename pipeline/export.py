@@ -141,7 +141,7 @@ def calibration_images(count: int, seed: int, deskew: bool, data_dir: Path | Non
     x, _ = data.load(data.Split.TRAIN, data_dir=data_dir)
     idx = np.random.default_rng(seed).choice(len(x), size=min(count, len(x)), replace=False)
     picked = x[np.sort(idx)]
-    return preprocess.scale(preprocess.deskew_batch(picked) if deskew else picked)
+    return preprocess.model_input(picked, deskew)
 
 
 def _serving_function(model: Any) -> Any:
@@ -413,8 +413,8 @@ def export(
         from pipeline import runtime
 
         x, y = data.load(data.Split.TEST, data_dir=data_dir)
-        x = preprocess.deskew_batch(x) if source.deskew else x
-        probs = runtime.KerasPredictor(model_path, source.model).predict(preprocess.scale(x))
+        predictor = runtime.KerasPredictor(model_path, source.model)
+        probs = predictor.predict(preprocess.model_input(x, source.deskew))
         source.test_accuracy = float((probs.argmax(axis=1) == y).mean())
     calib_cache: list[np.ndarray] = []
 

@@ -330,6 +330,12 @@ def scale(images: np.ndarray) -> np.ndarray:
     return (np.asarray(images, dtype=np.float32) / np.float32(255.0))[..., np.newaxis]
 
 
+def model_input(images: np.ndarray, deskew: bool) -> np.ndarray:
+    """A uint8 N x 28 x 28 data set batch as a model sees it: deskewed when the model was trained
+    so, then scaled. The one place training, export, verify and ensembles prepare data set images."""
+    return scale(deskew_batch(images) if deskew else images)
+
+
 PREPROCESSING_DESCRIPTION = {
     "input": "float32 [N, 28, 28, 1], values in [0, 1] (pixel / 255)",
     "digit": "white ink on black, longer side fit to 20 px, centred by mass in 28x28 (MNIST)",

@@ -213,12 +213,8 @@ def prepare_data(config: TrainConfig, data_dir: Path | None) -> Splits:
     n_val = round(len(x) * config.validation_split)
     x_val, y_val = x[len(x) - n_val :], y[len(x) - n_val :]
     x, y = x[: len(x) - n_val], y[: len(x) - n_val]
-    if config.deskew:
-        x, x_val, x_test = (preprocess.deskew_batch(a) for a in (x, x_val, x_test))
-    return Splits(
-        preprocess.scale(x), y, preprocess.scale(x_val), y_val,
-        preprocess.scale(x_test), y_test, data.checksum_of(loc),
-    )  # fmt: skip
+    x, x_val, x_test = (preprocess.model_input(a, config.deskew) for a in (x, x_val, x_test))
+    return Splits(x, y, x_val, y_val, x_test, y_test, data.checksum_of(loc))
 
 
 def _one_hot(labels: np.ndarray) -> np.ndarray:

@@ -142,7 +142,7 @@ def verify(
             continue
         deskew = bool(entry.get("preprocessing", {}).get("deskew", False))
         if deskew not in inputs:  # once per preprocessing, not once per artifact
-            inputs[deskew] = preprocess.scale(preprocess.deskew_batch(images) if deskew else images)
+            inputs[deskew] = preprocess.model_input(images, deskew)
         x = inputs[deskew]
         ref = _keras_reference(base / src.get("path", ""), src.get("sha256"), x, labels, keras_cache, deskew)
         if isinstance(ref, str):
