@@ -25,9 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import data, defaults, preprocess, quiet, report
-from pipeline.errors import EnsembleError
+from pipeline import data, defaults, preprocess, quiet, report, runtime
+from pipeline.errors import ArtifactError, EnsembleError
 from pipeline.files import sidecar_json, write_json
+from pipeline.train import library_versions, save_model_file
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,10 @@ def build(members: list[Member], name: str) -> Any:
     inputs = keras.Input(shape=(size, size, 1), name=defaults.INPUT_NAME)
     outputs = []
     for i, member in enumerate(members, start=1):
-        loaded = keras.saving.load_model(member.path, compile=False)
+        try:
+            loaded = runtime.load(member.path).model  # type: ignore[attr-defined]
+        except ArtifactError as exc:
+            raise EnsembleError(str(exc)) from exc
         try:
             activation = loaded.get_layer(defaults.OUTPUT_NAME).get_config().get("activation")
         except ValueError:
@@ -108,14 +112,9 @@ def ensemble(
 
     images, labels = data.load(data.Split.TEST, dataset, data_dir)  # a data problem fails first
     model = build(members, name)
-    x = preprocess.scale(preprocess.deskew_batch(images) if deskew else images)
-    probs = np.concatenate(
-        [np.asarray(model(x[i : i + 1024], training=False)) for i in range(0, len(x), 1024)]
-    )
+    probs = runtime.KerasPredictor(out / "model.keras", model).predict(preprocess.model_input(images, deskew))
     pred = probs.argmax(axis=1)
     out.mkdir(parents=True, exist_ok=True)
-    from pipeline.train import library_versions, save_model_file
-
     save_model_file(model, out / "model.keras", include_optimizer=False)
     facts = [_member_facts(m) for m in members]
     write_json(

@@ -103,5 +103,9 @@ def test_bad_member_lists(two_flat_runs: list[Path], tmp_path: Path, members: in
         ensemble(paths, tmp_path / "out")
 
 
-def test_cli_errors_are_one_line(tmp_path: Path) -> None:
+def test_cli_errors_are_one_line(tmp_path: Path, two_flat_runs: list[Path]) -> None:
     one_clear_line(run_cli("ensemble", str(tmp_path), str(tmp_path / "b"), "--out", "x"), "not a run folder")
+    corrupt = tmp_path / "corrupt.keras"
+    corrupt.write_bytes(b"not a zip")
+    result = run_cli("ensemble", str(corrupt), str(two_flat_runs[0]), "--out", str(tmp_path / "out"))
+    one_clear_line(result, "not a loadable Keras model")
