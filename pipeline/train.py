@@ -269,8 +269,12 @@ def _callbacks(run_dir: Path, state: dict[str, Any], config: TrainConfig, show_p
                 if key == "learning_rate":
                     continue
                 hist.setdefault(key, []).append(float(value))
-            score = logs.get("val_accuracy", logs.get("accuracy", 0.0))
-            if score > state["best_score"]:
+            # With a validation split, validation picks the epoch. Without one (a final run on all
+            # training images) the last epoch is the model: accuracy on augmented, label-smoothed
+            # training batches says nothing about generalisation, so it must not pick an epoch.
+            validated = "val_accuracy" in logs
+            score = logs["val_accuracy"] if validated else logs.get("accuracy", 0.0)
+            if score > state["best_score"] or not validated:
                 state["best_score"], state["best_epoch"] = float(score), epoch + 1
                 tmp = run_dir / ".best.tmp.weights.h5"
                 self.model.save_weights(tmp)

@@ -118,3 +118,27 @@ def test_augmented_training_runs(tmp_path: Path) -> None:
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert history["accuracy"][1] > history["accuracy"][0]  # it learns through the augmentation
     assert metrics["test_accuracy"] > 0.5
+
+
+@pytest.mark.parametrize(
+    ("key", "expected_best"),
+    [("val_accuracy", 1), ("accuracy", 2)],  # validated: the better epoch; unvalidated: the last
+)
+def test_epoch_choice_without_validation_is_the_last(
+    tmp_path: Path, key: str, expected_best: int
+) -> None:
+    import time
+
+    from pipeline import models
+    from pipeline.train import _callbacks
+
+    state: dict[str, object] = {
+        "history": {}, "best_epoch": 0, "best_score": -1.0, "epochs_done": 0,
+        "train_seconds_before": 0.0, "fit_start": time.time(),
+    }  # fmt: skip
+    checkpoint = _callbacks(tmp_path, state, TrainConfig(model="flat"), show_progress=False)[0]
+    checkpoint.set_model(models.get("flat").build())
+    checkpoint.on_epoch_end(0, {"loss": 0.3, key: 0.95})
+    checkpoint.on_epoch_end(1, {"loss": 0.4, key: 0.90})  # a worse score in the last epoch
+    assert state["best_epoch"] == expected_best
+    assert (tmp_path / "best.weights.h5").is_file()
