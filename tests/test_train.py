@@ -124,9 +124,7 @@ def test_augmented_training_runs(tmp_path: Path) -> None:
     ("key", "expected_best"),
     [("val_accuracy", 1), ("accuracy", 2)],  # validated: the better epoch; unvalidated: the last
 )
-def test_epoch_choice_without_validation_is_the_last(
-    tmp_path: Path, key: str, expected_best: int
-) -> None:
+def test_epoch_choice_without_validation_is_the_last(tmp_path: Path, key: str, expected_best: int) -> None:
     import time
 
     from pipeline import models
