@@ -73,6 +73,7 @@ bench: setup
 	$(PIPELINE) bench classify
 	$(PIPELINE) bench scans
 	$(PIPELINE) bench engines
+	$(PIPELINE) bench augment
 
 clean:
 	rm -rf demo .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -1,5 +1,6 @@
 """Benchmarks that print figures: artifacts (size, accuracy, latency), classify throughput and
-memory, and accuracy on rendered scans. Speed targets live here, never in timed tests.
+memory, accuracy on rendered scans, and how fast the host makes augmented training batches.
+Speed targets live here, never in timed tests.
 
 Classify runs are measured as separate processes (`python -m pipeline classify`) so start-up
 cost is counted as a user pays it, and peak memory is the peak of the summed proportional set
@@ -255,3 +256,43 @@ def bench_scans(model: Path, count: int = 2000, start: int = 0, seed: int = defa
         count, correct / count, float(np.mean(clean == y[start : start + count])), summary.errors,
         summary.images_per_second,
     )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class AugmentBench:
+    workers: int
+    images: int
+    seconds: float
+
+    @property
+    def per_second(self) -> float:
+        return self.images / self.seconds
+
+
+def bench_augment(
+    count: int = 60_000, batch_size: int = defaults.BATCH_SIZE, workers: list[int] | None = None
+) -> list[AugmentBench]:
+    """How many augmented training images a second the host supplies, per number of threads.
+
+    One epoch of `train.augmented_batches` over `count` training digits, its batches made by a
+    thread pool as Keras' ordered enqueuer makes them. A GPU step that takes less time than a
+    batch takes here waits on the host, so compare the figure with the GPU's images/s.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.train import augmented_batches
+
+    images, labels = data.load(data.Split.TRAIN)
+    x = preprocess.scale(images[:count])
+    y = np.eye(10, dtype=np.float32)[labels[:count].astype(np.int64)]
+    cores = os.cpu_count() or 1
+    counts = workers or sorted({1, defaults.AUGMENT_WORKERS, *(2**i for i in range(1, 5) if 2**i <= cores)})
+    results = []
+    for n in counts:
+        batches = augmented_batches(x, y, batch_size, defaults.SEED, first_epoch=0, workers=n)
+        batches[0]  # build the cached Fourier basis outside the timing
+        start = time.perf_counter()
+        with ThreadPoolExecutor(n) as pool:
+            made = sum(len(b[1]) for b in pool.map(batches.__getitem__, range(len(batches))))
+        results.append(AugmentBench(n, made, time.perf_counter() - start))
+    return results

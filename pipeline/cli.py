@@ -29,7 +29,9 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Show where a dataset is found, or write sample digit images.")
 app.add_typer(data_app, name="data")
-bench_app = typer.Typer(help="Benchmarks that print figures (artifacts, classify throughput, scans).")
+bench_app = typer.Typer(
+    help="Benchmarks that print figures (artifacts, classify throughput, scans, augmentation)."
+)
 app.add_typer(bench_app, name="bench")
 # Off a terminal (logs, CI) Rich would wrap tables at 80 columns; parity tables need more.
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -508,6 +510,24 @@ def bench_scans_cli(
         f"{choice.path}: {r.accuracy:.2%} on {r.images} rendered scans ({r.errors} errors, "
         f"{r.per_second:,.0f} images/s); {r.clean_accuracy:.2%} on the same digits as clean MNIST"
     )
+
+
+@bench_app.command("augment")
+def bench_augment_cli(
+    count: Annotated[int, typer.Option("--count", min=128, help="Training digits in the epoch.")] = 60_000,
+    workers: Annotated[
+        list[int] | None, typer.Option("--workers", min=1, help="Thread counts to time (repeatable).")
+    ] = None,
+) -> None:
+    """Augmented training images per second the host supplies, per number of threads."""
+    from pipeline import bench
+
+    results = _run(bench.bench_augment, count, defaults.BATCH_SIZE, workers)
+    table = Table("threads", "images", "seconds", "images/s", title="augmentation on this CPU")
+    for r in results:
+        table.add_row(str(r.workers), f"{r.images:,}", f"{r.seconds:.2f}", f"{r.per_second:,.0f}")
+    console.print(table)
+    console.print(f"training uses {defaults.AUGMENT_WORKERS} thread(s) on this machine")
 
 
 # Exit code of `classify --fail-on-error` when the run finished but some files were unreadable.

@@ -351,25 +351,38 @@ def _optimizer(spec: models.ModelSpec, config: TrainConfig, n_train: int) -> Any
     return keras.optimizers.Adam(rate)
 
 
-def _augmented_batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int) -> Any:
-    """Batches augmented on the host by `preprocess.augment`, reshuffled every epoch."""
-    import keras
+def augmented_batches(
+    x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, first_epoch: int,
+    workers: int = defaults.AUGMENT_WORKERS,
+) -> Any:  # fmt: skip
+    """Batches augmented on the host by `preprocess.augment`, reshuffled every epoch.
 
-    class Augmented(keras.utils.PyDataset):  # type: ignore[misc]
+    Every batch draws from its own generator, seeded by (seed, epoch, batch index), so batches
+    can be made by several threads in any order and a resumed run sees exactly the batches an
+    uninterrupted one would have seen.
+    """
+    keras = quiet.load("keras")
+
+    class Augmented(keras.utils.PyDataset):  # type: ignore[misc,name-defined]
         def __init__(self) -> None:
-            super().__init__()
-            self.rng = np.random.default_rng(seed)
-            self.order = self.rng.permutation(len(x))
+            super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=4 * workers)
+            self.epoch = first_epoch
+            self.order = self._permutation()
+
+        def _permutation(self) -> np.ndarray:
+            return np.random.default_rng((seed, self.epoch)).permutation(len(x))
 
         def __len__(self) -> int:
             return -(-len(x) // batch_size)
 
         def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
             idx = np.sort(self.order[i * batch_size : (i + 1) * batch_size])
-            return preprocess.augment(x[idx], self.rng), y[idx]
+            rng = np.random.default_rng((seed, self.epoch, i))
+            return preprocess.augment(x[idx], rng), y[idx]
 
         def on_epoch_end(self) -> None:
-            self.order = self.rng.permutation(len(x))
+            self.epoch += 1
+            self.order = self._permutation()
 
     return Augmented()
 
@@ -438,8 +451,8 @@ def train(
     state["augment"] = augment
     callbacks = _callbacks(run_dir, state, config, show_progress)
     if augment:
-        batches = _augmented_batches(
-            splits.x_train, y_train, config.batch_size, config.seed + state["epochs_done"]
+        batches = augmented_batches(
+            splits.x_train, y_train, config.batch_size, config.seed, state["epochs_done"]
         )
         model.fit(
             batches, epochs=config.epochs, initial_epoch=state["epochs_done"],

@@ -70,3 +70,11 @@ def test_evaluate_writes_both_figures(trained_conv2d: Path, tmp_path: Path) -> N
     assert result.exit_code == 0, result.output
     assert (tmp_path / "model_keras.confusion.png").stat().st_size > 10_000
     assert (tmp_path / "model_keras.examples.png").stat().st_size > 10_000
+
+
+def test_bench_augment_prints_a_rate_per_thread_count() -> None:
+    result = run_cli("bench", "augment", "--count", "512", "--workers", "1", "--workers", "2")
+    assert result.returncode == 0, result.stderr
+    rows = [line.split("│") for line in result.stdout.splitlines() if line.startswith("│")]
+    assert [r[1].strip() for r in rows] == ["1", "2"]
+    assert all(r[2].strip() == "512" and float(r[4].replace(",", "")) > 0 for r in rows)

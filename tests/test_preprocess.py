@@ -195,3 +195,15 @@ def test_small_digit_on_a_big_speckled_page(test_digits: tuple[np.ndarray, np.nd
         scores.append(_similar(out, test_digits[0][i]))
     # Measured: median 0.997 once the box grows back over thin strokes, 0.83 cropped to the opening.
     assert np.median(scores) > 0.95
+
+
+def test_elastic_field_equals_fft_gaussian_smoothing() -> None:
+    """The truncated transform drops only frequencies the Gaussian has already removed."""
+    noise = np.random.default_rng(5).uniform(-1, 1, (16, 28, 28))
+    gauss = np.exp(
+        -2 * (np.pi * 4.0) ** 2 * (np.fft.fftfreq(28)[:, None] ** 2 + np.fft.rfftfreq(28)[None, :] ** 2)
+    )
+    reference = np.fft.irfft2(np.fft.rfft2(noise) * gauss, s=(28, 28))
+    field = preprocess._smooth_field(noise, 4.0)
+    assert field.dtype == np.float32
+    np.testing.assert_allclose(field, reference, atol=1e-6 * np.abs(reference).max())

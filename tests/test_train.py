@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import kill_when
 
@@ -140,3 +141,28 @@ def test_epoch_choice_without_validation_is_the_last(tmp_path: Path, key: str, e
     checkpoint.on_epoch_end(1, {"loss": 0.4, key: 0.90})  # a worse score in the last epoch
     assert state["best_epoch"] == expected_best
     assert (tmp_path / "best.weights.h5").is_file()
+
+
+def testaugmented_batches_do_not_depend_on_threads_or_resume(
+    test_digits: tuple[np.ndarray, np.ndarray],
+) -> None:
+    """Batches made by 3 threads through Keras equal the serial ones, a run resumed at epoch 1
+    sees the batches of an uninterrupted run's epoch 1, and epochs differ."""
+    import keras
+
+    from pipeline import preprocess
+    from pipeline.train import augmented_batches
+
+    x = preprocess.scale(test_digits[0][:200])
+    y = np.eye(10, dtype=np.float32)[test_digits[1][:200]]
+    serial = augmented_batches(x, y, 64, seed=7, first_epoch=0, workers=1)
+    epoch0 = np.concatenate([serial[i][0] for i in range(len(serial))])
+    threaded = augmented_batches(x, y, 64, seed=7, first_epoch=0, workers=3)
+    identity = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Identity()])
+    np.testing.assert_array_equal(identity.predict(threaded, verbose=0), epoch0)
+    serial.on_epoch_end()
+    resumed = augmented_batches(x, y, 64, seed=7, first_epoch=1, workers=1)
+    for i in reversed(range(len(serial))):  # any order: each batch has its own generator
+        np.testing.assert_array_equal(resumed[i][0], serial[i][0])
+        np.testing.assert_array_equal(resumed[i][1], serial[i][1])
+    assert not np.allclose(np.concatenate([serial[i][0] for i in range(len(serial))]), epoch0)
