@@ -190,18 +190,20 @@ def _download(dataset: Dataset, searched: list[Path]) -> None:
             f"dataset {dataset.value} not found (searched: {places}); downloading is off "
             f"(${defaults.NO_DOWNLOAD_ENV}); pass --data-dir or set {defaults.DATA_DIR_ENV}"
         )
-    try:
-        import keras
+    from pipeline import quiet
 
+    try:
+        keras = quiet.load("keras")
         loader = {
             Dataset.MNIST: keras.datasets.mnist,
             Dataset.FASHION_MNIST: keras.datasets.fashion_mnist,
         }[dataset]
         loader.load_data()
     except Exception as exc:  # network errors come in many types; all mean "not available here"
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise DataError(
             f"dataset {dataset.value} not found (searched: {places}) and download failed "
-            f"({type(exc).__name__}); pass --data-dir or set {defaults.DATA_DIR_ENV}"
+            f"({reason}); pass --data-dir or set {defaults.DATA_DIR_ENV}"
         ) from exc
 
 

@@ -59,6 +59,20 @@ def test_missing_data_is_one_line(tmp_path: Path) -> None:
     assert "empty" in result.stderr and "nothing" in result.stderr
 
 
+def test_failed_download_is_one_line(tmp_path: Path) -> None:
+    """Downloading allowed but impossible (a proxy that refuses at once): one line, no notices."""
+    if Path("/usr/share/datasets/mnist").exists():
+        pytest.skip("this machine has MNIST in /usr/share/datasets")
+    refuse = "http://127.0.0.1:9"
+    env = {
+        "KERAS_HOME": str(tmp_path / "keras"), "PIPELINE_NO_DOWNLOAD": "0",
+        "PIPELINE_DATA_DIR": str(tmp_path / "nothing"), "https_proxy": refuse, "HTTPS_PROXY": refuse,
+        "no_proxy": "", "NO_PROXY": "",
+    }  # fmt: skip
+    result = run_cli("train", "--epochs", "1", "--data-dir", str(tmp_path / "empty"), cwd=tmp_path, env=env)
+    one_clear_line(result, "download failed")
+
+
 def test_data_prints_location_and_counts() -> None:
     result = runner.invoke(app, ["data"])
     assert result.exit_code == 0, result.output
