@@ -152,6 +152,13 @@ def train_cli(
         float | None,
         typer.Option("--target-accuracy", help="Stop once validation accuracy reaches this (e.g. 0.99)."),
     ] = None,
+    precision: Annotated[
+        str,
+        typer.Option(
+            "--precision",
+            help="auto (mixed_bfloat16 on a GPU, else float32), float32, mixed_bfloat16, mixed_float16.",
+        ),
+    ] = defaults.PRECISION,
     out: Annotated[
         Path | None, typer.Option("--out", help="Run folder (default runs/<model>-<time>).")
     ] = None,
@@ -165,7 +172,7 @@ def train_cli(
     config = train.TrainConfig(
         model=model, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
         limit=limit, validation_split=validation_split, dataset=dataset, backend=backend,
-        deskew=deskew, target_accuracy=target_accuracy, augment=augment,
+        deskew=deskew, target_accuracy=target_accuracy, augment=augment, precision=precision,
     )  # fmt: skip
     if not resume:
         _run(config.check)

@@ -52,6 +52,8 @@ SEED = 1234
 # 10% of the training images (the last 6,000 after a seeded shuffle) choose epochs and
 # checkpoints; the test set is only ever used for the final report.
 VALIDATION_SPLIT = 0.1
+# Training precision: `auto` is mixed bfloat16 on a GPU and float32 on a CPU (train.resolve_precision).
+PRECISION = "auto"
 # Threads that augment batches ahead of the training step. Half the cores: the other half run the
 # model on a CPU-only machine; on the GPU machine (16 cores) 8 threads outrun the GPU. With one
 # (2-core CI) batches are made in the training loop itself, as Keras does without workers.

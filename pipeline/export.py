@@ -122,6 +122,7 @@ def load_source(path: Path) -> Source:
             "backend",
             "device",
             "augment",
+            "precision",
             "seed",
             "dataset",
             "kind",

@@ -48,6 +48,14 @@ class ModelSpec:
         return keras.losses.CategoricalCrossentropy(label_smoothing=self.label_smoothing)
 
 
+def _output(x: Any, activation: str) -> Any:
+    """The 10-way output, in float32 even under a mixed-precision policy: the loss and the
+    probabilities need float32's range and resolution."""
+    from keras import layers
+
+    return layers.Dense(10, activation=activation, name=defaults.OUTPUT_NAME, dtype="float32")(x)
+
+
 def _input() -> Any:
     import keras
 
@@ -74,7 +82,7 @@ def build_conv2d() -> keras.Model:
     x = layers.Dense(512, activation="relu", name="dense1")(x)
     x = layers.Dense(512, name="dense2")(x)
     x = layers.UnitNormalization(name="normalize")(x)
-    outputs = layers.Dense(10, activation="sigmoid", name=defaults.OUTPUT_NAME)(x)
+    outputs = _output(x, "sigmoid")
     return keras.Model(inputs, outputs, name="conv2d")
 
 
@@ -91,7 +99,7 @@ def build_flat() -> keras.Model:
     x = layers.Flatten(name="flatten")(inputs)  # the 784-node input layer
     for i, units in enumerate((512, 512, 256, 256, 128, 64), start=1):
         x = layers.Dense(units, activation="relu", name=f"hidden{i}")(x)
-    outputs = layers.Dense(10, activation="softmax", name=defaults.OUTPUT_NAME)(x)
+    outputs = _output(x, "softmax")
     return keras.Model(inputs, outputs, name="flat")
 
 
@@ -124,7 +132,7 @@ def build_bncnn() -> keras.Model:
     x = _conv_bn(x, 128, 4, padding="valid", name="head")
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dropout(0.4, name="head_drop")(x)
-    outputs = layers.Dense(10, activation="softmax", name=defaults.OUTPUT_NAME)(x)
+    outputs = _output(x, "softmax")
     return keras.Model(inputs, outputs, name="bncnn")
 
 

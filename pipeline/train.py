@@ -145,6 +145,33 @@ def library_versions(backend: Backend | None = None) -> dict[str, str]:
     return out
 
 
+# Keras dtype policies `--precision` accepts; `auto` resolves per device (resolve_precision).
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+
+
+def resolve_precision(choice: str, device: str) -> str:
+    """`auto` is mixed bfloat16 on a GPU (tensor cores, float32's range, no loss scaling) and
+    float32 on a CPU, where bfloat16 kernels are emulated or slower in TensorFlow's CPU build."""
+    if choice != "auto":
+        return choice
+    return "mixed_bfloat16" if device.startswith("GPU") else "float32"
+
+
+def _float32_copy(model: Any, spec: models.ModelSpec) -> Any:
+    """The trained weights in a float32 model: what is saved, evaluated, exported and shipped.
+
+    A mixed-precision model computes in 16 bits but keeps float32 weights (variables), so the copy
+    loses nothing; saving the mixed model would carry its 16-bit compute policy into every later
+    load, ONNX and TFLite conversion included.
+    """
+    keras = quiet.load("keras")
+    keras.config.set_dtype_policy("float32")
+    copy = spec.build()
+    copy.set_weights(model.get_weights())
+    copy.compile(loss=spec.loss(), metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+    return copy
+
+
 @dataclass
 class TrainConfig:
     """Everything that determines a run; stored as config.json in the run folder."""
@@ -161,12 +188,15 @@ class TrainConfig:
     deskew: bool = False
     target_accuracy: float | None = None
     augment: bool | None = None  # None: the model's recipe decides (models.ModelSpec.augment)
+    precision: str = defaults.PRECISION  # auto: mixed bfloat16 on a GPU, float32 on a CPU
 
     def check(self) -> None:
         models.get(self.model)
         data.parse_dataset(self.dataset)
         if self.backend not in {b.value for b in Backend}:
             raise TrainError(f"unknown backend {self.backend!r}; choose auto, tensorflow, jax or torch")
+        if self.precision not in PRECISIONS:
+            raise TrainError(f"unknown precision {self.precision!r}; choose {', '.join(PRECISIONS)}")
         if self.epochs < 1:
             raise TrainError("--epochs must be at least 1")
         if self.batch_size < 1:
@@ -435,6 +465,8 @@ def train(
     write_json(run_dir / "config.json", {**asdict(config), "backend": backend.value})
 
     augment = spec.augment if config.augment is None else config.augment
+    precision = resolve_precision(config.precision, device)
+    keras.config.set_dtype_policy(precision)
     if resume:
         model = keras.saving.load_model(run_dir / "checkpoint.keras")
     else:
@@ -466,6 +498,9 @@ def train(
         )  # fmt: skip
     if (run_dir / "best.weights.h5").is_file():
         model.load_weights(run_dir / "best.weights.h5")  # validation chose this epoch
+    if precision != "float32":
+        model = _float32_copy(model, spec)
+    state["precision"] = precision
     metrics = _finish(model, config, splits, run_dir, state, backend, device, started)
     return TrainResult(run_dir, metrics)
 
@@ -517,6 +552,7 @@ def _finish(
         "data_sha256": splits.checksum,
         "deskew": config.deskew,
         "augment": bool(state.get("augment", False)),
+        "precision": state.get("precision", "float32"),
         "target": state.get("target_reached"),
         "config": asdict(config),
     }

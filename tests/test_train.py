@@ -166,3 +166,37 @@ def testaugmented_batches_do_not_depend_on_threads_or_resume(
         np.testing.assert_array_equal(resumed[i][0], serial[i][0])
         np.testing.assert_array_equal(resumed[i][1], serial[i][1])
     assert not np.allclose(np.concatenate([serial[i][0] for i in range(len(serial))]), epoch0)
+
+
+def test_mixed_precision_run_saves_a_float32_model(tmp_path: Path) -> None:
+    """bfloat16 compute while training; the saved model is float32 (what export converts) with the
+    trained weights, and agrees with the mixed-precision checkpoint."""
+    import keras
+
+    from pipeline import data, preprocess
+
+    config = TrainConfig(
+        model="conv2d", epochs=1, limit=2000, batch_size=32, precision="mixed_bfloat16", backend="tensorflow"
+    )
+    metrics = train(config, out=tmp_path / "run", show_progress=False).metrics
+    assert metrics["precision"] == "mixed_bfloat16" and metrics["test_accuracy"] > 0.8
+    saved = keras.saving.load_model(tmp_path / "run" / "model.keras")
+    mixed = keras.saving.load_model(tmp_path / "run" / "checkpoint.keras")
+    assert {layer.compute_dtype for layer in saved.layers} == {"float32"}
+    assert "bfloat16" in {layer.compute_dtype for layer in mixed.layers}
+    assert mixed.get_layer("probabilities").compute_dtype == "float32"
+    images, _ = data.load(data.Split.TEST, limit=500)
+    x = preprocess.scale(images)
+    agree = (saved.predict(x, verbose=0).argmax(1) == mixed.predict(x, verbose=0).argmax(1)).mean()
+    assert agree > 0.97
+    keras.config.set_dtype_policy("float32")
+
+
+def test_precision_auto_is_float32_on_a_cpu() -> None:
+    from pipeline.train import resolve_precision
+
+    assert resolve_precision("auto", "CPU x86_64 (2 cores)") == "float32"
+    assert resolve_precision("auto", "GPU NVIDIA H100 80GB HBM3") == "mixed_bfloat16"
+    assert resolve_precision("mixed_float16", "CPU") == "mixed_float16"
+    with pytest.raises(TrainError, match="precision"):
+        TrainConfig(precision="half").check()
