@@ -50,15 +50,23 @@ def plot_history(history: dict[str, list[float]], path: Path, title: str = "") -
 
 
 def plot_members(histories: dict[str, dict[str, list[float]]], path: Path, title: str = "") -> Path:
-    """An ensemble's figure: each member's validation loss and accuracy per epoch, side by side."""
+    """An ensemble's figure: each member's loss and accuracy per epoch, side by side, on its
+    validation split; a member trained on every training image (no split) shows its training
+    curves instead, marked as such (dashed), since that is all it has."""
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, key in zip(axes, ("val_loss", "val_accuracy"), strict=True):
+    validated = [h for h in histories.values() if "val_loss" in h]
+    for ax, key in zip(axes, ("loss", "accuracy"), strict=True):
         for label, history in histories.items():
-            if key in history:
-                ax.plot(np.arange(1, len(history[key]) + 1), history[key], label=label)
+            if f"val_{key}" in history:
+                values, style, name = history[f"val_{key}"], "-", label
+            elif key in history:
+                values, style, name = history[key], "--", f"{label} (training)"
+            else:
+                continue
+            ax.plot(np.arange(1, len(values) + 1), values, style, label=name)
         ax.set_xlabel("epoch")
-        ax.set_title(key.replace("val_", "validation "))
+        ax.set_title(f"validation {key}" if len(validated) == len(histories) else key)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(title)

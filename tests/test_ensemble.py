@@ -109,3 +109,26 @@ def test_cli_errors_are_one_line(tmp_path: Path, two_flat_runs: list[Path]) -> N
     corrupt.write_bytes(b"not a zip")
     result = run_cli("ensemble", str(corrupt), str(two_flat_runs[0]), "--out", str(tmp_path / "out"))
     one_clear_line(result, "not a loadable Keras model")
+
+
+def test_members_without_validation_still_draw_curves(tmp_path: Path) -> None:
+    """A member trained on all training images has no validation history: its training curves
+    are drawn instead of nothing (matplotlib warns about an empty legend otherwise)."""
+    import warnings
+
+    from pipeline import report
+
+    histories = {
+        "member 1": {
+            "loss": [0.5, 0.3],
+            "accuracy": [0.9, 0.95],
+            "val_loss": [0.4, 0.2],
+            "val_accuracy": [0.9, 0.97],
+        },
+        "member 2": {"loss": [0.6, 0.4], "accuracy": [0.88, 0.94]},
+    }
+    for subset in (histories, {"member 2": histories["member 2"]}):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            path = report.plot_members(subset, tmp_path / f"curves{len(subset)}.png", title="x2")
+        assert path.stat().st_size > 5_000
