@@ -21,14 +21,15 @@ python3 -m pipeline train --model conv2d --epochs 100 --augment --backend jax \
   --data-dir .device/mnist --out runs/conv2d-gpu
 python3 -m pipeline train --model flat --epochs 100 --backend jax --data-dir .device/mnist \
   --out runs/flat-gpu
-# The release ensemble: three bncnn runs with different seeds on all 60,000 training images (the
-# 30 epochs were chosen on validation splits by earlier runs), averaged into one model.
-for seed in 101 202 303; do
+# The release ensemble: four bncnn runs with different seeds on all 60,000 training images (the
+# 30 epochs were chosen on validation splits by earlier runs), averaged into one model. Four is the
+# most the 1.5M-parameter budget holds (4 x 346,026); the members are fixed before any is scored.
+for seed in 101 202 303 404; do
   python3 -m pipeline train --model bncnn --epochs 30 --seed "$seed" --validation-split 0 \
-    --backend jax --data-dir .device/mnist --out "runs/bncnn-gpu-all-s$seed"
+    --backend jax --data-dir .device/mnist --out "runs/bncnn-all-s$seed"
 done
-python3 -m pipeline ensemble runs/bncnn-gpu-all-s101 runs/bncnn-gpu-all-s202 runs/bncnn-gpu-all-s303 \
-  --data-dir .device/mnist --out runs/bncnn-x3-gpu
+python3 -m pipeline ensemble runs/bncnn-all-s101 runs/bncnn-all-s202 runs/bncnn-all-s303 \
+  runs/bncnn-all-s404 --data-dir .device/mnist --out runs/bncnn-x4
 python3 -m pipeline train --model bncnn --epochs 30 --backend jax --data-dir .device/mnist \
   --target-accuracy 0.99 --out runs/bncnn-gpu-t990
 python3 -m pipeline train --model bncnn --epochs 30 --backend jax --data-dir .device/mnist \
