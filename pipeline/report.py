@@ -161,7 +161,8 @@ def release_table(manifest_path: Path) -> str:
         t_i8 = entries.get("tflite.int8")
         lat = parity.get(str(i8["path"])) if i8 else None
         latency = f"{lat['latency_ms_batch1']:.2f} / {lat['latency_ms_batch256']:.1f} ms" if lat else "-"
-        sizes = f"{f32['bytes'] / 1024:,.0f} / {i8['bytes'] / 1024:,.0f} KiB" if f32 and i8 else "-"
+        # A reference model may ship int8 only (the bundle's size budget): its float32 cell is "-".
+        sizes = " / ".join(f"{e['bytes'] / 1024:,.0f}" if e else "-" for e in (f32, i8)) + " KiB"
         epochs = f"{_cell(training.get('epochs'))} ({_cell(training.get('best_epoch'))})"
         rows.append(
             f"| {model} | {source['parameters']:,} | {epochs} "

@@ -116,6 +116,25 @@ def test_verify_passes_and_writes_reports(exported: Path, tmp_path: Path) -> Non
     assert row.startswith("| conv2d |") and f"{int8.accuracy:.2%}" in row
 
 
+def test_release_table_row_for_an_int8_only_model(tmp_path: Path) -> None:
+    """A reference model shipped int8 only (size budget) still gets a row: '-' where float32 is."""
+    from pipeline.report import release_table
+
+    source = {
+        "model": "ref", "parameters": 1234, "test_accuracy": 0.99,
+        "training": {"epochs": [30, 30], "best_epoch": [30, 30], "device": "CPU", "backend": "tf",
+                     "train_seconds": 600},
+    }  # fmt: skip
+    entries = [
+        {"format": fmt, "quantization": "int8", "path": f"ref.int8.{fmt}", "bytes": 2048, "source": source}
+        for fmt in ("onnx", "tflite")
+    ]
+    (tmp_path / "manifest.json").write_text(json.dumps({"artifacts": entries}))
+    row = release_table(tmp_path / "manifest.json").splitlines()[2]
+    assert row.startswith("| ref | 1,234 | 30+30 (30+30) | CPU, tf | 10 min | 99.00% | - |")
+    assert "| - / 2 KiB |" in row
+
+
 SHIPPED = Path(__file__).resolve().parent.parent / "exported" / "manifest.json"
 
 
