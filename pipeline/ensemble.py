@@ -148,7 +148,7 @@ def ensemble(
     report.plot_members(
         {f"member{i} ({m.path.parent.name})": m.history for i, m in enumerate(members, start=1)},
         out / "curves.png",
-        title=f"{name}: members' validation curves (each on its own split)",
+        title=f"{name}: each member's curves",
     )
     return EnsembleResult(out, metrics)
 
