@@ -4,7 +4,8 @@
 #   bash scripts/cpu_train.sh            (about 2 hours on 2 cores; resumable: run it again)
 #   bash scripts/release.sh bncnn-x4=runs/bncnn-x4 conv2d=runs/conv2d-aug:int8
 # Members train JOBS at a time (default: one per core) with one TensorFlow thread each: on 2 cores
-# two one-thread runs made 59 s of epoch per core-pair against 67 s for one two-thread run.
+# two one-thread runs took about 125 s an epoch each (63 s per epoch of the pair), one two-thread
+# run alone 67 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PIPELINE=${PIPELINE:-.venv/bin/pipeline}
