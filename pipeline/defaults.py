@@ -57,7 +57,10 @@ PRECISION = "auto"
 # Threads that augment batches ahead of the training step. Half the cores: the other half run the
 # model on a CPU-only machine; on the GPU machine (16 cores) 8 threads outrun the GPU. With one
 # (2-core CI) batches are made in the training loop itself, as Keras does without workers.
-AUGMENT_WORKERS = max(1, min(8, (os.cpu_count() or 2) // 2))
+# PIPELINE_AUGMENT_WORKERS overrides it where several runs share one machine (the device scripts
+# train four at once on one GPU, so each gets a quarter of the cores, not half).
+_HALF_THE_CORES = max(1, min(8, (os.cpu_count() or 2) // 2))
+AUGMENT_WORKERS = int(os.environ.get("PIPELINE_AUGMENT_WORKERS", 0)) or _HALF_THE_CORES
 # Where `pipeline train` puts run folders.
 RUNS_DIR = Path("runs")
 # Default model architecture: the seed's CNN.

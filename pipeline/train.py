@@ -311,6 +311,9 @@ def _callbacks(run_dir: Path, state: dict[str, Any], config: TrainConfig, show_p
                 os.replace(tmp, run_dir / "best.weights.h5")
             state["epochs_done"] = epoch + 1
             state["train_seconds"] = state["train_seconds_before"] + time.time() - state["fit_start"]
+            # When each epoch ended, from process start: where the time to an accuracy goes
+            # (start-up and compilation before the first epoch, then each epoch's cost).
+            state.setdefault("epoch_end_seconds", []).append(round(time.time() - process_start_time(), 3))
             save_model_file(self.model, run_dir / "checkpoint.keras", include_optimizer=True)
             write_json(run_dir / "state.json", state)
 
@@ -479,6 +482,7 @@ def train(
     y_train, y_val = _one_hot(splits.y_train), _one_hot(splits.y_val)
     validation = (splits.x_val, y_val) if len(splits.x_val) else None
     state["fit_start"] = time.time()
+    state["fit_start_seconds"] = round(state["fit_start"] - process_start_time(), 3)  # import, data, build
     state["train_seconds_before"] = state.get("train_seconds", 0.0)
     state["augment"] = augment
     callbacks = _callbacks(run_dir, state, config, show_progress)
@@ -554,6 +558,12 @@ def _finish(
         "augment": bool(state.get("augment", False)),
         "precision": state.get("precision", "float32"),
         "target": state.get("target_reached"),
+        # Seconds from process start to the fit loop and to each epoch's end (this process's
+        # epochs only after a --resume): the breakdown behind a time-to-accuracy figure.
+        "timeline": {
+            "fit_start_seconds": state.get("fit_start_seconds"),
+            "epoch_end_seconds": state.get("epoch_end_seconds", []),
+        },
         "config": asdict(config),
     }
     write_json(run_dir / "metrics.json", metrics)

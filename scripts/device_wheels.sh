@@ -10,10 +10,12 @@ platforms=()
 for n in 2_28 2_27 2_24 2_17 2014 1; do
   case $n in 2014|1) platforms+=(--platform "manylinux${n}_x86_64");; *) platforms+=(--platform "manylinux_${n}_x86_64");; esac
 done
-# keras and what it imports beyond the machine's own packages; typer (and its needs) for the CLI;
-# matplotlib (and its needs) for the training-curves figure.
-packages=(keras namex optree h5py absl-py ml-dtypes typer shellingham annotated-doc typing-extensions
-          matplotlib contourpy cycler fonttools kiwisolver pyparsing python-dateutil six packaging)
+# Only what the machine lacks: keras (the version installed here, so .keras files match) and its
+# two needs that are not there. Everything else Keras and the CLI import (h5py, ml-dtypes, absl-py,
+# rich, typer, matplotlib) is in the machine's image; carrying other versions of those would shadow
+# the ones its jaxlib was built against.
+keras_version=$("$PY" -c 'import importlib.metadata as m; print(m.version("keras"))' 2>/dev/null || echo 3.15.1)
+packages=("keras==$keras_version" namex optree)
 for pkg in "${packages[@]}"; do
   "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     "${platforms[@]}" -d .whl "$pkg"
