@@ -1,4 +1,4 @@
-"""Choose the release members' epoch count from validation runs (scripts/device_select.sh).
+"""Choose the release members' epoch count from validation runs (scripts/device_train.sh).
 
 Reads runs named sel-e<EPOCHS>-s<SEED> under a folder. A candidate counts only if every one of its
 runs finished (metrics.json written) and every candidate has the same seeds; its score is the mean
