@@ -21,10 +21,10 @@ variant() {
     t990) echo "--epochs 30 --target-accuracy 0.99" ;;
     t995) echo "--epochs 30 --target-accuracy 0.995" ;;
     t990-e5 | t990-e5-fill | t990-e5-warm) echo "--epochs 5 --target-accuracy 0.99" ;;
-    t995-e10) echo "--epochs 10 --target-accuracy 0.995" ;;
+    t995-e10 | t995-e10-fill | t995-e10-warm) echo "--epochs 10 --target-accuracy 0.995" ;;
     t990-e5-noat) echo "--epochs 5 --target-accuracy 0.99" ;;
     t995-e10-noat | t995-e10-noat-fill | t995-e10-noat-warm) echo "--epochs 10 --target-accuracy 0.995" ;;
-    t995-e10-b256-noat) echo "--epochs 10 --batch-size 256 --learning-rate 0.002 --target-accuracy 0.995" ;;
+    t995-e10-b256 | t995-e10-b256-noat) echo "--epochs 10 --batch-size 256 --learning-rate 0.002 --target-accuracy 0.995" ;;
     *) echo "unknown variant $1" >&2; return 1 ;;
   esac
 }
@@ -39,7 +39,7 @@ for name in "${@:-${all[@]}}"; do
   XLA_FLAGS=$xla JAX_COMPILATION_CACHE_DIR=$cache timeout 100 python3 -m pipeline train --model bncnn \
     --backend jax --data-dir "$DATA" --out "runs/$name" $args >"logs/$name.log" 2>&1 \
     || echo "$name failed or timed out: see logs/$name.log"
-  python3 - "$name" <<'PY'
+  python3 - "$name" <<'PY' || true
 import json, sys
 from pathlib import Path
 name = sys.argv[1]
@@ -48,7 +48,7 @@ t, tl = m.get("target") or {}, m.get("timeline") or {}
 ends = tl.get("epoch_end_seconds") or []
 print(f"{name:22} target {'%.1f s (epoch %d)' % (t['seconds_from_process_start'], t['epoch']) if t else 'not reached':18}"
       f" fit start {tl.get('fit_start_seconds') or 0:5.1f} s, epoch 1 ends {ends[0] if ends else 0:5.1f} s,"
-      f" then {(ends[-1] - ends[0]) / max(1, len(ends) - 1):4.2f} s/epoch")
+      f" then {((ends or [0])[-1] - (ends or [0])[0]) / max(1, len(ends) - 1):4.2f} s/epoch")
 PY
 done
 bring_back time

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -110,6 +111,11 @@ def test_target_accuracy_stops_early_and_reports_time(tmp_path: Path) -> None:
     assert metrics["epochs"] == 1 and metrics["target"]["epoch"] == 1
     assert metrics["target"]["val_accuracy"] >= 0.5
     assert 0 < metrics["target"]["seconds_from_process_start"] < 600
+    # The breakdown: start-up before the fit loop, then the epoch that reached the target.
+    timeline = metrics["timeline"]
+    assert len(timeline["epoch_end_seconds"]) == 1
+    assert 0 < timeline["fit_start_seconds"] < timeline["epoch_end_seconds"][0]
+    assert timeline["epoch_end_seconds"][0] <= metrics["target"]["seconds_from_process_start"]
 
 
 def test_augmented_training_runs(tmp_path: Path) -> None:
@@ -118,6 +124,8 @@ def test_augmented_training_runs(tmp_path: Path) -> None:
     assert metrics["augment"] is True and metrics["parameters"] < 1_500_000
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert history["accuracy"][1] > history["accuracy"][0]  # it learns through the augmentation
+    ends = metrics["timeline"]["epoch_end_seconds"]
+    assert len(ends) == 2 and ends[0] < ends[1]
     assert metrics["test_accuracy"] > 0.5
 
 
@@ -200,3 +208,11 @@ def test_precision_auto_is_float32_on_a_cpu() -> None:
     assert resolve_precision("mixed_float16", "CPU") == "mixed_float16"
     with pytest.raises(TrainError, match="precision"):
         TrainConfig(precision="half").check()
+
+
+def test_augment_workers_follow_the_environment() -> None:
+    """Runs that share a machine (the device scripts) set their thread count from outside."""
+    code = "from pipeline import defaults; print(defaults.AUGMENT_WORKERS)"
+    env = {**os.environ, "PIPELINE_AUGMENT_WORKERS": "3"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == "3"
