@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Train the release ensemble on a CPU-only machine: the four full-data bncnn members that
-# scripts/device_train.sh trains on the GPU (same seeds, epochs and data), then their average.
-#   bash scripts/cpu_train.sh            (about 2 hours on 2 cores; resumable: run it again)
+# scripts/device_train.sh trains on the GPU (same seeds and data), then their average. EPOCHS is
+# the schedule device_train.sh chose on its validation runs: 60 (30 made the CPU release before it).
+#   bash scripts/cpu_train.sh            (about 4 hours on 2 cores at 60 epochs; resumable: run it again)
 #   bash scripts/release.sh bncnn-x4=runs/bncnn-x4 conv2d=runs/conv2d-aug:int8
 # Members train JOBS at a time (default: one per core) with one TensorFlow thread each: on 2 cores
 # two one-thread runs took about 125 s an epoch each (63 s per epoch of the pair), one two-thread
@@ -10,6 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PIPELINE=${PIPELINE:-.venv/bin/pipeline}
 JOBS=${JOBS:-$(nproc)}
+EPOCHS=${EPOCHS:-60}
 SEEDS=(101 202 303 404)
 mkdir -p runs
 member() {  # train one member, or resume it if an earlier call was interrupted
@@ -18,7 +20,7 @@ member() {  # train one member, or resume it if an earlier call was interrupted
   local resume=()
   [ -f "$out/state.json" ] && resume=(--resume)
   TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 OMP_NUM_THREADS=1 \
-    "$PIPELINE" train --model bncnn --epochs 30 --seed "$1" --validation-split 0 --out "$out" \
+    "$PIPELINE" train --model bncnn --epochs "$EPOCHS" --seed "$1" --validation-split 0 --out "$out" \
     "${resume[@]}" > "$out.log" 2>&1
 }
 running=0
