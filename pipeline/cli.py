@@ -159,6 +159,12 @@ def train_cli(
             help="auto (mixed_bfloat16 on a GPU, else float32), float32, mixed_bfloat16, mixed_float16.",
         ),
     ] = defaults.PRECISION,
+    fast: Annotated[
+        bool,
+        typer.Option(
+            "--fast", help="bncnn in a lean JAX loop (no augmentation, no checkpoints): time to accuracy."
+        ),
+    ] = False,
     out: Annotated[
         Path | None, typer.Option("--out", help="Run folder (default runs/<model>-<time>).")
     ] = None,
@@ -172,7 +178,7 @@ def train_cli(
     config = train.TrainConfig(
         model=model, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
         limit=limit, validation_split=validation_split, dataset=dataset, backend=backend,
-        deskew=deskew, target_accuracy=target_accuracy, augment=augment, precision=precision,
+        deskew=deskew, target_accuracy=target_accuracy, augment=augment, precision=precision, fast=fast,
     )  # fmt: skip
     if not resume:
         _run(config.check)

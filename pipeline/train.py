@@ -164,12 +164,18 @@ def _float32_copy(model: Any, spec: models.ModelSpec) -> Any:
     loses nothing; saving the mixed model would carry its 16-bit compute policy into every later
     load, ONNX and TFLite conversion included.
     """
+    return _keras_float32(spec, lambda copy: copy.set_weights(model.get_weights()))
+
+
+def _keras_float32(spec: models.ModelSpec, set_weights: Any) -> Any:
+    """A float32 Keras model of `spec`, its weights set by `set_weights(model)`, compiled for
+    evaluation (loss and accuracy)."""
     keras = quiet.load("keras")
     keras.config.set_dtype_policy("float32")
-    copy = spec.build()
-    copy.set_weights(model.get_weights())
-    copy.compile(loss=spec.loss(), metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
-    return copy
+    model = spec.build()
+    set_weights(model)
+    model.compile(loss=spec.loss(), metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+    return model
 
 
 @dataclass
@@ -189,6 +195,7 @@ class TrainConfig:
     target_accuracy: float | None = None
     augment: bool | None = None  # None: the model's recipe decides (models.ModelSpec.augment)
     precision: str = defaults.PRECISION  # auto: mixed bfloat16 on a GPU, float32 on a CPU
+    fast: bool = False  # the lean JAX loop (pipeline.fastfit) instead of Keras' fit
 
     def check(self) -> None:
         models.get(self.model)
@@ -212,6 +219,10 @@ class TrainConfig:
                 raise TrainError("--target-accuracy is a fraction in (0, 1], e.g. 0.99")
             if self.validation_split == 0:
                 raise TrainError("--target-accuracy needs a validation split to measure against")
+        if self.fast:
+            from pipeline import fastfit
+
+            fastfit.check(self.model, self.augment, self.precision)
 
 
 @dataclass
@@ -460,6 +471,8 @@ def train(
     backend = select_backend(config.backend)
     activate_backend(backend)
     splits = prepare_data(config, data_dir)  # before Keras: a data problem fails in a second
+    if config.fast:
+        return _train_fast(config, splits, run_dir, state, started)
 
     keras = quiet.load("keras")
     keras.utils.set_random_seed(config.seed)
@@ -506,6 +519,39 @@ def train(
         model = _float32_copy(model, spec)
     state["precision"] = precision
     metrics = _finish(model, config, splits, run_dir, state, backend, device, started)
+    return TrainResult(run_dir, metrics)
+
+
+def _train_fast(
+    config: TrainConfig, splits: Splits, run_dir: Path, state: dict[str, Any], started: float
+) -> TrainResult:
+    """Train with pipeline.fastfit (JAX, no Keras until it stops), then save the run like any other."""
+    from pipeline import fastfit
+
+    if importlib.util.find_spec("jax") is None:
+        raise TrainError("--fast needs JAX (pip install jax; on a GPU machine jax[cuda])")
+    device = describe_device(Backend.JAX)
+    precision = resolve_precision(config.precision, device)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "config.json", {**asdict(config), "backend": Backend.JAX.value})
+    fit_start = time.time()
+    state["fit_start_seconds"] = round(fit_start - process_start_time(), 3)
+    result = fastfit.fit(
+        splits.x_train, splits.y_train, splits.x_val, splits.y_val, epochs=config.epochs,
+        batch_size=config.batch_size, peak_lr=config.learning_rate, seed=config.seed,
+        target=config.target_accuracy, bfloat16=precision == "mixed_bfloat16",
+        clock=lambda: time.time() - process_start_time(),
+    )  # fmt: skip
+    state.update(
+        history=result.history, epochs_done=result.epochs_done, best_epoch=result.best_epoch,
+        best_score=result.best_score, epoch_end_seconds=result.epoch_end_times,
+        train_seconds=time.time() - fit_start, augment=False, precision=precision,
+    )  # fmt: skip
+    if result.target_reached:
+        state["target_reached"] = result.target_reached
+    spec = models.get(config.model)
+    model = _keras_float32(spec, lambda m: [m.get_layer(n).set_weights(w) for n, w in result.weights.items()])
+    metrics = _finish(model, config, splits, run_dir, state, Backend.JAX, device, started)
     return TrainResult(run_dir, metrics)
 
 

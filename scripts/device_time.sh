@@ -11,6 +11,9 @@
 #   *-noat                    XLA's convolution autotuning off (--xla_gpu_autotune_level=0): less to compile
 #   t995-e10-b256-noat        batch 256 at twice the learning rate: half the steps per epoch
 #   t995-e10-noat-fill/-warm  the compilation cache with autotuning off
+#   f990-e5, f995-e10         `--fast`: the lean JAX loop (pipeline/fastfit.py; no augmentation, one
+#                             compiled scan per epoch), 5 and 10-epoch schedules
+#   f995-e10-b256             the same at batch 256 and twice the learning rate
 #
 # Here, once:  bash scripts/device_wheels.sh && mkdir -p .device && cp -r ../shared/datasets/mnist .device/
 # There:       bash scripts/device_time.sh [VARIANT...]   (carry .whl and .device; writes $OUT/time.tar.gz)
@@ -25,11 +28,14 @@ variant() {
     t990-e5-noat) echo "--epochs 5 --target-accuracy 0.99" ;;
     t995-e10-noat | t995-e10-noat-fill | t995-e10-noat-warm) echo "--epochs 10 --target-accuracy 0.995" ;;
     t995-e10-b256 | t995-e10-b256-noat) echo "--epochs 10 --batch-size 256 --learning-rate 0.002 --target-accuracy 0.995" ;;
+    f990-e5) echo "--fast --epochs 5 --target-accuracy 0.99" ;;
+    f995-e10) echo "--fast --epochs 10 --target-accuracy 0.995" ;;
+    f995-e10-b256) echo "--fast --epochs 10 --batch-size 256 --learning-rate 0.002 --target-accuracy 0.995" ;;
     *) echo "unknown variant $1" >&2; return 1 ;;
   esac
 }
 all=(t990 t995 t990-e5 t995-e10 t990-e5-fill t990-e5-warm t990-e5-noat t995-e10-noat t995-e10-b256-noat
-     t995-e10-noat-fill t995-e10-noat-warm)
+     t995-e10-noat-fill t995-e10-noat-warm f990-e5 f995-e10 f995-e10-b256)
 for name in "${@:-${all[@]}}"; do
   args=$(variant "$name")
   xla=""; cache=""

@@ -1,0 +1,102 @@
+"""`pipeline train --fast`: the lean JAX loop trains the same bncnn as Keras and saves a normal run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline import fastfit, models
+from pipeline.errors import TrainError
+from pipeline.train import TrainConfig, train
+
+
+def _keras_bncnn(weights: dict[str, list[np.ndarray]]) -> object:
+    model = models.get("bncnn").build()
+    for name, w in weights.items():
+        model.get_layer(name).set_weights(w)
+    return model
+
+
+def test_layers_match_the_keras_model() -> None:
+    """Same layer names, weight shapes and order as models.build_bncnn: the weights transfer."""
+    params, stats = fastfit.init_params(seed=0)
+    weights = fastfit.keras_weights(params, stats)
+    model = models.get("bncnn").build()
+    with_weights = {
+        layer.name: [w.shape for w in layer.get_weights()] for layer in model.layers if layer.weights
+    }
+    assert {name: [w.shape for w in ws] for name, ws in weights.items()} == with_weights
+    assert sum(w.size for ws in weights.values() for w in ws) == model.count_params() == 346_026
+
+
+def test_keras_model_computes_what_the_loop_computes() -> None:
+    """Inference through the transferred Keras model equals the loop's own forward pass: padding,
+    strides, BatchNorm statistics and flattening order all agree."""
+    import jax
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(1)
+    params, stats = fastfit.init_params(seed=1)
+    for name in stats:  # BatchNorm away from identity, so its conventions are tested too
+        width = len(stats[name]["mean"])
+        stats[name] = {"mean": rng.normal(0, 0.1, width).astype(np.float32),
+                       "var": rng.uniform(0.5, 2, width).astype(np.float32)}  # fmt: skip
+        params[name] = {"gamma": rng.uniform(0.5, 1.5, width).astype(np.float32),
+                        "beta": rng.normal(0, 0.1, width).astype(np.float32)}  # fmt: skip
+    x = rng.random((16, 28, 28, 1), dtype=np.float32)
+    logits, _ = fastfit.forward(params, stats, jnp.asarray(x), False, None, jnp.float32)
+    ours = np.asarray(jax.nn.softmax(logits))
+    keras_probs = np.asarray(_keras_bncnn(fastfit.keras_weights(params, stats))(x, training=False))  # type: ignore[operator]
+    np.testing.assert_allclose(keras_probs, ours, atol=1e-5)
+
+
+def test_scan_and_step_loop_train_the_same() -> None:
+    """The GPU's one-scan-per-epoch path and the CPU's step loop give the same weights."""
+    rng = np.random.default_rng(2)
+    x, y = rng.random((48, 28, 28, 1), dtype=np.float32), rng.integers(0, 10, 48)
+    options = dict(
+        epochs=1, batch_size=16, peak_lr=1e-3, seed=3, target=None, bfloat16=False, clock=lambda: 0.0
+    )
+    runs = [fastfit.fit(x, y, x[:16], y[:16], scan=scan, **options) for scan in (True, False)]  # type: ignore[arg-type]
+    assert runs[0].history["loss"] == pytest.approx(runs[1].history["loss"], rel=1e-4)
+    for name, ws in runs[0].weights.items():
+        for a, b in zip(ws, runs[1].weights[name], strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_fast_run_learns_and_saves_a_normal_run_folder(tmp_path: Path) -> None:
+    config = TrainConfig(model="bncnn", epochs=3, limit=3000, batch_size=64, fast=True)
+    metrics = train(config, out=tmp_path / "run", show_progress=False).metrics
+    assert metrics["test_accuracy"] > 0.85 and metrics["parameters"] == 346_026
+    assert metrics["backend"] == "jax" and metrics["augment"] is False and metrics["epochs"] == 3
+    ends = metrics["timeline"]["epoch_end_seconds"]
+    assert len(ends) == 3 and ends == sorted(ends) and metrics["timeline"]["fit_start_seconds"] < ends[0]
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert history["val_accuracy"][-1] > history["val_accuracy"][0]
+    assert (tmp_path / "run" / "model.keras").is_file() and (tmp_path / "run" / "curves.png").is_file()
+
+
+def test_fast_run_stops_at_the_target(tmp_path: Path) -> None:
+    config = TrainConfig(model="bncnn", epochs=5, limit=3000, batch_size=64, fast=True, target_accuracy=0.3)
+    metrics = train(config, out=tmp_path / "run", show_progress=False).metrics
+    assert metrics["epochs"] == 1 and metrics["target"]["epoch"] == 1
+    assert metrics["target"]["seconds_from_process_start"] >= metrics["timeline"]["epoch_end_seconds"][0]
+    with pytest.raises(TrainError, match="no checkpoint to resume"):  # it keeps none
+        train(TrainConfig(fast=True, model="bncnn"), out=tmp_path / "run", resume=True)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"model": "conv2d"}, "bncnn only"),
+        ({"augment": True}, "does not augment"),
+        ({"precision": "mixed_float16"}, "bfloat16"),
+    ],
+)
+def test_what_the_fast_loop_does_not_do_is_refused(change: dict[str, object], message: str) -> None:
+    config = TrainConfig(**{"model": "bncnn", "fast": True, **change})  # type: ignore[arg-type]
+    with pytest.raises(TrainError, match=message):
+        config.check()
