@@ -87,3 +87,10 @@ def one_clear_line(result: subprocess.CompletedProcess[str], expect: str) -> Non
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error:") and expect in lines[0], lines[0]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the tests that load JAX in this process (tests/test_fastfit.py) last: JAX starts
+    threads, and tests after it that fork worker processes (classify's local engine, Ray) would
+    fork a multithreaded process, which can deadlock the child."""
+    items.sort(key=lambda item: item.path.name == "test_fastfit.py")
