@@ -59,8 +59,11 @@ PRECISION = "auto"
 # (2-core CI) batches are made in the training loop itself, as Keras does without workers.
 # PIPELINE_AUGMENT_WORKERS overrides it where several runs share one machine (the device scripts
 # train four at once on one GPU, so each gets a quarter of the cores, not half).
+# A value that is not a positive whole number is ignored (this module is read by every command,
+# classify included, so it must not fail on import).
 _HALF_THE_CORES = max(1, min(8, (os.cpu_count() or 2) // 2))
-AUGMENT_WORKERS = int(os.environ.get("PIPELINE_AUGMENT_WORKERS", 0)) or _HALF_THE_CORES
+_WORKERS_ENV = os.environ.get("PIPELINE_AUGMENT_WORKERS", "").strip()
+AUGMENT_WORKERS = int(_WORKERS_ENV) if _WORKERS_ENV.isdigit() and int(_WORKERS_ENV) > 0 else _HALF_THE_CORES
 # Where `pipeline train` puts run folders.
 RUNS_DIR = Path("runs")
 # Default model architecture: the seed's CNN.

@@ -76,6 +76,13 @@ def check(model: str, augment: bool | None, precision: str) -> None:
         raise TrainError("--fast computes in float32 or bfloat16; use --precision mixed_bfloat16")
 
 
+def steps_per_epoch(images: int, batch_size: int) -> int:
+    """Full batches in an epoch (a scan needs equal steps); at least one, else a TrainError."""
+    if images < batch_size:
+        raise TrainError(f"--fast needs at least one full batch ({batch_size} training images)")
+    return images // batch_size
+
+
 def init_params(seed: int, in_channels: int = 1, side: int = 28) -> tuple[dict[str, Any], dict[str, Any]]:
     """Glorot-uniform kernels, zero biases, BatchNorm at identity: Keras' initialisers.
 
@@ -198,9 +205,7 @@ def fit(
     spec = models.get("bncnn")
     dtype = jnp.bfloat16 if bfloat16 else jnp.float32
     n = len(x_train)
-    steps = n // batch_size
-    if steps < 1:
-        raise TrainError(f"--fast needs at least one full batch ({batch_size} training images)")
+    steps = steps_per_epoch(n, batch_size)
     smoothing, weight_decay = spec.label_smoothing, spec.weight_decay
     # The images go in as arguments of the compiled functions, never as closed-over constants,
     # which XLA would copy into the program (170 MB for MNIST's training images).

@@ -496,6 +496,7 @@ def train(
     validation = (splits.x_val, y_val) if len(splits.x_val) else None
     state["fit_start"] = time.time()
     state["fit_start_seconds"] = round(state["fit_start"] - process_start_time(), 3)  # import, data, build
+    state["epoch_end_seconds"] = []  # this process's epochs: times from another process's start mislead
     state["train_seconds_before"] = state.get("train_seconds", 0.0)
     state["augment"] = augment
     callbacks = _callbacks(run_dir, state, config, show_progress)
@@ -530,6 +531,7 @@ def _train_fast(
 
     if importlib.util.find_spec("jax") is None:
         raise TrainError("--fast needs JAX (pip install jax; on a GPU machine jax[cuda])")
+    fastfit.steps_per_epoch(len(splits.x_train), config.batch_size)  # fail before the run folder
     device = describe_device(Backend.JAX)
     precision = resolve_precision(config.precision, device)
     run_dir.mkdir(parents=True, exist_ok=True)

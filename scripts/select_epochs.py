@@ -57,6 +57,9 @@ def choose(root: Path) -> tuple[int | None, list[str]]:
 
 def main(argv: list[str]) -> int:
     root = Path(argv[1] if len(argv) > 1 else "runs")
+    if not root.is_dir():
+        print(f"{root}: no such folder of runs", file=sys.stderr)
+        return 1
     chosen, lines = choose(root)
     print("final-epoch validation accuracy (10% of the training images held out)")
     print("\n".join(lines))
