@@ -161,9 +161,7 @@ def train_cli(
     ] = defaults.PRECISION,
     fast: Annotated[
         bool,
-        typer.Option(
-            "--fast", help="bncnn in a lean JAX loop (no augmentation, no checkpoints): time to accuracy."
-        ),
+        typer.Option("--fast", help="bncnn in a lean JAX loop (augmentation on the device, no checkpoints)."),
     ] = False,
     out: Annotated[
         Path | None, typer.Option("--out", help="Run folder (default runs/<model>-<time>).")

@@ -8,15 +8,17 @@ around them:
 - no Keras until training has stopped: JAX alone is imported, the weights are plain arrays;
 - the training images live on the device, and a whole epoch is one compiled `lax.scan` over its
   batches, so the host dispatches once per epoch instead of once per step;
-- the host reads one number per epoch (validation accuracy), which decides the stop.
+- the host reads one number per epoch (validation accuracy), which decides the stop;
+- augmentation (the recipe's, from `preprocess.Augmentation`, elastic distortion included) runs on
+  the device inside the compiled step, with the same arithmetic as the host's (`preprocess.warp`),
+  so a fast GPU is never left waiting for a 2-core host to distort images.
 
 It trains `bncnn` with the same layers, names, initialisers, BatchNorm momentum, dropout, label
 smoothing and AdamW warm-up + cosine schedule as the Keras path (`models.build_bncnn`,
 `train._optimizer`), and then copies its weights into that Keras model, so the run folder
 (model.keras, metrics, curves) is the same as any run's and export and verify take it unchanged.
-What it leaves out: augmentation (the host-side augmentation is what a fast loop cannot wait for),
-per-epoch checkpoints and --resume (a run takes seconds to minutes). Validation still chooses the
-epoch that is kept.
+What it leaves out: per-epoch checkpoints and --resume (a run takes seconds to minutes on a GPU).
+Validation still chooses the epoch that is kept.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import models
+from pipeline import models, preprocess
 from pipeline.errors import TrainError
 
 # bncnn, layer by layer, as models.build_bncnn builds it: ("conv", name, kernel, strides, padding,
@@ -64,14 +66,14 @@ class FastResult:
     best_score: float
     epoch_end_times: list[float]
     target_reached: dict[str, Any] | None
+    # seconds from process start when the data reached the device, and seconds spent compiling
+    timeline: dict[str, float]
 
 
-def check(model: str, augment: bool | None, precision: str) -> None:
+def check(model: str, precision: str) -> None:
     """Refuse what the fast loop does not do, before any data is read."""
     if model != "bncnn":
         raise TrainError(f"--fast trains bncnn only (got --model {model})")
-    if augment:
-        raise TrainError("--fast does not augment; drop --augment (or drop --fast)")
     if precision == "mixed_float16":
         raise TrainError("--fast computes in float32 or bfloat16; use --precision mixed_bfloat16")
 
@@ -186,18 +188,24 @@ def learning_rate(step: Any, peak: float, steps_per_epoch: int, epochs: int) -> 
 def fit(
     x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, *,
     epochs: int, batch_size: int, peak_lr: float, seed: int, target: float | None,
-    bfloat16: bool, clock: Any, scan: bool | None = None,
+    bfloat16: bool, clock: Any, augment: bool = False, scan: bool | None = None,
 ) -> FastResult:  # fmt: skip
     """Train bncnn on the default JAX device; stop at `target` validation accuracy if given.
 
     `clock()` returns seconds from process start (train.process_start_time), so the recorded
     times are the ones time-to-accuracy reports. The last partial batch of an epoch is dropped
-    (a scan needs equal steps); each epoch reshuffles, so every image is still used.
+    (a scan needs equal steps); each epoch reshuffles, so every image is still used. With
+    `augment`, every batch is distorted on the device by `preprocess.Augmentation` (the host
+    recipe's rotation, scale, shear, shift and elastic ranges) inside the compiled step, so the
+    device never waits for the host.
 
-    `scan` (default: on any device but a CPU) runs each epoch as one compiled `lax.scan`; otherwise
-    one compiled step is called per batch. Both compute the same (tested); the CPU gets the loop
-    because XLA's CPU backend runs convolutions inside a loop about 25 times slower than alone
-    (measured here: 10 steps 55.5 s in a scan, 2.1 s called one by one).
+    `scan` (default: on any device but a CPU) runs each epoch, its shuffle and its validation as
+    one compiled program: a `lax.scan` over the training batches, then the validation images in
+    batches of the training size (so its convolutions have the training's shapes, which XLA
+    has already tuned). Otherwise one compiled step is called per batch. Both compute the same
+    (tested); the CPU gets the loop because XLA's CPU backend runs convolutions inside a loop
+    about 25 times slower than alone (measured here: 10 steps 55.5 s in a scan, 2.1 s one by one).
+    Programs are compiled ahead of the first epoch, so the timeline can say what compiling cost.
     """
     import jax
     import jax.numpy as jnp
@@ -207,13 +215,25 @@ def fit(
     n = len(x_train)
     steps = steps_per_epoch(n, batch_size)
     smoothing, weight_decay = spec.label_smoothing, spec.weight_decay
+    recipe = preprocess.Augmentation()
     # The images go in as arguments of the compiled functions, never as closed-over constants,
     # which XLA would copy into the program (170 MB for MNIST's training images).
     data = (jnp.asarray(x_train), jnp.asarray(y_train.astype(np.int32)))
-    val_data = (jnp.asarray(x_val), jnp.asarray(y_val.astype(np.int32)))
+    validated = len(x_val) > 0
+    val_data = jax.device_put(validation_batches(x_val, y_val, batch_size))
     params, stats = jax.device_put(init_params(seed))
     zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
     opt = {"m": zeros, "v": zeros, "step": jnp.zeros((), jnp.int32)}
+    key = jax.random.PRNGKey(seed + 1)
+    timeline = {"data_on_device_seconds": round(clock(), 3)}  # includes starting the device
+
+    def distort(key: Any, xb: Any) -> Any:
+        keys = iter(jax.random.split(key, 5))  # Augmentation.draw makes five draws
+
+        def uniform(low: float, high: float, shape: tuple[int, ...]) -> Any:
+            return jax.random.uniform(next(keys), shape, jnp.float32, low, high)
+
+        return preprocess.warp(jnp, xb, recipe.draw(uniform, *xb.shape[:3]))
 
     def loss_fn(p: Any, s: Any, xb: Any, yb: Any, key: Any) -> tuple[Any, Any]:
         logits, new_s = forward(p, s, xb, True, key, dtype)
@@ -223,8 +243,9 @@ def fit(
 
     def step_fn(carry: Any, idx: Any, xs: Any, ys: Any) -> tuple[Any, Any]:
         p, s, o, key = carry
-        key, sub = jax.random.split(key)
-        (loss, (s, acc)), g = jax.value_and_grad(loss_fn, has_aux=True)(p, s, xs[idx], ys[idx], sub)
+        key, drop_key, warp_key = jax.random.split(key, 3)
+        xb = distort(warp_key, xs[idx]) if augment else xs[idx]
+        (loss, (s, acc)), g = jax.value_and_grad(loss_fn, has_aux=True)(p, s, xb, ys[idx], drop_key)
         t = o["step"] + 1
         lr = learning_rate(o["step"], peak_lr, steps, epochs)
         b1, b2 = ADAM_BETAS
@@ -237,59 +258,88 @@ def fit(
         )
         return (p, s, {"m": m, "v": v, "step": t}, key), (loss, acc)
 
-    @jax.jit
-    def shuffle(key: Any) -> tuple[Any, Any]:
+    def shuffle(carry: Any) -> tuple[Any, Any]:
+        """A new batch order from the carried key (the same on both paths)."""
+        p, s, o, key = carry
         key, sub = jax.random.split(key)
-        return key, jax.random.permutation(sub, n)[: steps * batch_size].reshape(steps, batch_size)
+        order = jax.random.permutation(sub, n)[: steps * batch_size].reshape(steps, batch_size)
+        return (p, s, o, key), order
 
-    @jax.jit
-    def scan_epoch(carry: Any, order: Any, xs: Any, ys: Any) -> tuple[Any, Any, Any]:
+    def eval_batch(p: Any, s: Any, xb: Any, yb: Any, mask: Any) -> tuple[Any, Any]:
+        """Summed cross-entropy and correct count over a padded batch's real images."""
+        logits, _ = forward(p, s, xb, False, None, dtype)
+        nll = -(jax.nn.one_hot(yb, 10) * jax.nn.log_softmax(logits)).sum(-1)
+        return (nll * mask).sum(), ((logits.argmax(-1) == yb) * mask).sum()
+
+    def scan_epoch(carry: Any, xs: Any, ys: Any, vx: Any, vy: Any, vm: Any) -> tuple[Any, ...]:
+        carry, order = shuffle(carry)
         carry, (losses, accs) = jax.lax.scan(lambda c, idx: step_fn(c, idx, xs, ys), carry, order)
-        return carry, losses.mean(), accs.mean()
+        nll, correct = jax.lax.map(lambda b: eval_batch(carry[0], carry[1], *b), (vx, vy, vm))
+        return carry, losses.mean(), accs.mean(), nll.sum(), correct.sum()
 
-    one_step = jax.jit(step_fn)
-
-    def loop_epoch(carry: Any, order: Any, xs: Any, ys: Any) -> tuple[Any, Any, Any]:
-        losses, accs = [], []
-        for i in range(steps):
-            carry, (loss, acc) = one_step(carry, order[i], xs, ys)
-            losses.append(loss)
-            accs.append(acc)
-        return carry, jnp.stack(losses).mean(), jnp.stack(accs).mean()
-
+    carry = (params, stats, opt, key)
+    compile_start = clock()
     if scan is None:
         scan = jax.default_backend() != "cpu"
-    run_epoch = scan_epoch if scan else loop_epoch
+    if scan:
+        compiled = jax.jit(scan_epoch).lower(carry, *data, *val_data).compile()
 
-    @jax.jit
-    def validate(p: Any, s: Any, xs: Any, ys: Any) -> tuple[Any, Any]:
-        logits, _ = forward(p, s, xs, False, None, dtype)
-        loss = -(jax.nn.one_hot(ys, 10) * jax.nn.log_softmax(logits)).sum(-1).mean()
-        return loss, (logits.argmax(-1) == ys).mean()
+        def run_epoch(carry: Any) -> tuple[Any, ...]:
+            return compiled(carry, *data, *val_data)  # type: ignore[no-any-return]
+    else:
+        order_of = jax.jit(shuffle).lower(carry).compile()
+        step = jax.jit(step_fn).lower(carry, jnp.zeros(batch_size, jnp.int32), *data).compile()
+        evaluate = jax.jit(eval_batch).lower(params, stats, *(a[0] for a in val_data)).compile()
 
-    key = jax.random.PRNGKey(seed + 1)
+        def run_epoch(carry: Any) -> tuple[Any, ...]:
+            carry, order = order_of(carry)
+            losses, accs = [], []
+            for i in range(steps):
+                carry, (loss, acc) = step(carry, order[i], *data)
+                losses.append(loss)
+                accs.append(acc)
+            sums = [evaluate(carry[0], carry[1], *(a[b] for a in val_data)) for b in range(len(val_data[0]))]
+            nll, correct = (jnp.stack(column).sum() for column in zip(*sums, strict=True))
+            return carry, jnp.stack(losses).mean(), jnp.stack(accs).mean(), nll, correct
+
+    timeline["compile_seconds"] = round(clock() - compile_start, 3)
     history: dict[str, list[float]] = {"accuracy": [], "loss": []}
     best = (params, stats)
     best_epoch, best_score, ends, reached = 0, -1.0, [], None
-    validated = len(x_val) > 0
     for epoch in range(1, epochs + 1):
-        key, order = shuffle(key)
-        (params, stats, opt, key), loss, acc = run_epoch((params, stats, opt, key), order, *data)
+        carry, loss, acc, nll, correct = run_epoch(carry)
         history["loss"].append(float(loss))
         history["accuracy"].append(float(acc))
         score = float(acc)
         if validated:
-            val_loss, val_acc = validate(params, stats, *val_data)
-            score = float(val_acc)
-            history.setdefault("val_loss", []).append(float(val_loss))
+            score = float(correct) / len(x_val)
+            history.setdefault("val_loss", []).append(float(nll) / len(x_val))
             history.setdefault("val_accuracy", []).append(score)
         ends.append(round(clock(), 3))
         if not validated or score > best_score:
-            best, best_epoch, best_score = (params, stats), epoch, score
+            best, best_epoch, best_score = (carry[0], carry[1]), epoch, score
         if validated and target is not None and score >= target:
             reached = {"epoch": epoch, "val_accuracy": score, "seconds_from_process_start": ends[-1]}
             break
-    return FastResult(keras_weights(*best), history, len(ends), best_epoch, best_score, ends, reached)
+    return FastResult(
+        keras_weights(*best), history, len(ends), best_epoch, best_score, ends, reached, timeline
+    )
+
+
+def validation_batches(x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[np.ndarray, ...]:
+    """The validation images as [batches, batch_size, ...] with labels and a 0/1 mask: zero
+    images pad the last batch and the mask leaves them out of every sum. At least one batch,
+    so a run without validation compiles the same program."""
+    count = max(1, -(-len(x) // batch_size))
+    pad = count * batch_size - len(x)
+    images = np.concatenate([x, np.zeros((pad, *x.shape[1:]), np.float32)]).astype(np.float32)
+    labels = np.concatenate([y.astype(np.int32), np.zeros(pad, np.int32)])
+    mask = (np.arange(count * batch_size) < len(x)).astype(np.float32)
+    return (
+        images.reshape(count, batch_size, *x.shape[1:]),
+        labels.reshape(count, batch_size),
+        mask.reshape(count, batch_size),
+    )
 
 
 def keras_weights(params: Any, stats: Any) -> dict[str, list[np.ndarray]]:

@@ -222,7 +222,7 @@ class TrainConfig:
         if self.fast:
             from pipeline import fastfit
 
-            fastfit.check(self.model, self.augment, self.precision)
+            fastfit.check(self.model, self.precision)
 
 
 @dataclass
@@ -534,6 +534,8 @@ def _train_fast(
     fastfit.steps_per_epoch(len(splits.x_train), config.batch_size)  # fail before the run folder
     device = describe_device(Backend.JAX)
     precision = resolve_precision(config.precision, device)
+    spec = models.get(config.model)
+    augment = spec.augment if config.augment is None else config.augment
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "config.json", {**asdict(config), "backend": Backend.JAX.value})
     fit_start = time.time()
@@ -542,16 +544,16 @@ def _train_fast(
         splits.x_train, splits.y_train, splits.x_val, splits.y_val, epochs=config.epochs,
         batch_size=config.batch_size, peak_lr=config.learning_rate, seed=config.seed,
         target=config.target_accuracy, bfloat16=precision == "mixed_bfloat16",
-        clock=lambda: time.time() - process_start_time(),
+        clock=lambda: time.time() - process_start_time(), augment=augment,
     )  # fmt: skip
     state.update(
         history=result.history, epochs_done=result.epochs_done, best_epoch=result.best_epoch,
         best_score=result.best_score, epoch_end_seconds=result.epoch_end_times,
-        train_seconds=time.time() - fit_start, augment=False, precision=precision,
+        train_seconds=time.time() - fit_start, augment=augment, precision=precision,
+        timeline_extra=result.timeline,
     )  # fmt: skip
     if result.target_reached:
         state["target_reached"] = result.target_reached
-    spec = models.get(config.model)
     model = _keras_float32(spec, lambda m: [m.get_layer(n).set_weights(w) for n, w in result.weights.items()])
     metrics = _finish(model, config, splits, run_dir, state, Backend.JAX, device, started)
     return TrainResult(run_dir, metrics)
@@ -611,6 +613,8 @@ def _finish(
         "timeline": {
             "fit_start_seconds": state.get("fit_start_seconds"),
             "epoch_end_seconds": state.get("epoch_end_seconds", []),
+            # --fast only: when the data reached the device, and what compiling took
+            **state.get("timeline_extra", {}),
         },
         "config": asdict(config),
     }

@@ -2,59 +2,73 @@
 # Time to accuracy for the best model (bncnn) on the GPU machine, each run alone on the GPU, timed
 # from process start (imports, data, model build and compilation included): `pipeline train
 # --target-accuracy` stops at the first epoch whose validation accuracy reaches the target.
-# Each run's metrics.json has the breakdown (timeline: when the fit loop started, when each epoch ended).
+# Each run's metrics.json has the breakdown (timeline: when the fit loop started, when each epoch
+# ended; for --fast also when the data reached the device and how long compiling took).
 #
-# Variants (names as arguments; default: all, which takes longer than one 600 s call):
-#   t990, t995                the release schedule (30 epochs) to 99.0% and 99.5%
-#   t990-e5, t995-e10         shorter schedules, whose learning rate decays sooner
-#   t990-e5-fill/-warm        t990-e5 twice with one JAX compilation cache: the second shows a warm cache
-#   *-noat                    XLA's convolution autotuning off (--xla_gpu_autotune_level=0): less to compile
-#   t995-e10-b256-noat        batch 256 at twice the learning rate: half the steps per epoch
-#   t995-e10-noat-fill/-warm  the compilation cache with autotuning off
-#   f990-e5, f995-e10         `--fast`: the lean JAX loop (pipeline/fastfit.py; no augmentation, one
-#                             compiled scan per epoch), 5 and 10-epoch schedules
-#   f995-e10-b256             the same at batch 256 and twice the learning rate
+# A variant's name says what it runs, in parts joined by "-":
+#   t990 / f995      Keras' fit (t) or the lean JAX loop `--fast` (f), to 99.0% / 99.5% (first part)
+#   e10              10 epochs (default 30): the schedule, whose learning rate decays to the end
+#   b256             batch 256 at a learning rate scaled with it (0.001 x 256 / 128)
+#   noaug            no augmentation (the recipe's default is on; --fast augments on the device)
+#   f32              float32 instead of mixed bfloat16
+#   noat / at1       XLA's convolution autotuning off / without its buffer checks (compiles less)
+#   notriton         no Triton GEMM fusions (XLA autotunes those at compile time too)
+#   fill / warm      the same run twice with one JAX compilation cache: the second is warm
+# Default: the --fast set below (one 600 s call). Earlier Keras figures: t990, t995, t990-e5, t995-e10.
 #
 # Here, once:  bash scripts/device_wheels.sh && mkdir -p .device && cp -r ../shared/datasets/mnist .device/
 # There:       bash scripts/device_time.sh [VARIANT...]   (carry .whl and .device; writes $OUT/time.tar.gz)
 source "$(dirname "$0")/device_env.sh"
-NOAT=--xla_gpu_autotune_level=0
+
+# variant NAME: sets ARGS (pipeline train options), XLA (XLA_FLAGS) and CACHE (compilation cache dir).
 variant() {
-  case $1 in
-    t990) echo "--epochs 30 --target-accuracy 0.99" ;;
-    t995) echo "--epochs 30 --target-accuracy 0.995" ;;
-    t990-e5 | t990-e5-fill | t990-e5-warm) echo "--epochs 5 --target-accuracy 0.99" ;;
-    t995-e10 | t995-e10-fill | t995-e10-warm) echo "--epochs 10 --target-accuracy 0.995" ;;
-    t990-e5-noat) echo "--epochs 5 --target-accuracy 0.99" ;;
-    t995-e10-noat | t995-e10-noat-fill | t995-e10-noat-warm) echo "--epochs 10 --target-accuracy 0.995" ;;
-    t995-e10-b256 | t995-e10-b256-noat) echo "--epochs 10 --batch-size 256 --learning-rate 0.002 --target-accuracy 0.995" ;;
-    f990-e5) echo "--fast --epochs 5 --target-accuracy 0.99" ;;
-    f995-e10) echo "--fast --epochs 10 --target-accuracy 0.995" ;;
-    f995-e10-b256) echo "--fast --epochs 10 --batch-size 256 --learning-rate 0.002 --target-accuracy 0.995" ;;
-    *) echo "unknown variant $1" >&2; return 1 ;;
+  local name=$1 part first
+  local -a parts
+  IFS=- read -ra parts <<<"$name"
+  first=${parts[0]}
+  ARGS=(--epochs 30) XLA="" CACHE=""
+  case $first in
+    t[0-9]*) ;;
+    f[0-9]*) ARGS+=(--fast) ;;
+    *) echo "unknown variant $name: it starts with t or f and the target, e.g. f995" >&2; return 1 ;;
   esac
+  ARGS+=(--target-accuracy "0.${first:1}")
+  for part in "${parts[@]:1}"; do
+    case $part in
+      e[0-9]*) ARGS+=(--epochs "${part:1}") ;;  # the last --epochs wins
+      b[0-9]*) ARGS+=(--batch-size "${part:1}" --learning-rate "$(python3 -c "print(0.001 * ${part:1} / 128)")") ;;
+      noaug) ARGS+=(--no-augment) ;;
+      f32) ARGS+=(--precision float32) ;;
+      noat) XLA+=" --xla_gpu_autotune_level=0" ;;
+      at1) XLA+=" --xla_gpu_autotune_level=1" ;;
+      notriton) XLA+=" --xla_gpu_enable_triton_gemm=false" ;;
+      fill | warm) CACHE=/tmp/jax-cache-${name%-*} ;;
+      *) echo "unknown part $part in $name" >&2; return 1 ;;
+    esac
+  done
 }
-all=(t990 t995 t990-e5 t995-e10 t990-e5-fill t990-e5-warm t990-e5-noat t995-e10-noat t995-e10-b256-noat
-     t995-e10-noat-fill t995-e10-noat-warm f990-e5 f995-e10 f995-e10-b256)
-for name in "${@:-${all[@]}}"; do
-  args=$(variant "$name")
-  xla=""; cache=""
-  [[ $name == *noat* ]] && xla=$NOAT
-  [[ $name == *-fill || $name == *-warm ]] && cache=/tmp/jax-cache-${name%-*}
-  # shellcheck disable=SC2086  # $args is a list of options
-  XLA_FLAGS=$xla JAX_COMPILATION_CACHE_DIR=$cache timeout 100 python3 -m pipeline train --model bncnn \
-    --backend jax --data-dir "$DATA" --out "runs/$name" $args >"logs/$name.log" 2>&1 \
+fast=(f990-e5 f990-e5-noaug f995-e10 f995-e10-noaug f995-e20 f995-e10-b256 f995-e10-f32 f995-e10-at1
+      f995-e10-notriton f995-e10-fill f995-e10-warm)
+for name in "${@:-${fast[@]}}"; do variant "$name" || exit 2; done  # every name checked before any run
+for name in "${@:-${fast[@]}}"; do
+  variant "$name"
+  XLA_FLAGS=$XLA JAX_COMPILATION_CACHE_DIR=$CACHE timeout 100 python3 -m pipeline train --model bncnn \
+    --backend jax --data-dir "$DATA" --out "runs/$name" "${ARGS[@]}" >"logs/$name.log" 2>&1 \
     || echo "$name failed or timed out: see logs/$name.log"
   python3 - "$name" <<'PY' || true
 import json, sys
 from pathlib import Path
 name = sys.argv[1]
-m = json.loads(Path(f"runs/{name}/metrics.json").read_text()) if Path(f"runs/{name}/metrics.json").is_file() else {}
+path = Path(f"runs/{name}/metrics.json")
+m = json.loads(path.read_text()) if path.is_file() else {}
 t, tl = m.get("target") or {}, m.get("timeline") or {}
-ends = tl.get("epoch_end_seconds") or []
-print(f"{name:22} target {'%.1f s (epoch %d)' % (t['seconds_from_process_start'], t['epoch']) if t else 'not reached':18}"
-      f" fit start {tl.get('fit_start_seconds') or 0:5.1f} s, epoch 1 ends {ends[0] if ends else 0:5.1f} s,"
-      f" then {((ends or [0])[-1] - (ends or [0])[0]) / max(1, len(ends) - 1):4.2f} s/epoch")
+ends = tl.get("epoch_end_seconds") or [0]
+reached = "%.1f s (epoch %d)" % (t["seconds_from_process_start"], t["epoch"]) if t else "not reached"
+extra = "" if "compile_seconds" not in tl else (
+    f" data on device {tl['data_on_device_seconds']:4.1f} s, compile {tl['compile_seconds']:4.1f} s,")
+print(f"{name:20} {reached:18} best val {m.get('best_val_accuracy') or 0:.4f} fit start"
+      f" {tl.get('fit_start_seconds') or 0:4.1f} s,{extra} epoch 1 ends {ends[0]:5.1f} s,"
+      f" then {(ends[-1] - ends[0]) / max(1, len(ends) - 1):4.2f} s/epoch")
 PY
 done
 bring_back time

@@ -18,6 +18,10 @@
 # every release model in one call with the schedule already chosen. The shipped bncnn-x4 came from
 # the default call (EPOCHS="30 60", CONV2D=0); conv2d ships from its CPU run.
 #
+# TRAIN_ARGS adds options to every bncnn run: TRAIN_ARGS=--fast trains them with the lean JAX loop
+# (pipeline/fastfit.py: augmentation on the device, one compiled program an epoch), where a run is
+# not held back by Keras' per-step dispatch or the host's augmentation threads.
+#
 # Here, once:  bash scripts/device_wheels.sh && mkdir -p .device && cp -r ../shared/datasets/mnist .device/
 # There:       bash scripts/device_train.sh      (carry .whl and .device; writes $OUT/train.tar.gz)
 # Back here:   tar -xzf <files_at>/train.tar.gz, then `pipeline ensemble` on the chosen members
@@ -27,11 +31,14 @@ budget=${BUDGET_S:-575}   # the device tool stops a command at 600 s
 export PIPELINE_AUGMENT_WORKERS=${PIPELINE_AUGMENT_WORKERS:-2}
 for epochs in ${EPOCHS:-30 60}; do
   for seed in 1 2; do
-    train_parallel "sel-e$epochs-s$seed" --model bncnn --epochs "$epochs" --seed "$seed" --out "runs/sel-e$epochs-s$seed"
+    # shellcheck disable=SC2086  # TRAIN_ARGS is a list of options
+    train_parallel "sel-e$epochs-s$seed" --model bncnn --epochs "$epochs" --seed "$seed" \
+      --out "runs/sel-e$epochs-s$seed" ${TRAIN_ARGS:-}
   done
   for seed in 101 202 303 404; do
+    # shellcheck disable=SC2086
     train_parallel "bncnn-e$epochs-s$seed" --model bncnn --epochs "$epochs" --seed "$seed" \
-      --validation-split 0 --out "runs/bncnn-e$epochs-s$seed"
+      --validation-split 0 --out "runs/bncnn-e$epochs-s$seed" ${TRAIN_ARGS:-}
   done
 done
 if [ "${CONV2D:-0}" = 1 ]; then

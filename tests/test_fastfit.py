@@ -53,25 +53,73 @@ def test_keras_model_computes_what_the_loop_computes() -> None:
     np.testing.assert_allclose(keras_probs, ours, atol=1e-5)
 
 
-def test_scan_and_step_loop_train_the_same() -> None:
-    """The GPU's one-scan-per-epoch path and the CPU's step loop give the same weights."""
+@pytest.mark.parametrize("augment", [False, True])
+def test_scan_and_step_loop_train_the_same(augment: bool) -> None:
+    """The GPU's one-program-per-epoch path and the CPU's step loop give the same weights and the
+    same validation figures (20 validation images: one full batch and a padded one)."""
     rng = np.random.default_rng(2)
     x, y = rng.random((48, 28, 28, 1), dtype=np.float32), rng.integers(0, 10, 48)
     options = dict(
-        epochs=1, batch_size=16, peak_lr=1e-3, seed=3, target=None, bfloat16=False, clock=lambda: 0.0
-    )
-    runs = [fastfit.fit(x, y, x[:16], y[:16], scan=scan, **options) for scan in (True, False)]  # type: ignore[arg-type]
-    assert runs[0].history["loss"] == pytest.approx(runs[1].history["loss"], rel=1e-4)
+        epochs=1, batch_size=16, peak_lr=1e-3, seed=3, target=None, bfloat16=False, clock=lambda: 0.0,
+        augment=augment,
+    )  # fmt: skip
+    runs = [fastfit.fit(x, y, x[:20], y[:20], scan=scan, **options) for scan in (True, False)]  # type: ignore[arg-type]
+    for metric in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert runs[0].history[metric] == pytest.approx(runs[1].history[metric], rel=1e-4), metric
     for name, ws in runs[0].weights.items():
         for a, b in zip(ws, runs[1].weights[name], strict=True):
             np.testing.assert_allclose(a, b, atol=1e-4)
+    assert runs[0].timeline["compile_seconds"] >= 0 and "data_on_device_seconds" in runs[0].timeline
+
+
+def test_padded_validation_batches_count_each_image_once() -> None:
+    """Validation in training-sized batches: the padding's images are masked out of every sum, so
+    the accuracy and loss equal those of the whole set at once."""
+    import jax
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(4)
+    params, stats = fastfit.init_params(seed=4)
+    x, y = rng.random((37, 28, 28, 1), dtype=np.float32), rng.integers(0, 10, 37)
+    images, labels, mask = fastfit.validation_batches(x, y, 16)
+    assert images.shape == (3, 16, 28, 28, 1) and mask.sum() == 37 and not images[2, 5:].any()
+    logits = np.asarray(fastfit.forward(params, stats, jnp.asarray(x), False, None, jnp.float32)[0])
+    whole = (logits.argmax(-1) == y).mean()
+    batched = sum(
+        float(((np.asarray(fastfit.forward(params, stats, jnp.asarray(xb), False, None, jnp.float32)[0])
+                .argmax(-1) == yb) * mb).sum())
+        for xb, yb, mb in zip(images, labels, mask, strict=True)
+    ) / 37  # fmt: skip
+    assert batched == pytest.approx(whole)
+    assert jax.numpy.asarray(fastfit.validation_batches(x[:0], y[:0], 16)[2]).sum() == 0
+
+
+def test_device_augmentation_is_the_host_augmentation() -> None:
+    """preprocess.warp under jax.jit gives the host's images for the same drawn distortion: the
+    device and the host augment with one recipe and one piece of arithmetic."""
+    import dataclasses
+
+    import jax
+    import jax.numpy as jnp
+
+    from pipeline import preprocess
+
+    x = np.random.default_rng(6).random((8, 28, 28, 1), dtype=np.float32)
+    drawn = preprocess.Augmentation().draw(np.random.default_rng(7).uniform, 8, 28, 28)
+    host = preprocess.warp(np, x, drawn)
+    arrays = {f.name: jnp.asarray(getattr(drawn, f.name)) for f in dataclasses.fields(drawn)
+              if isinstance(getattr(drawn, f.name), np.ndarray)}  # fmt: skip
+    on_device = jax.jit(lambda x, a: preprocess.warp(jnp, x, dataclasses.replace(drawn, **a)))
+    device = on_device(jnp.asarray(x), arrays)
+    np.testing.assert_allclose(np.asarray(device), host, atol=1e-4)
+    assert np.abs(host - x).mean() > 0.02  # it did distort
 
 
 def test_fast_run_learns_and_saves_a_normal_run_folder(tmp_path: Path) -> None:
     config = TrainConfig(model="bncnn", epochs=3, limit=3000, batch_size=64, fast=True)
     metrics = train(config, out=tmp_path / "run", show_progress=False).metrics
     assert metrics["test_accuracy"] > 0.85 and metrics["parameters"] == 346_026
-    assert metrics["backend"] == "jax" and metrics["augment"] is False and metrics["epochs"] == 3
+    assert metrics["backend"] == "jax" and metrics["augment"] is True and metrics["epochs"] == 3
     ends = metrics["timeline"]["epoch_end_seconds"]
     assert len(ends) == 3 and ends == sorted(ends) and metrics["timeline"]["fit_start_seconds"] < ends[0]
     history = json.loads((tmp_path / "run" / "history.json").read_text())
@@ -80,7 +128,9 @@ def test_fast_run_learns_and_saves_a_normal_run_folder(tmp_path: Path) -> None:
 
 
 def test_fast_run_stops_at_the_target(tmp_path: Path) -> None:
-    config = TrainConfig(model="bncnn", epochs=5, limit=3000, batch_size=64, fast=True, target_accuracy=0.3)
+    config = TrainConfig(
+        model="bncnn", epochs=5, limit=3000, batch_size=64, fast=True, target_accuracy=0.3, augment=False
+    )
     metrics = train(config, out=tmp_path / "run", show_progress=False).metrics
     assert metrics["epochs"] == 1 and metrics["target"]["epoch"] == 1
     assert metrics["target"]["seconds_from_process_start"] >= metrics["timeline"]["epoch_end_seconds"][0]
@@ -92,7 +142,6 @@ def test_fast_run_stops_at_the_target(tmp_path: Path) -> None:
     ("change", "message"),
     [
         ({"model": "conv2d"}, "bncnn only"),
-        ({"augment": True}, "does not augment"),
         ({"precision": "mixed_float16"}, "bfloat16"),
     ],
 )
