@@ -290,7 +290,7 @@ def bench_augment(
     results = []
     for n in counts:
         batches = augmented_batches(x, y, batch_size, defaults.SEED, first_epoch=0, workers=n)
-        batches[0]  # build the cached Fourier basis outside the timing
+        batches[0]  # build the cached smoothing matrices outside the timing
         start = time.perf_counter()
         with ThreadPoolExecutor(n) as pool:
             made = sum(len(b[1]) for b in pool.map(batches.__getitem__, range(len(batches))))
