@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import sys
 import tempfile
@@ -170,7 +171,49 @@ def _onnx_float32(source: Source, out: Path) -> None:
         )
     import onnx
 
-    onnx.save(proto, str(out))
+    onnx.save(canonical_names(proto), str(out))
+
+
+_GENERATED = re.compile(r"__\d+")  # tf2onnx's make_name: "<base>__<process-wide counter>"
+
+
+def canonical_names(proto: Any) -> Any:
+    """Renumber the names tf2onnx generates, in the order the graph first uses them.
+
+    tf2onnx numbers the nodes and tensors it adds with a process-wide counter, and its optimisers
+    visit sets whose order follows Python's per-process hash seed, so the same model converted
+    twice got, for example, `new_shape__63` once and `new_shape__64` the other time, and when it
+    merges equal constants, which one's name survives (`const_starts__1` or `const_axes__3` for
+    the same values) varies too: identical weights and graph, different bytes, checksums and git
+    diffs for every ONNX artifact made from it. So generated names are renumbered by first use in
+    node order, and generated constants are all called `const__<n>`: equal conversions become
+    byte-identical. The graph's inputs and outputs are never renamed (they are the artifact's
+    interface); a graph with subgraphs (If, Loop) is left as it is.
+    """
+    graph = proto.graph
+    if any(attr.g.node or attr.graphs for node in graph.node for attr in node.attribute):
+        return proto
+    interface = {v.name for v in (*graph.input, *graph.output)}
+    constants = {i.name for i in graph.initializer}
+    order: list[str] = []
+    for node in graph.node:
+        order += [node.name, *node.input, *node.output]
+    order += sorted(constants)  # any not used by a node
+    mapping: dict[str, str] = {}
+    for name in order:
+        if name and name not in mapping and name not in interface and _GENERATED.search(name):
+            base = "const" if name in constants else _GENERATED.sub("", name)
+            mapping[name] = f"{base}__{len(mapping)}"
+    for node in graph.node:
+        node.name = mapping.get(node.name, node.name)
+        node.input[:] = [mapping.get(n, n) for n in node.input]
+        node.output[:] = [mapping.get(n, n) for n in node.output]
+    for item in (*graph.initializer, *graph.value_info):
+        item.name = mapping.get(item.name, item.name)
+    ordered = sorted(graph.initializer, key=lambda i: i.name)
+    del graph.initializer[:]
+    graph.initializer.extend(ordered)
+    return proto
 
 
 class _Calibration:

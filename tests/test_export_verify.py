@@ -213,3 +213,40 @@ def test_bad_choices_are_named_errors() -> None:
     assert parse_choices("int8,none", Quantization, "quantization") == [Quantization.NONE, Quantization.INT8]
     with pytest.raises(ExportError, match="unknown format 'coreml'"):
         parse_choices("coreml", Format, "format")
+
+
+def _generated_names_graph(first: int) -> onnx.ModelProto:
+    """x -> Reshape(shape) -> Relu -> y, with tf2onnx-style generated names numbered from `first`
+    (what a different hash seed gives)."""
+    from onnx import TensorProto, helper
+
+    shape = helper.make_tensor(f"new_shape__{first}", TensorProto.INT64, [2], [1, 4])
+    nodes = [
+        helper.make_node(
+            "Reshape", ["x", f"new_shape__{first}"], [f"r__{first + 1}:0"], name=f"r__{first + 1}"
+        ),
+        helper.make_node("Relu", [f"r__{first + 1}:0"], ["y"], name="relu"),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], initializer=[shape],
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_generated_names_are_renumbered_so_equal_conversions_are_equal_bytes() -> None:
+    """tf2onnx numbers its names by a counter that differs between processes; the exporter
+    renumbers them by first use, so one model exported twice gives identical files."""
+    import onnxruntime as ort
+
+    from pipeline.export import canonical_names
+
+    a, b = (canonical_names(_generated_names_graph(first)) for first in (63, 90))
+    assert a.SerializeToString() == b.SerializeToString()
+    assert [n.name for n in a.graph.node] == ["r__0", "relu"]
+    assert [i.name for i in a.graph.initializer] == ["const__1"]  # merged constants' names vary
+    assert [v.name for v in a.graph.input] == ["x"] and [v.name for v in a.graph.output] == ["y"]
+    onnx.checker.check_model(a)
+    x = np.array([[-1, 2], [3, -4]], dtype=np.float32)
+    session = ort.InferenceSession(a.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(session.run(None, {"x": x})[0], [[0, 2, 3, 0]])
