@@ -228,7 +228,7 @@ def fit(
     timeline = {"data_on_device_seconds": round(clock(), 3)}  # includes starting the device
 
     def distort(key: Any, xb: Any) -> Any:
-        keys = iter(jax.random.split(key, 5))  # Augmentation.draw makes five draws
+        keys = iter(jax.random.split(key, 5))  # Augmentation.draw makes at most five draws
 
         def uniform(low: float, high: float, shape: tuple[int, ...]) -> Any:
             return jax.random.uniform(next(keys), shape, jnp.float32, low, high)
