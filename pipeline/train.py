@@ -197,6 +197,10 @@ class TrainConfig:
     precision: str = defaults.PRECISION  # auto: mixed bfloat16 on a GPU, float32 on a CPU
     fast: bool = False  # the lean JAX loop (pipeline.fastfit) instead of Keras' fit
 
+    def augments(self) -> bool:
+        """Whether this run augments: --augment/--no-augment, else the model's recipe."""
+        return models.get(self.model).augment if self.augment is None else self.augment
+
     def check(self) -> None:
         models.get(self.model)
         data.parse_dataset(self.dataset)
@@ -480,7 +484,7 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "config.json", {**asdict(config), "backend": backend.value})
 
-    augment = spec.augment if config.augment is None else config.augment
+    augment = config.augments()
     precision = resolve_precision(config.precision, device)
     keras.config.set_dtype_policy(precision)
     if resume:
@@ -535,7 +539,7 @@ def _train_fast(
     device = describe_device(Backend.JAX)
     precision = resolve_precision(config.precision, device)
     spec = models.get(config.model)
-    augment = spec.augment if config.augment is None else config.augment
+    augment = config.augments()
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "config.json", {**asdict(config), "backend": Backend.JAX.value})
     fit_start = time.time()
