@@ -249,6 +249,14 @@ def evaluate_cli(
     for d, acc in enumerate(ev.per_class):
         table.add_row(str(d), f"{acc:.2%}")
     console.print(table)
+    review = Table(
+        "confidence below", "rows flagged", "errors caught", "accuracy of the rest",
+        title="manual review of low-confidence rows",
+    )  # fmt: skip
+    for r in ev.review:
+        kept = "-" if r.accuracy_kept is None else f"{r.accuracy_kept:.2%}"
+        review.add_row(f"{r.threshold:g}", f"{r.flagged:.2%}", f"{r.errors_flagged} of {r.errors}", kept)
+    console.print(review)
     console.print(f"wrote {ev.confusion_png}, {ev.examples_png}, {ev.metrics_json}")
 
 

@@ -83,6 +83,12 @@ CALIBRATION_SAMPLES = 500
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
 
+# --- evaluate ---------------------------------------------------------------------------------
+
+# Confidence thresholds `evaluate` reports for a manual-review rule ("check every row below t"):
+# label-smoothed models top out near 0.9, the seed's sigmoid near 1.0, so the grid spans both.
+REVIEW_THRESHOLDS = (0.5, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99)
+
 # --- verify -----------------------------------------------------------------------------------
 
 # Float artifacts must classify like Keras: top-1 agreement of at least 99.9% ...

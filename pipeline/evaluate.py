@@ -6,11 +6,24 @@ way, and writes the seed's two figures: a confusion matrix and the examples figu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import numpy as np
 
 from pipeline import data, defaults, preprocess, report, runtime
 from pipeline.files import sidecar_json, write_json
+
+
+@dataclass(frozen=True)
+class ReviewRow:
+    """What a "review every row whose confidence is below `threshold`" rule would do."""
+
+    threshold: float
+    flagged: float  # share of the images below the threshold
+    errors_flagged: int  # wrong predictions among them
+    errors: int  # wrong predictions in all
+    accuracy_kept: float | None  # accuracy of the images at or above it (None: none are)
 
 
 @dataclass(frozen=True)
@@ -22,6 +35,23 @@ class Evaluation:
     confusion_png: Path
     examples_png: Path
     metrics_json: Path
+    review: list[ReviewRow]
+
+
+def review_rows(
+    probs: np.ndarray, labels: np.ndarray, thresholds: tuple[float, ...] = defaults.REVIEW_THRESHOLDS
+) -> list[ReviewRow]:
+    """For each threshold, how many rows a confidence-based manual review would flag and how many
+    of the model's errors it would catch: how a back office picks its threshold, since confidence
+    (`classify`'s column) ranks answers but is not a calibrated probability."""
+    first, confidence, _, _ = runtime.top2(probs)
+    wrong = first != labels
+    rows = []
+    for t in thresholds:
+        low = confidence < t
+        kept = float((~wrong[~low]).mean()) if (~low).any() else None
+        rows.append(ReviewRow(t, float(low.mean()), int((wrong & low).sum()), int(wrong.sum()), kept))
+    return rows
 
 
 def trained_with_deskew(model_path: Path) -> bool:
@@ -43,7 +73,7 @@ def evaluate(
     if deskew if deskew is not None else trained_with_deskew(model_path):
         images = preprocess.deskew_batch(images)
     probs = predictor.predict(preprocess.scale(images))
-    pred = probs.argmax(axis=1)
+    pred = runtime.top2(probs)[0]
     per_class = [float((pred[labels == d] == d).mean()) if (labels == d).any() else 0.0 for d in range(10)]
     out = out or model_path.parent
     out.mkdir(parents=True, exist_ok=True)
@@ -57,12 +87,15 @@ def evaluate(
     )
     examples_png = report.plot_examples(images, labels, probs, out / f"{stem}.examples.png")
     metrics_json = out / f"{stem}.evaluation.json"
+    review = review_rows(probs, labels)
     write_json(
         metrics_json,
         {
             "model": str(model_path), "dataset": dataset, "images": len(labels),
             "accuracy": accuracy, "per_class_accuracy": per_class,
-            "confusion_matrix": matrix.tolist(),
+            "confusion_matrix": matrix.tolist(), "review_thresholds": [asdict(r) for r in review],
         },
     )  # fmt: skip
-    return Evaluation(model_path, accuracy, per_class, len(labels), confusion_png, examples_png, metrics_json)
+    return Evaluation(
+        model_path, accuracy, per_class, len(labels), confusion_png, examples_png, metrics_json, review
+    )

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import one_clear_line, run_cli
 from typer.testing import CliRunner
 
+from pipeline import defaults
 from pipeline.cli import app
 
 runner = CliRunner()
@@ -84,6 +87,27 @@ def test_evaluate_writes_both_figures(trained_conv2d: Path, tmp_path: Path) -> N
     assert result.exit_code == 0, result.output
     assert (tmp_path / "model_keras.confusion.png").stat().st_size > 10_000
     assert (tmp_path / "model_keras.examples.png").stat().st_size > 10_000
+    assert "manual review of low-confidence rows" in result.output
+    saved = json.loads((tmp_path / "model_keras.evaluation.json").read_text())
+    review = saved["review_thresholds"]
+    assert [r["threshold"] for r in review] == list(defaults.REVIEW_THRESHOLDS)
+    errors = round((1 - saved["accuracy"]) * saved["images"])
+    assert all(r["errors"] == errors and r["errors_flagged"] <= errors for r in review)
+    assert [r["flagged"] for r in review] == sorted(r["flagged"] for r in review)
+
+
+def test_review_rows_count_what_a_threshold_flags() -> None:
+    """Four images: two sure and right, one unsure and wrong, one unsure and right."""
+    from pipeline.evaluate import review_rows
+
+    probs = np.full((4, 10), 0.01, np.float32)
+    for row, (digit, conf) in enumerate([(0, 0.91), (1, 0.91), (2, 0.6), (3, 0.8)]):
+        probs[row, digit] = conf
+    labels = np.array([0, 1, 7, 3])
+    low, mid, high = review_rows(probs, labels, (0.5, 0.7, 0.95))
+    assert (low.flagged, low.errors_flagged, low.errors, low.accuracy_kept) == (0.0, 0, 1, 0.75)
+    assert (mid.flagged, mid.errors_flagged, mid.accuracy_kept) == (0.25, 1, 1.0)
+    assert (high.flagged, high.errors_flagged, high.accuracy_kept) == (1.0, 1, None)
 
 
 def test_bench_augment_prints_a_rate_per_thread_count() -> None:
