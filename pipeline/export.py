@@ -19,6 +19,7 @@ import shlex
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
@@ -433,8 +434,10 @@ def _tflite(
         converter.representative_dataset = representative
         if not integer_io:
             # The classifier head stays float, as in the int8 ONNX (`float_outputs` says why):
-            # LiteRT's selective quantization leaves the operators named here unquantized.
-            with quiet.stderr_silenced():
+            # LiteRT's selective quantization leaves the operators named here unquantized. It
+            # runs TensorFlow's deprecated tf.lite.Interpreter inside; that notice is not ours.
+            with quiet.stderr_silenced(), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=r"\s*Warning: tf\.lite\.Interpreter is deprecated")
                 head = tflite_head(tf.lite.TFLiteConverter.from_saved_model(str(saved_model)).convert())
                 debugger = tf.lite.experimental.QuantizationDebugger(
                     converter=converter, debug_dataset=representative,
