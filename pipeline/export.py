@@ -287,7 +287,7 @@ def static_reshapes(model: Any) -> Any:
     DequantizeLinear -> Conv -> QuantizeLinear group into an integer QLinearConv only when the
     group's output feeds nothing else: so the last convolution of every bncnn member ran in
     float, 24% of the int8 bncnn-x4's inference time. With a constant shape the Shape goes, the
-    convolution is fused, and the int8 bncnn-x4 takes 82 instead of 140 ms per 256 images (same
+    convolution is fused, and the int8 bncnn-x4 takes 99 instead of 164 ms per 256 images (same
     outputs). A Reshape qualifies when shape inference gives its input and output fixed sizes
     past the first dimension, with the same number of values per image: -1 then stands for the
     batch, whatever it is.
