@@ -283,11 +283,11 @@ def static_reshapes(model: Any) -> Any:
 
     Keras' Flatten reshapes to (batch, features), and tf2onnx computes that shape at run time
     from Shape -> Gather -> Concat of the layer's input. In the quantized graph that Shape reads
-    the DequantizeLinear after the convolution before it, and onnxruntime fuses a
-    DequantizeLinear -> Conv -> QuantizeLinear group into an integer QLinearConv only when the
-    group's output feeds nothing else: so the last convolution of every bncnn member ran in
-    float, 24% of the int8 bncnn-x4's inference time. With a constant shape the Shape goes, the
-    convolution is fused, and the int8 bncnn-x4 takes 99 instead of 164 ms per 256 images (same
+    the dequantized output of the convolution before it, and while it did, onnxruntime left that
+    DequantizeLinear -> Conv -> QuantizeLinear group in float instead of fusing it into an
+    integer QLinearConv: the last convolution of every bncnn member, 24% of the int8 bncnn-x4's
+    inference time (its profiler). With a constant shape the Shape goes, the convolution is
+    fused (tested), and the int8 bncnn-x4 takes 99 instead of 164 ms per 256 images (same
     outputs). A Reshape qualifies when shape inference gives its input and output fixed sizes
     past the first dimension, with the same number of values per image: -1 then stands for the
     batch, whatever it is.
