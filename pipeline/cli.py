@@ -425,6 +425,7 @@ def classify_cli(
         ("per digit", "  ".join(f"{d}:{n}" for d, n in enumerate(summary.per_digit))),
         ("elapsed", f"{summary.seconds:.1f} s"),
         ("images / s", f"{summary.images_per_second:,.0f}"),
+        *([("inference threads", str(summary.inference_threads))] if engine == "local" else []),
     ):
         table.add_row(key, value)
     console.print(table)

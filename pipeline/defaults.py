@@ -110,6 +110,10 @@ IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "bmp", "gif", "tif", "tiff", "webp")
 CLASSIFY_BATCH_SIZE = 1024
 # Files handed to a worker process at once: amortises inter-process overhead on 28x28 PNGs.
 CLASSIFY_CHUNK_SIZE = 256
+# Chunks classify times with a one-thread inference session (after the first, which warms the
+# session up) before it sizes the inference thread pool: about a second of work, enough to average
+# out one slow file.
+CLASSIFY_PROBE_CHUNKS = 4
 # Refuse to decode images above this many pixels (decompression bombs): 64 megapixels is far
 # above any page scan at 600 dpi (A4 = 35 Mpx) and far below what would exhaust memory.
 MAX_IMAGE_PIXELS = 64_000_000

@@ -69,6 +69,7 @@ class OnnxPredictor:
     input_name: str
     output_name: str
     format: Format = Format.ONNX
+    threads: int | None = None  # intra-op threads asked for (None: onnxruntime's default)
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(images, dtype=np.float32)
@@ -87,6 +88,7 @@ class LiteRTPredictor:
     path: Path
     interpreter: Any
     format: Format = Format.TFLITE
+    threads: int | None = None  # interpreter threads asked for (None: LiteRT's default)
     _batch: int = -1
 
     def predict(self, images: np.ndarray) -> np.ndarray:
@@ -144,7 +146,7 @@ def _load_onnx(path: Path, threads: int | None) -> OnnxPredictor:
     outputs = [o.name for o in session.get_outputs()]
     input_name = defaults.INPUT_NAME if defaults.INPUT_NAME in names else names[0]
     output_name = defaults.OUTPUT_NAME if defaults.OUTPUT_NAME in outputs else outputs[0]
-    return OnnxPredictor(path, session, input_name, output_name)
+    return OnnxPredictor(path, session, input_name, output_name, threads=threads)
 
 
 def _load_tflite(path: Path, threads: int | None) -> LiteRTPredictor:
@@ -158,7 +160,7 @@ def _load_tflite(path: Path, threads: int | None) -> LiteRTPredictor:
             it.allocate_tensors()
     except Exception as exc:
         raise ArtifactError(f"{path}: LiteRT cannot load it ({exc})") from exc
-    return LiteRTPredictor(path, it)
+    return LiteRTPredictor(path, it, threads=threads)
 
 
 def load(path: Path | str, threads: int | None = None) -> Predictor:

@@ -266,3 +266,40 @@ def test_scans_are_classified_about_as_well_as_clean_digits(
     clean = runtime.load(int8_onnx).predict(scale(test_digits[0][2000:2400])).argmax(axis=1)
     clean_acc = np.mean(clean == test_digits[1][2000:2400])
     assert summary.errors == 0 and scan_acc > clean_acc - 0.05, (scan_acc, clean_acc)
+
+
+def test_inference_threads_follow_the_measured_costs() -> None:
+    """t = cores / (1 + decode / inference), rounded: the figures measured on 2 cores, and more."""
+    from pipeline.classify import inference_threads
+
+    assert inference_threads(2, 141e-6, 625e-6) == 2  # bncnn-x4 on PNG digits
+    assert inference_threads(2, 104e-6, 82e-6) == 1  # conv2d on PNG digits
+    assert inference_threads(16, 141e-6, 625e-6) == 13
+    assert inference_threads(16, 5e-3, 625e-6) == 2  # big scans: decoding needs the cores
+    assert inference_threads(1, 0.0, 1e-3) == 1 and inference_threads(4, 1e-4, 0.0) == 1
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_wider_inference_session_takes_over_after_the_probe(
+    int8_onnx: Path, test_digits: tuple[np.ndarray, np.ndarray], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, threads: int,
+) -> None:  # fmt: skip
+    """After the timed chunks the local engine switches to the thread count inference_threads
+    gives, and the CSV is the same whichever it is (one thread or several, same numbers)."""
+    import pipeline.classify as classify_module
+
+    monkeypatch.setattr(classify_module.os, "cpu_count", lambda: 2)
+    asked: list[tuple[float, float]] = []
+
+    def decide(cores: int, decode: float, inference: float) -> int:
+        asked.append((decode, inference))
+        return threads
+
+    monkeypatch.setattr(classify_module, "inference_threads", decide)
+    _write_digits(tmp_path / "digits", test_digits[0][:400])
+    summary = classify(tmp_path / "digits", tmp_path / "out.csv", model=int8_onnx, workers=2, chunk_size=40)
+    assert summary.inference_threads == threads and len(asked) == 1
+    assert asked[0][0] > 0 and asked[0][1] > 0  # CPU seconds per image, decoding and inference
+    reference = runtime.load(int8_onnx, threads=1).predict(scale(test_digits[0][:400]))
+    rows = _rows(tmp_path / "out.csv")
+    assert [float(r["confidence"]) for r in rows] == [float(f"{p:.6f}") for p in reference.max(axis=1)]
