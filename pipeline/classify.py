@@ -354,6 +354,7 @@ def classify(
             chunks = _local_chunks(
                 folder, todo, predictor, n_workers, chunk_size, use_deskew, max_pixels, summary
             )  # fmt: skip
+            del predictor  # the engine may swap in a session with more threads: free this one then
         for chunk in chunks:
             _write_chunk(chunk, writer, summary, probabilities)
             if progress:
