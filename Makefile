@@ -72,6 +72,7 @@ bench: setup
 	$(PIPELINE) bench artifacts
 	$(PIPELINE) bench classify
 	$(PIPELINE) bench scans
+	$(PIPELINE) bench scans --style form
 	$(PIPELINE) bench engines
 	$(PIPELINE) bench augment
 

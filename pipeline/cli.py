@@ -106,7 +106,10 @@ def samples_cli(
     out: Annotated[Path, typer.Argument(help="Folder to write the images into.")],
     count: Annotated[int, typer.Option("--count", "-n", min=1, help="How many test digits.")] = 100,
     style: Annotated[
-        str, typer.Option("--style", help="mnist (28x28 PNG) or scan (ink on paper, JPEG).")
+        str,
+        typer.Option(
+            "--style", help="mnist (28x28 PNG), scan (ink on paper, JPEG) or form (in a box, on a line)."
+        ),
     ] = "mnist",
     start: Annotated[int, typer.Option("--start", min=0, help="First test-set index.")] = 0,
     seed: Annotated[int, typer.Option("--seed", help="Seed for the scan rendering.")] = defaults.SEED,
@@ -520,15 +523,20 @@ def bench_scans_cli(
     model: BenchModel = None,
     count: Annotated[int, typer.Option("--count", min=10, help="Test digits rendered as scans.")] = 2000,
     start: Annotated[int, typer.Option("--start", min=0)] = 0,
+    style: Annotated[
+        str, typer.Option("--style", help="scan (ink on paper) or form (boxes, lines).")
+    ] = "scan",
+    seed: Annotated[int, typer.Option("--seed", help="Seed for the rendering.")] = defaults.SEED,
 ) -> None:
-    """Accuracy on MNIST test digits rendered as scans (dark ink on paper, any size, blur, JPEG)."""
+    """Accuracy on MNIST test digits rendered as scans or form fields (ink on paper, blur, JPEG)."""
     from pipeline import bench, classify
 
     choice = _run(classify.choose_model, model)
-    r = _run(bench.bench_scans, choice.path, count, start)
+    r = _run(bench.bench_scans, choice.path, count, start, seed, style)
     console.print(
-        f"{choice.path}: {r.accuracy:.2%} on {r.images} rendered scans ({r.errors} errors, "
-        f"{r.per_second:,.0f} images/s); {r.clean_accuracy:.2%} on the same digits as clean MNIST"
+        f"{choice.path}: {r.accuracy:.2%} on {r.images} rendered {r.style}s ({r.errors} errors, "
+        f"{r.per_second:,.0f} images/s); {r.without_lines_accuracy:.2%} without form-line erasure; "
+        f"{r.clean_accuracy:.2%} on the same digits as clean MNIST"
     )
 
 

@@ -38,6 +38,37 @@ BOX_SIZE = 20
 INK_THRESHOLD = 0.25
 # An image whose strongest ink is below this (on 0..255, after background removal) is blank.
 BLANK_MAX_INK = 40
+# Form lines (boxes, underlines, comb fields) printed around a handwritten digit are erased before
+# the digit is located (preprocess.erase_form_lines). A line is a straight band of ink at least this
+# fraction of the ink's larger side long: box sides and underlines span the field, while a digit's
+# strokes only pass it where they span the digit (a 1's stem, a 7's bar), and those are then tested.
+FORM_LINE_MIN_LENGTH = 0.5
+# Scanned forms lie up to this many degrees askew; a line tilted more is not found as one.
+FORM_LINE_MAX_TILT_DEGREES = 3.0
+# A printed line's ink stays within this RMS distance (pixels) of a straight line fitted to it
+# (synthetic form scans: 0.47 px at the 95th percentile, 1.26 at the 99th); a digit's long flat
+# strokes wander more (median 0.69 px) and past this are not taken for lines at all. 1.5 let a
+# square-drawn 0 pass for a box on plain scans; 1.0 costs no measurable form accuracy.
+FORM_LINE_MAX_WOBBLE = 1.0
+# Four lines closing a box around a digit that touches it are taken for a box when all four are
+# this straight (printed lines: 0.40 px at the 90th percentile; a square-drawn 0's sides 0.65-0.93).
+FORM_BOX_MAX_WOBBLE = 0.6
+# At most this share of the digit's ink may lie beyond a line (the side away from the digit), not
+# counting strokes that cross it by FORM_LINE_CROSSING of the digit's height: people write through
+# box lines; a 4's crossbar has a whole stem's worth of ink on each side.
+FORM_LINE_FAR_INK = 0.03
+FORM_LINE_CROSSING = 0.1
+# A form line passes the digit at each free end by at least this fraction of the digit's extent
+# along it and this many of its stroke widths, with no ink near its last tenth: a 7's bar or a 2's
+# base meets the rest of its digit at one end, or overshoots it by about a stroke. Chosen on
+# synthetic forms (test digits 0-999 in boxes, on underlines and comb fields; then 5000-6999 of
+# `samples.render_form`) against 6,000 clean scans and tight crops that must lose nothing: one
+# stroke width erased strokes of 3 of them, 1.5 of 1 in 3,000 (a 2's base reaching far right).
+FORM_LINE_OVERHANG = 0.05
+FORM_LINE_OVERHANG_STROKES = 1.5
+# When lines leave less than this share of the ink, the lines are the digit (a tight crop of a 4 or
+# a 7 is two or three straight strokes): nothing is erased.
+FORM_LINE_MIN_DIGIT = 0.03
 
 # --- training ---------------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from pipeline.files import atomic_open
 class Style(StrEnum):
     MNIST = "mnist"  # 28x28 PNG exactly as in the dataset
     SCAN = "scan"  # dark ink on light paper, larger, margins, blur, noise, JPEG
+    FORM = "form"  # a scan of a form field: the digit in a box, on an underline or in a comb
 
 
 def render_scan(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
@@ -45,6 +46,53 @@ def render_scan(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
         draw = ImageDraw.Draw(out)
         grey = int(paper - rng.uniform(10, 30))
         draw.rectangle((2, 2, out.width - 3, out.height - 3), outline=grey, width=2)
+    return out.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2) * factor / 3))
+
+
+FORM_FIELDS = ("box", "underline", "comb")
+
+
+def render_form(digit: np.ndarray, rng: np.random.Generator, field: str | None = None) -> Image.Image:
+    """Render one digit as handwritten into a printed form field, as a scan of that field.
+
+    The field is a box, an underline or a comb (an underline with ticks at the cell's sides),
+    printed as dark as the pen or lighter, 1-4 px thick, 5% inside to 15% outside the digit's
+    20x20 box on each side (people write through lines), with 5-30% paper around it; the page is
+    then scanned a little askew (up to 2 degrees), blurred, noisy and JPEG-compressed (by the
+    caller). `pipeline.preprocess.erase_form_lines` must find the lines and leave the digit.
+    """
+    field = field or str(rng.choice(FORM_FIELDS))
+    factor = rng.uniform(2.0, 6.0)
+    side = round(28 * factor)
+    ink = (
+        np.asarray(Image.fromarray(digit).resize((side, side), Image.Resampling.BICUBIC), dtype=np.float32)
+        / 255.0
+    )
+    gap = [side * rng.uniform(-0.05, 0.15) for _ in range(4)]  # top, bottom, left, right
+    pad = [round(side * rng.uniform(0.05, 0.3) + max(g, 0.0)) for g in gap]
+    height, width = side + pad[0] + pad[1], side + pad[2] + pad[3]
+    canvas = np.zeros((height, width), dtype=np.float32)
+    canvas[pad[0] : pad[0] + side, pad[2] : pad[2] + side] = ink
+    paper, pen = rng.uniform(200, 250), rng.uniform(10, 90)
+    page = Image.fromarray(np.clip(paper - (paper - pen) * canvas, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(page)
+    line, thick = int(rng.uniform(0, 0.6 * paper)), int(rng.integers(1, 5))
+    margin = side * 4 / 28  # the digit's 20x20 box sits 4/28 inside its 28x28 field
+    x0 = max(0.0, pad[2] + margin - gap[2] - thick)
+    x1 = min(width - 1.0, pad[2] + side - margin + gap[3])
+    y0 = max(0.0, pad[0] + margin - gap[0] - thick)
+    y1 = min(height - 1.0, pad[0] + side - margin + gap[1])
+    if field == "box":
+        draw.rectangle((x0, y0, x1, y1), outline=line, width=thick)
+    else:
+        draw.line((0, y1, width, y1), fill=line, width=thick)
+        if field == "comb":
+            tick = 0.3 * (y1 - y0)
+            draw.line((x0, y1 - tick, x0, y1), fill=line, width=thick)
+            draw.line((x1, y1 - tick, x1, y1), fill=line, width=thick)
+    page = page.rotate(rng.uniform(-2, 2), resample=Image.Resampling.BILINEAR, fillcolor=int(paper))
+    noisy = np.asarray(page, dtype=np.float32) + rng.normal(0, rng.uniform(2, 8), (height, width))
+    out = Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
     return out.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2) * factor / 3))
 
 
@@ -72,7 +120,7 @@ def write_samples(
     try:
         style = Style(style)
     except ValueError:
-        raise DataError(f"unknown style {style!r}; choose mnist or scan") from None
+        raise DataError(f"unknown style {style!r}; choose mnist, scan or form") from None
     if count < 1:
         raise DataError("--count must be at least 1")
     images, labels = data.load(data.Split.TEST, dataset, data_dir)
@@ -87,7 +135,8 @@ def write_samples(
             Image.fromarray(images[i]).save(out / name, optimize=False)
         else:
             name = f"{i:05d}_{labels[i]}.jpg"
-            render_scan(images[i], rng).save(out / name, quality=int(rng.integers(60, 92)))
+            render = render_scan if style is Style.SCAN else render_form
+            render(images[i], rng).save(out / name, quality=int(rng.integers(60, 92)))
         rows.append((name, int(labels[i])))
     labels_csv = out / "labels.csv"
     with atomic_open(labels_csv, "w", newline="") as f:

@@ -268,6 +268,17 @@ def test_scans_are_classified_about_as_well_as_clean_digits(
     assert summary.errors == 0 and scan_acc > clean_acc - 0.05, (scan_acc, clean_acc)
 
 
+def test_form_fields_are_classified_with_their_lines_erased(int8_onnx: Path) -> None:
+    """`pipeline bench scans --style form`: digits in boxes, on underlines and in comb fields go
+    through classify nearly as well as clean digits, and far better than with the lines left in."""
+    from pipeline.bench import bench_scans
+
+    r = bench_scans(int8_onnx, 150, start=3000, style="form")
+    assert r.style == "form" and r.images == 150 and r.errors == 0
+    assert r.accuracy > r.clean_accuracy - 0.1, r
+    assert r.accuracy > r.without_lines_accuracy + 0.25, r
+
+
 def test_inference_threads_follow_the_measured_costs() -> None:
     """t = cores / (1 + decode / inference), rounded: the figures measured on 2 cores, and more."""
     from pipeline.classify import inference_threads
