@@ -277,8 +277,7 @@ def _digit_or_blank(path: Path) -> np.ndarray:
     from pipeline.errors import ImageError
 
     try:
-        with preprocess.open_image(path) as img:
-            return preprocess.to_mnist(img, erase_lines=False)
+        return preprocess.load_digit(path, erase_lines=False)
     except ImageError:
         return np.zeros((defaults.FIELD_SIZE, defaults.FIELD_SIZE), dtype=np.uint8)
 

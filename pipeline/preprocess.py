@@ -719,11 +719,15 @@ def to_mnist(img: Image.Image, *, deskew_digit: bool = False, erase_lines: bool 
 
 
 def load_digit(
-    path: Path | str, *, deskew_digit: bool = False, max_pixels: int = defaults.MAX_IMAGE_PIXELS
+    path: Path | str,
+    *,
+    deskew_digit: bool = False,
+    max_pixels: int = defaults.MAX_IMAGE_PIXELS,
+    erase_lines: bool = True,
 ) -> np.ndarray:
     """Open, decode and preprocess one file: what each classify worker does per image."""
     with open_image(path, max_pixels) as img:
-        return to_mnist(img, deskew_digit=deskew_digit)
+        return to_mnist(img, deskew_digit=deskew_digit, erase_lines=erase_lines)
 
 
 def scale(images: np.ndarray) -> np.ndarray:
