@@ -504,9 +504,9 @@ def erase_form_lines(values: np.ndarray) -> np.ndarray | None:
     mask = full[top:bottom, left:right]
     lines = _find_lines(mask, False, extent) + _find_lines(mask, True, extent)
     total = int(mask.sum())
+    pixels = {line: _line_pixels(mask, line, extent) for line in lines}  # each line's, once
     while lines:
-        pixels = {line: _line_pixels(mask, line, extent) for line in lines}
-        on_lines = np.logical_or.reduce(list(pixels.values()))
+        on_lines = np.logical_or.reduce([pixels[line] for line in lines])
         digit = mask & ~on_lines
         if digit.sum() >= defaults.FORM_LINE_MIN_DIGIT * total:
             break
