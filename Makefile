@@ -18,8 +18,16 @@ OUT ?= results.csv
 DEMO_EPOCHS ?= 2
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
+# The product finds MNIST through --data-dir, $$PIPELINE_DATA_DIR, ./data, the system's data folders
+# or Keras' cache (pipeline/data.py). In this repository's own workplace the data sets lie beside the
+# clone, in ../shared/datasets: point the product there when nothing else was set.
+ifeq ($(origin PIPELINE_DATA_DIR),undefined)
+ifneq ($(wildcard ../shared/datasets/mnist),)
+export PIPELINE_DATA_DIR := $(abspath ../shared/datasets)
+endif
+endif
 
-.PHONY: setup test lint demo train evaluate export verify classify bench clean
+.PHONY: setup test test-fast lint demo train evaluate export verify classify bench clean
 
 setup: $(STAMP)
 
@@ -31,13 +39,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[ray]' || echo "warning: Ray could not be installed; --engine ray tests will be skipped"
 	touch $(STAMP)
 
+# Every test (CI's command); test-fast leaves out the `slow` ones (training, conversion, full test
+# set, Ray), for a check in about two minutes.
 test: setup
 	$(BIN)/pytest -q
+
+test-fast: setup
+	$(BIN)/pytest -q -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check pipeline tests scripts
 	$(BIN)/ruff format --check pipeline tests scripts
 	$(BIN)/mypy pipeline
+	$(BIN)/lint-imports
 
 # The main job end to end on the default data (MNIST): data check, a short training run,
 # evaluation figures, export to every format and quantization, parity verification, then
@@ -60,8 +74,9 @@ evaluate: setup
 	$(PIPELINE) evaluate $(RUN)/model.keras
 
 export: setup
-	$(PIPELINE) export --model $(RUN)/model.keras --format $(FORMAT) --quantize $(QUANTIZE)
+	$(PIPELINE) export --model $(RUN)/model.keras --format $(FORMAT) --quantize $(QUANTIZE) --out exports
 
+# Verifies ./exports if you exported, else the shipped release (reports in ./release-reports).
 verify: setup
 	$(PIPELINE) verify
 
@@ -77,5 +92,5 @@ bench: setup
 	$(PIPELINE) bench augment
 
 clean:
-	rm -rf demo .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	rm -rf demo release-reports .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -144,11 +144,11 @@ def _measure(name: str, cmd: list[str], images: int) -> RunBench:
 _DECODE_ONLY = """
 import sys, time
 from pathlib import Path
-from pipeline import classify
+from pipeline.classify.local import decoded_chunks
+from pipeline.classify.walk import walk
 root, workers = Path(sys.argv[1]), int(sys.argv[2])
 t = time.perf_counter()
-n = sum(len(c.paths) for c in classify._decoded_chunks(
-    root, classify.walk(root, ("png",)), workers, 256, False, 10**8))
+n = sum(len(c.paths) for c in decoded_chunks(root, walk(root, ("png",)), workers, 256, False, 10**8))
 print("SECONDS", time.perf_counter() - t)
 """
 _NAIVE = """
@@ -156,12 +156,12 @@ import sys, time, os
 import numpy as np
 import onnxruntime as ort
 from PIL import Image
-from pipeline import classify
+from pipeline.classify.walk import walk
 root, model = sys.argv[1], sys.argv[2]
 session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
 t = time.perf_counter()
 with open(os.devnull, "w") as out:
-    for rel in classify.walk(root, ("png",)):
+    for rel in walk(root, ("png",)):
         x = np.asarray(Image.open(os.path.join(root, rel)).convert("L"), np.float32)[None, :, :, None] / 255
         p = session.run(None, {"image": x})[0][0]
         out.write(f"{rel},{int(p.argmax())}\\n")
@@ -209,9 +209,9 @@ print("SECONDS", time.perf_counter() - t)
 def bench_engines(model: Path, count: int = 20_000, folder: Path | None = None) -> list[RunBench]:
     """The local engine and the Ray engine on the same folder, plus Ray's bare start-up cost
     (start a local Ray, run a one-block dataset, shut down)."""
-    from pipeline import ray_engine
+    from pipeline.classify import ray
 
-    ray_engine.require_ray()
+    ray.require_ray()
     folder = make_digit_folder(folder or Path(tempfile.gettempdir()) / f"pipeline-bench-{count}", count)
     warm_cache(folder)
     py = sys.executable

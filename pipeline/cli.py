@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline import __version__, defaults
+from pipeline.choices import Backend, Engine, Precision, Style
 from pipeline.errors import PipelineError
 
 app = typer.Typer(
@@ -38,6 +39,7 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 240)
 
 T = TypeVar("T")
+_PRECISION = Precision(defaults.PRECISION)
 
 
 def _run(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -106,11 +108,11 @@ def samples_cli(
     out: Annotated[Path, typer.Argument(help="Folder to write the images into.")],
     count: Annotated[int, typer.Option("--count", "-n", min=1, help="How many test digits.")] = 100,
     style: Annotated[
-        str,
+        Style,
         typer.Option(
             "--style", help="mnist (28x28 PNG), scan (ink on paper, JPEG) or form (in a box, on a line)."
         ),
-    ] = "mnist",
+    ] = Style.MNIST,
     start: Annotated[int, typer.Option("--start", min=0, help="First test-set index.")] = 0,
     seed: Annotated[int, typer.Option("--seed", help="Seed for the scan rendering.")] = defaults.SEED,
     dataset: DatasetOpt = defaults.DATASET,
@@ -121,7 +123,7 @@ def samples_cli(
 
     result = _run(samples.write_samples, out, count, style, dataset, data_dir, seed, start)
     console.print(
-        f"wrote {result.count} {style} digits to {result.folder} (labels in {result.labels_csv.name})"
+        f"wrote {result.count} {style.value} digits to {result.folder} (labels in {result.labels_csv.name})"
     )
 
 
@@ -143,7 +145,9 @@ def train_cli(
     validation_split: Annotated[
         float, typer.Option("--validation-split", min=0.0, max=0.9)
     ] = defaults.VALIDATION_SPLIT,
-    backend: Annotated[str, typer.Option("--backend", help="auto, tensorflow, jax or torch.")] = "auto",
+    backend: Annotated[
+        Backend, typer.Option("--backend", help="auto: a backend that sees a GPU, else TensorFlow.")
+    ] = Backend.AUTO,
     deskew: Annotated[bool, typer.Option("--deskew/--no-deskew", help="Train on deskewed digits.")] = False,
     augment: Annotated[
         bool | None,
@@ -156,12 +160,9 @@ def train_cli(
         typer.Option("--target-accuracy", help="Stop once validation accuracy reaches this (e.g. 0.99)."),
     ] = None,
     precision: Annotated[
-        str,
-        typer.Option(
-            "--precision",
-            help="auto (mixed_bfloat16 on a GPU, else float32), float32, mixed_bfloat16, mixed_float16.",
-        ),
-    ] = defaults.PRECISION,
+        Precision,
+        typer.Option("--precision", help="auto: mixed_bfloat16 on a GPU, else float32."),
+    ] = _PRECISION,
     fast: Annotated[
         bool,
         typer.Option("--fast", help="bncnn in a lean JAX loop (augmentation on the device, no checkpoints)."),
@@ -178,8 +179,9 @@ def train_cli(
 
     config = train.TrainConfig(
         model=model, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
-        limit=limit, validation_split=validation_split, dataset=dataset, backend=backend,
-        deskew=deskew, target_accuracy=target_accuracy, augment=augment, precision=precision, fast=fast,
+        limit=limit, validation_split=validation_split, dataset=dataset, backend=backend.value,
+        deskew=deskew, target_accuracy=target_accuracy, augment=augment, precision=precision.value,
+        fast=fast,
     )  # fmt: skip
     if not resume:
         _run(config.check)
@@ -217,7 +219,7 @@ def ensemble_cli(
     data_dir: DataDir = None,
 ) -> None:
     """Average trained models into one model (a run folder that export and verify take as is)."""
-    from pipeline.ensemble import ensemble
+    from pipeline.train.ensemble import ensemble
 
     result = _run(ensemble, members, out, name, data_dir)
     m = result.metrics
@@ -235,7 +237,11 @@ def ensemble_cli(
 def evaluate_cli(
     model: Annotated[Path, typer.Argument(help="A .keras, .onnx or .tflite file.")],
     out: Annotated[
-        Path | None, typer.Option("--out", help="Folder for the figures (default: beside the model).")
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Folder for the figures (default: beside the model; ./release-reports for the release).",
+        ),
     ] = None,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Only the first N test images.")] = None,
     deskew: Annotated[
@@ -280,7 +286,7 @@ def export_cli(
         typer.Option("--quantize", "-q", help="none, dynamic, int8, float16 or all (comma-separated ok)."),
     ] = "all",
     out: Annotated[
-        Path, typer.Option("--out", help="Folder for artifacts and manifest.json.")
+        Path, typer.Option("--out", help="Folder for artifacts and manifest.json (never the release's).")
     ] = defaults.EXPORT_DIR,
     calibration_samples: Annotated[
         int, typer.Option("--calibration-samples", help="Training images used to calibrate int8.")
@@ -293,8 +299,8 @@ def export_cli(
     """Convert a Keras model to ONNX and TFLite, quantize, and record each file in the manifest."""
     from pipeline import export
 
-    formats = _run(export.parse_choices, fmt, export.Format, "format")
-    quants = _run(export.parse_choices, quantize, export.Quantization, "quantization")
+    formats = _run(export.parse_formats, fmt)
+    quants = _run(export.parse_quantizations, quantize)
     model_path = model if model is not None else _run(export.default_model)
 
     def log(r: export.Exported) -> None:
@@ -308,9 +314,21 @@ def export_cli(
 
 @app.command("verify")
 def verify_cli(
-    manifest: Annotated[Path, typer.Option("--manifest", help="manifest.json written by export.")] = (
-        defaults.EXPORT_DIR / defaults.MANIFEST_NAME
-    ),
+    manifest: Annotated[
+        Path | None,
+        typer.Option(
+            "--manifest",
+            help=f"manifest.json written by export (default: ./{defaults.EXPORT_DIR}, else the release).",
+        ),
+    ] = None,
+    report_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--report-dir",
+            help=f"Where parity.json/.md go (default: beside the manifest; ./{defaults.RELEASE_REPORT_DIR} "
+            "for the release).",
+        ),
+    ] = None,
     float_min_agreement: Annotated[
         float,
         typer.Option("--float-min-agreement", help="float32/float16: minimum top-1 agreement (fraction)."),
@@ -330,7 +348,7 @@ def verify_cli(
 
     tol = verify.Tolerances(float_min_agreement, float_max_delta, quant_max_delta)
     try:
-        report = verify.verify(manifest, tol, data_dir, limit)
+        report = verify.verify(manifest, tol, data_dir, limit, report_dir=report_dir)
     except ParityError as exc:
         if exc.report is not None:
             _print_parity(exc.report)
@@ -338,7 +356,10 @@ def verify_cli(
     except PipelineError as exc:
         raise _fail(exc) from None
     _print_parity(report)
-    console.print(f"all {len(report.results)} artifacts pass; wrote {report.json_path} and {report.md_path}")
+    console.print(
+        f"all {len(report.results)} artifacts of {report.manifest} pass; "
+        f"wrote {report.json_path} and {report.md_path}"
+    )
 
 
 def _print_parity(report: object) -> None:
@@ -380,8 +401,8 @@ def classify_cli(
         ),
     ] = None,
     engine: Annotated[
-        str, typer.Option("--engine", help="local (processes) or ray (Ray Data job).")
-    ] = "local",
+        Engine, typer.Option("--engine", help="local (processes) or ray (Ray Data job).")
+    ] = Engine.LOCAL,
     address: Annotated[
         str | None, typer.Option("--address", help="Ray cluster to join (default: start a local Ray).")
     ] = None,
@@ -428,7 +449,7 @@ def classify_cli(
         ("per digit", "  ".join(f"{d}:{n}" for d, n in enumerate(summary.per_digit))),
         ("elapsed", f"{summary.seconds:.1f} s"),
         ("images / s", f"{summary.images_per_second:,.0f}"),
-        *([("inference threads", str(summary.inference_threads))] if engine == "local" else []),
+        *([("inference threads", str(summary.inference_threads))] if engine is Engine.LOCAL else []),
     ):
         table.add_row(key, value)
     console.print(table)
@@ -445,17 +466,17 @@ def bench_artifacts_cli(
     paths: Annotated[
         list[Path] | None, typer.Argument(help="Artifacts (default: all in the manifest).")
     ] = None,
-    manifest: Annotated[Path, typer.Option("--manifest")] = defaults.EXPORT_DIR / defaults.MANIFEST_NAME,
+    manifest: Annotated[
+        Path | None, typer.Option("--manifest", help="Default: ./exports, else the release.")
+    ] = None,
 ) -> None:
     """Per artifact: size, test accuracy, latency at batch 1 and 256 on this CPU."""
-    import json
-
     from pipeline import bench
+    from pipeline import manifest as manifests
 
     if not paths:
-        if not manifest.is_file():
-            raise _fail(PipelineError(f"{manifest}: manifest not found; pass artifact paths"))
-        paths = [manifest.parent / a["path"] for a in json.loads(manifest.read_text())["artifacts"]]
+        recorded = _run(manifests.read, manifest or _run(manifests.default_manifest))
+        paths = [recorded.file(entry) for entry in recorded.entries]
     results = _run(bench.bench_artifacts, paths)
     table = Table(
         "artifact", "size", "accuracy", "ms @1", "ms @256", "images/s @256", title="artifacts on this CPU"
@@ -492,9 +513,9 @@ def bench_classify_cli(
     naive: Annotated[bool, typer.Option("--naive/--no-naive", help="Also time the naive loop.")] = True,
 ) -> None:
     """Decode-only ceiling, naive loop and `pipeline classify` on one folder: images/s, peak memory."""
-    from pipeline import bench, classify
+    from pipeline import bench, manifest
 
-    choice = _run(classify.choose_model, model)
+    choice = _run(manifest.choose_model, model)
     results = _run(bench.bench_classify, choice.path, count, folder, workers, naive)
     _print_runs(results, f"classify on {count:,} PNG digits")
     naive_runs = [r for r in results if r.name == "naive loop"]
@@ -511,9 +532,9 @@ def bench_engines_cli(
     folder: BenchFolder = None,
 ) -> None:
     """Local engine against the Ray engine on one folder (same CSV checked), and Ray's start-up."""
-    from pipeline import bench, classify
+    from pipeline import bench, manifest
 
-    choice = _run(classify.choose_model, model)
+    choice = _run(manifest.choose_model, model)
     results = _run(bench.bench_engines, choice.path, count, folder)
     _print_runs(results, f"engines on {count:,} PNG digits")
 
@@ -523,15 +544,15 @@ def bench_scans_cli(
     model: BenchModel = None,
     count: Annotated[int, typer.Option("--count", min=10, help="Test digits rendered as scans.")] = 2000,
     start: Annotated[int, typer.Option("--start", min=0)] = 0,
-    style: Annotated[
-        str, typer.Option("--style", help="scan (ink on paper) or form (boxes, lines).")
-    ] = "scan",
+    style: Annotated[Style, typer.Option("--style", help="scan (ink on paper) or form (boxes, lines).")] = (
+        Style.SCAN
+    ),
     seed: Annotated[int, typer.Option("--seed", help="Seed for the rendering.")] = defaults.SEED,
 ) -> None:
     """Accuracy on MNIST test digits rendered as scans or form fields (ink on paper, blur, JPEG)."""
-    from pipeline import bench, classify
+    from pipeline import bench, manifest
 
-    choice = _run(classify.choose_model, model)
+    choice = _run(manifest.choose_model, model)
     r = _run(bench.bench_scans, choice.path, count, start, seed, style)
     console.print(
         f"{choice.path}: {r.accuracy:.2%} on {r.images} rendered {r.style}s ({r.errors} errors, "

@@ -17,11 +17,12 @@ DATA_DIR_ENV = "PIPELINE_DATA_DIR"
 # Set to 1 to never download (air-gapped machines, tests): a missing dataset fails at once
 # instead of waiting on a network that is not there.
 NO_DOWNLOAD_ENV = "PIPELINE_NO_DOWNLOAD"
-# Folders searched in order after --data-dir and $PIPELINE_DATA_DIR (each gets /<dataset> appended):
-# a project-local copy first, then the workplace's shared copy, then Debian's dataset packages.
+# Folders searched in order after --data-dir and $PIPELINE_DATA_DIR (each also with /<dataset>
+# appended), before Keras' own cache: a copy in the working directory, then the system's data folders
+# (Debian's dataset packages install under /usr/share/datasets).
 DATA_SEARCH_ROOTS: tuple[Path, ...] = (
     Path("data"),
-    Path("../shared/datasets"),
+    Path("/usr/local/share/datasets"),
     Path("/usr/share/datasets"),
 )
 # Pixel count guard for IDX files: MNIST-like images are 28x28; anything far larger is corrupt.
@@ -102,8 +103,12 @@ MODEL = "conv2d"
 
 # --- export -----------------------------------------------------------------------------------
 
-# Where exported artifacts and the manifest live (committed for release models).
-EXPORT_DIR = Path("exported")
+# Where a user's own exports and their manifest go: the working directory, never the shipped release
+# (which lives inside the package; see pipeline.manifest.release_dir).
+EXPORT_DIR = Path("exports")
+# Where reports about the shipped release go (verify's parity files, evaluate's figures), so that
+# checking the release never rewrites its committed or installed files.
+RELEASE_REPORT_DIR = Path("release-reports")
 MANIFEST_NAME = "manifest.json"
 # ONNX opset 17 is supported by every onnxruntime since 1.11 and by tf2onnx; the issue asks >= 17.
 ONNX_OPSET = 17

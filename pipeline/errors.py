@@ -60,6 +60,16 @@ class ClassifyError(PipelineError):
     exit_code = 9
 
 
+class ManifestError(PipelineError):
+    """A manifest or parity report is missing, unreadable or not one of ours, or names no usable model."""
+
+    exit_code = 11
+
+
+class ClassifyBusyError(ClassifyError):
+    """Another classify run holds the lock on the same --out."""
+
+
 class ImageError(PipelineError):
     """One image could not be turned into a model input; classify records it and goes on."""
 

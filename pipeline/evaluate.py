@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import data, defaults, preprocess, report, runtime
-from pipeline.files import sidecar_json, write_json
+from pipeline import data, defaults, manifest, preprocess, report, runtime
+from pipeline.files import write_json
 
 
 @dataclass(frozen=True)
@@ -54,11 +54,6 @@ def review_rows(
     return rows
 
 
-def trained_with_deskew(model_path: Path) -> bool:
-    """The model's config.json (run folder or `<stem>.config.json`) says if it expects deskewed digits."""
-    return bool(sidecar_json(model_path, "config.json").get("deskew", False))
-
-
 def evaluate(
     model_path: Path,
     out: Path | None = None,
@@ -67,15 +62,16 @@ def evaluate(
     limit: int | None = None,
     deskew: bool | None = None,
 ) -> Evaluation:
-    """Score `model_path` on the test split and write confusion.png, examples.png, evaluation.json."""
+    """Score `model_path` on the test split and write confusion.png, examples.png, evaluation.json
+    into `out` (default: beside the model, or ./release-reports for a shipped release model)."""
     predictor = runtime.load(model_path)
     images, labels = data.load(data.Split.TEST, dataset, data_dir, limit=limit)
-    if deskew if deskew is not None else trained_with_deskew(model_path):
+    if deskew if deskew is not None else manifest.expected_deskew(model_path):
         images = preprocess.deskew_batch(images)
     probs = predictor.predict(preprocess.scale(images))
     pred = runtime.top2(probs)[0]
     per_class = [float((pred[labels == d] == d).mean()) if (labels == d).any() else 0.0 for d in range(10)]
-    out = out or model_path.parent
+    out = manifest.report_dir(model_path, out)
     out.mkdir(parents=True, exist_ok=True)
     stem = model_path.name.replace(".", "_")
     matrix = report.confusion(labels, pred)

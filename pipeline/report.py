@@ -132,20 +132,16 @@ def plot_examples(
 def release_table(manifest_path: Path) -> str:
     """The README's results table, built from the manifest and parity.json beside it, so every
     figure in it traces to a recorded artifact."""
-    import json
+    from pipeline import manifest
 
-    manifest = json.loads(manifest_path.read_text())
-    parity_path = manifest_path.parent / "parity.json"
-    parity = {}
-    if parity_path.is_file():
-        parity = {r["path"]: r for r in json.loads(parity_path.read_text())["results"]}
-    by_model: dict[str, dict[str, dict[str, Any]]] = {}
-    for entry in manifest["artifacts"]:
-        key = f"{entry['format']}.{entry['quantization']}"
-        by_model.setdefault(entry["source"]["model"], {})[key] = entry
+    release = manifest.read(manifest_path)
+    parity = manifest.read_parity(release.folder)
+    by_model: dict[str, dict[str, manifest.ArtifactEntry]] = {}
+    for entry in release.entries:
+        by_model.setdefault(entry.source.model, {})[f"{entry.format}.{entry.quantization}"] = entry
 
-    def acc(entry: dict[str, Any] | None) -> str:
-        result = parity.get(str(entry["path"])) if entry else None
+    def acc(entry: manifest.ArtifactEntry | None) -> str:
+        result = parity.get(entry.path) if entry else None
         return f"{result['accuracy']:.2%}" if result and result.get("accuracy") is not None else "-"
 
     rows = [
@@ -154,20 +150,20 @@ def release_table(manifest_path: Path) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for model, entries in by_model.items():
-        source = next(iter(entries.values()))["source"]
-        assert isinstance(source, dict)
-        training = source.get("training", {})
+        source = next(iter(entries.values())).source
+        training = source.training
         f32, i8 = entries.get("onnx.none"), entries.get("onnx.int8")
         t_i8 = entries.get("tflite.int8")
-        lat = parity.get(str(i8["path"])) if i8 else None
+        lat = parity.get(i8.path) if i8 else None
         latency = f"{lat['latency_ms_batch1']:.2f} / {lat['latency_ms_batch256']:.1f} ms" if lat else "-"
         # A reference model may ship int8 only (the bundle's size budget): its float32 cell is "-".
-        sizes = " / ".join(f"{e['bytes'] / 1024:,.0f}" if e else "-" for e in (f32, i8)) + " KiB"
+        sizes = " / ".join(f"{e.bytes / 1024:,.0f}" if e else "-" for e in (f32, i8)) + " KiB"
         epochs = f"{_cell(training.get('epochs'))} ({_cell(training.get('best_epoch'))})"
+        accuracy = "-" if source.test_accuracy is None else f"{source.test_accuracy:.2%}"
         rows.append(
-            f"| {model} | {source['parameters']:,} | {epochs} "
+            f"| {model} | {source.parameters or 0:,} | {epochs} "
             f"| {training.get('device', '-')}, {training.get('backend', '-')} "
-            f"| {training.get('train_seconds', 0) / 60:.0f} min | {source['test_accuracy']:.2%} "
+            f"| {training.get('train_seconds', 0) / 60:.0f} min | {accuracy} "
             f"| {acc(f32)} | {acc(i8)} | {acc(t_i8)} | {sizes} | {latency} |"
         )
     return "\n".join(rows)

@@ -7,9 +7,10 @@ an artifact of its format is loaded: classify on an ONNX file never imports Tens
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -17,23 +18,9 @@ import numpy as np
 
 from pipeline import defaults
 from pipeline.errors import ArtifactError
+from pipeline.formats import FORMATS, Format, format_of
 
-
-class Format(StrEnum):
-    KERAS = "keras"
-    ONNX = "onnx"
-    TFLITE = "tflite"
-
-
-SUFFIXES = {".keras": Format.KERAS, ".onnx": Format.ONNX, ".tflite": Format.TFLITE}
-
-
-def format_of(path: Path) -> Format:
-    try:
-        return SUFFIXES[path.suffix.lower()]
-    except KeyError:
-        known = ", ".join(SUFFIXES)
-        raise ArtifactError(f"{path}: unknown artifact type (expected one of {known})") from None
+__all__ = ["Format", "KerasPredictor", "LiteRTPredictor", "OnnxPredictor", "Predictor", "format_of", "load"]
 
 
 class Predictor(Protocol):
@@ -117,7 +104,7 @@ class LiteRTPredictor:
         return np.asarray(y, dtype=np.float32)
 
 
-def _load_keras(path: Path) -> KerasPredictor:
+def _load_keras(path: Path, threads: int | None = None) -> KerasPredictor:
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     try:
         from pipeline import quiet
@@ -166,14 +153,14 @@ def _load_tflite(path: Path, threads: int | None) -> LiteRTPredictor:
 def load(path: Path | str, threads: int | None = None) -> Predictor:
     """Load a `.keras`, `.onnx` or `.tflite` file; `threads` caps intra-op threads (ONNX/TFLite)."""
     path = Path(path)
-    fmt = format_of(path)
+    spec = FORMATS[format_of(path)]
     if not path.is_file():
         raise ArtifactError(f"{path}: no such file")
-    if fmt is Format.KERAS:
-        return _load_keras(path)
-    if fmt is Format.ONNX:
-        return _load_onnx(path, threads)
-    return _load_tflite(path, threads)
+    if importlib.util.find_spec(spec.module) is None:
+        raise ArtifactError(f"{path}: running {spec.suffix} files needs {spec.module}: {spec.install}")
+    loader = getattr(sys.modules[__name__], spec.loader)
+    predictor: Predictor = loader(path, threads)
+    return predictor
 
 
 def top2(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

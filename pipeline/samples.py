@@ -10,21 +10,15 @@ from __future__ import annotations
 
 import csv
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from pipeline import data, defaults
+from pipeline.choices import Style
 from pipeline.errors import DataError
 from pipeline.files import atomic_open
-
-
-class Style(StrEnum):
-    MNIST = "mnist"  # 28x28 PNG exactly as in the dataset
-    SCAN = "scan"  # dark ink on light paper, larger, margins, blur, noise, JPEG
-    FORM = "form"  # a scan of a form field: the digit in a box, on an underline or in a comb
 
 
 def render_scan(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:

@@ -4,25 +4,24 @@ Verification is separate from export (as in Hugging Face optimum): it reads only
 and the files, so it proves what was shipped, not what the exporter believed it wrote. It checks
 integrity first (every file present, SHA-256 as recorded, source model unchanged), then runs every
 artifact over the whole test set beside its Keras model, collects every failure, writes
-`parity.json` and `parity.md` beside the manifest, and raises one ParityError listing them all.
+`parity.json` and `parity.md` (beside the manifest, or for the shipped release into
+./release-reports, never over shipped files), and raises one ParityError listing them all.
+Which rule applies to an artifact is the formats table's (`formats.is_lossy`).
 """
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from pipeline import data, defaults, preprocess, runtime
+from pipeline import data, defaults, manifest, preprocess, runtime
 from pipeline.errors import ArtifactError, ParityError
-from pipeline.files import atomic_open, sha256, write_json
-
-LOSSY = {"dynamic", "int8"}
+from pipeline.files import sha256
+from pipeline.formats import is_lossy
 
 
 @dataclass(frozen=True)
@@ -83,7 +82,7 @@ def measure_latency(predictor: runtime.Predictor, images: np.ndarray, batch: int
 
 def _check(result: ArtifactResult, kind: str, tol: Tolerances) -> None:
     assert result.delta_points is not None and result.agreement is not None
-    if kind in LOSSY:
+    if is_lossy(kind):
         if abs(result.delta_points) > tol.quant_max_delta:
             result.problems.append(
                 f"accuracy delta {result.delta_points:+.3f} points exceeds ±{tol.quant_max_delta}"
@@ -97,64 +96,53 @@ def _check(result: ArtifactResult, kind: str, tol: Tolerances) -> None:
         )
 
 
-def _load_manifest(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        raise ParityError(f"{path}: manifest not found; run `pipeline export` first")
-    try:
-        artifacts = json.loads(path.read_text())["artifacts"]
-        if not isinstance(artifacts, list):
-            raise TypeError("artifacts is not a list")
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ParityError(f"{path}: not a valid manifest ({exc})") from exc
-    if not artifacts:
-        raise ParityError(f"{path}: the manifest lists no artifacts")
-    return artifacts
-
-
 def verify(
-    manifest: Path = defaults.EXPORT_DIR / defaults.MANIFEST_NAME,
+    manifest_path: Path | None = None,
     tolerances: Tolerances | None = None,
     data_dir: Path | None = None,
     limit: int | None = None,
     latency_repeats: int = defaults.LATENCY_REPEATS,
     write: bool = True,
+    report_dir: Path | None = None,
 ) -> ParityReport:
-    """Verify every artifact of `manifest`; raises ParityError (report attached) on any failure."""
+    """Verify every artifact of the manifest (default: the user's exports, else the release);
+    raises ParityError (report attached) on any failure."""
     tol = tolerances or Tolerances()
-    entries = _load_manifest(manifest)
-    base = manifest.parent
+    path = manifest_path if manifest_path is not None else manifest.default_manifest()
+    recorded = manifest.read(path)
+    if not recorded.entries:
+        raise ParityError(f"{path}: the manifest lists no artifacts")
+    base = recorded.folder
     images, labels = data.load(data.Split.TEST, data_dir=data_dir, limit=limit)
     results: list[ArtifactResult] = []
     keras_cache: dict[str, tuple[np.ndarray, float] | str] = {}
     inputs: dict[bool, np.ndarray] = {}
-    for entry in entries:
-        src = entry.get("source", {})
+    for entry in recorded.entries:
         res = ArtifactResult(
-            entry.get("path", "?"), entry.get("format", "?"), entry.get("quantization", "?"),
-            src.get("path", "?"), int(entry.get("bytes", 0)),
-        )  # fmt: skip
+            entry.path, entry.format.value, entry.quantization.value, entry.source.path or "?", entry.bytes
+        )
         results.append(res)
-        path = base / res.path
-        if not path.is_file():
+        file = recorded.file(entry)
+        if not file.is_file():
             res.status = "missing"
             res.problems.append("file is missing")
             continue
-        if sha256(path) != entry.get("sha256"):
+        if sha256(file) != entry.sha256:
             res.status = "modified"
             res.problems.append("SHA-256 differs from the manifest: the file changed after export")
             continue
-        deskew = bool(entry.get("preprocessing", {}).get("deskew", False))
+        deskew = manifest.expected_deskew(file)
         if deskew not in inputs:  # once per preprocessing, not once per artifact
             inputs[deskew] = preprocess.model_input(images, deskew)
         x = inputs[deskew]
-        ref = _keras_reference(base / src.get("path", ""), src.get("sha256"), x, labels, keras_cache, deskew)
+        ref = _keras_reference(base / entry.source.path, entry.source.sha256, x, labels, keras_cache, deskew)
         if isinstance(ref, str):
             res.status = "error"
             res.problems.append(ref)
             continue
         keras_probs, keras_acc = ref
         try:
-            predictor = runtime.load(path)
+            predictor = runtime.load(file)
             probs = predictor.predict(x)
         except ArtifactError as exc:
             res.status = "error"
@@ -174,9 +162,9 @@ def verify(
         _check(res, res.quantization, tol)
         if res.problems:
             res.status = "failed"
-    report = ParityReport(manifest, len(labels), results, tol)
+    report = ParityReport(path, len(labels), results, tol)
     if write:
-        report.json_path, report.md_path = _write(report)
+        report.json_path, report.md_path = _write(report, manifest.report_dir(path, report_dir))
     if report.failures:
         raise ParityError(
             f"{len(report.failures)} parity failure(s): " + "; ".join(report.failures),
@@ -239,19 +227,15 @@ HEADERS = [
 ]
 
 
-def _write(report: ParityReport) -> tuple[Path, Path]:
-    base = report.manifest.parent
-    json_path, md_path = base / "parity.json", base / "parity.md"
-    write_json(
-        json_path,
-        {
-            "manifest": report.manifest.name,
-            "test_images": report.images,
-            "tolerances": asdict(report.tolerances),
-            "passed": not report.failures,
-            "results": [asdict(r) for r in report.results],
-        },
-    )
+def _write(report: ParityReport, folder: Path) -> tuple[Path, Path]:
+    payload = {
+        "manifest": str(report.manifest.resolve()) if folder.resolve() != report.manifest.parent.resolve()
+        else report.manifest.name,
+        "test_images": report.images,
+        "tolerances": asdict(report.tolerances),
+        "passed": not report.failures,
+        "results": [asdict(r) for r in report.results],
+    }  # fmt: skip
     lines = [
         f"# Parity report ({report.images} test images)",
         "",
@@ -267,6 +251,4 @@ def _write(report: ParityReport) -> tuple[Path, Path]:
         *(f"- {f}" for f in report.failures),
         "",
     ]
-    with atomic_open(md_path, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines))
-    return json_path, md_path
+    return manifest.write_parity(folder, payload, "\n".join(lines))

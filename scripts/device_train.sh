@@ -19,7 +19,7 @@
 # the default call (EPOCHS="30 60", CONV2D=0); conv2d ships from its CPU run.
 #
 # TRAIN_ARGS adds options to every bncnn run: TRAIN_ARGS=--fast trains them with the lean JAX loop
-# (pipeline/fastfit.py: augmentation on the device, one compiled program an epoch), where a run is
+# (pipeline/train/fastfit.py: augmentation on the device, one compiled program an epoch), where a run is
 # not held back by Keras' per-step dispatch or the host's augmentation threads.
 #
 # Here, once:  bash scripts/device_wheels.sh && mkdir -p .device && cp -r ../shared/datasets/mnist .device/

@@ -22,6 +22,6 @@ for pair in "$@"; do
   "$PIPELINE" export --model "exported/$name.keras" --format all --quantize "$quant" --out exported
   "$PIPELINE" evaluate "exported/$name.keras" --out exported
 done
-"$PIPELINE" verify --manifest exported/manifest.json
+"$PIPELINE" verify --manifest exported/manifest.json --report-dir exported
 
 du -sh exported

@@ -46,11 +46,16 @@ def trained_conv2d(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def exported(trained_conv2d: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Every format x quantization of the small trained CNN, with its manifest (read-only use)."""
-    from pipeline.export import Format, Quantization, export
+    from pipeline.export import Quantization, export
+    from pipeline.formats import EXPORT_FORMATS
 
     out = tmp_path_factory.mktemp("exported")
     export(
-        trained_conv2d / "model.keras", list(Format), list(Quantization), out_dir=out, calibration_samples=200
+        trained_conv2d / "model.keras",
+        list(EXPORT_FORMATS),
+        list(Quantization),
+        out_dir=out,
+        calibration_samples=200,
     )
     return out
 
@@ -89,8 +94,16 @@ def one_clear_line(result: subprocess.CompletedProcess[str], expect: str) -> Non
     assert lines[0].startswith("error:") and expect in lines[0], lines[0]
 
 
+# Fixtures that train or convert a model: a test using one is `slow` (left out by `make test-fast`).
+TRAINING_FIXTURES = frozenset({"trained_conv2d", "exported", "int8_onnx"})
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Run the tests that load JAX in this process (tests/test_fastfit.py) last: JAX starts
-    threads, and tests after it that fork worker processes (classify's local engine, Ray) would
-    fork a multithreaded process, which can deadlock the child."""
+    """Mark the tests that train or convert through a fixture `slow`, and run the tests that load
+    JAX in this process (tests/test_fastfit.py) last: JAX starts threads, and tests after it that
+    fork worker processes (classify's local engine, Ray) would fork a multithreaded process, which
+    can deadlock the child."""
+    for item in items:
+        if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
     items.sort(key=lambda item: item.path.name == "test_fastfit.py")

@@ -17,9 +17,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pipeline import runtime
-from pipeline.classify import ENCODING, ERRORS, HEADER, choose_model, classify, walk
+from pipeline.classify import ENCODING, ERRORS, HEADER, classify, walk
 from pipeline.cli import app
 from pipeline.errors import ClassifyError
+from pipeline.manifest import choose_model
 from pipeline.preprocess import scale
 
 
@@ -230,10 +231,10 @@ def test_bad_arguments_fail_before_work(
 def test_default_model_is_the_best_int8_onnx_in_the_manifest(
     exported: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    shutil.copytree(exported, tmp_path / "exported")
+    shutil.copytree(exported, tmp_path / "exports")
     monkeypatch.chdir(tmp_path)
     choice = choose_model(None)
-    assert choice.path.resolve() == (tmp_path / "exported" / "conv2d.int8.onnx").resolve()
+    assert choice.path.resolve() == (tmp_path / "exports" / "conv2d.int8.onnx").resolve()
     assert choice.deskew is False
 
 
@@ -297,16 +298,16 @@ def test_a_wider_inference_session_takes_over_after_the_probe(
 ) -> None:  # fmt: skip
     """After the timed chunks the local engine switches to the thread count inference_threads
     gives, and the CSV is the same whichever it is (one thread or several, same numbers)."""
-    import pipeline.classify as classify_module
+    import pipeline.classify.local as local_engine
 
-    monkeypatch.setattr(classify_module.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(local_engine.os, "cpu_count", lambda: 2)
     asked: list[tuple[float, float]] = []
 
     def decide(cores: int, decode: float, inference: float) -> int:
         asked.append((decode, inference))
         return threads
 
-    monkeypatch.setattr(classify_module, "inference_threads", decide)
+    monkeypatch.setattr(local_engine, "inference_threads", decide)
     _write_digits(tmp_path / "digits", test_digits[0][:400])
     summary = classify(tmp_path / "digits", tmp_path / "out.csv", model=int8_onnx, workers=2, chunk_size=40)
     assert summary.inference_threads == threads and len(asked) == 1
@@ -314,3 +315,36 @@ def test_a_wider_inference_session_takes_over_after_the_probe(
     reference = runtime.load(int8_onnx, threads=1).predict(scale(test_digits[0][:400]))
     rows = _rows(tmp_path / "out.csv")
     assert [float(r["confidence"]) for r in rows] == [float(f"{p:.6f}") for p in reference.max(axis=1)]
+
+
+def test_one_writer_per_out(tmp_path: Path, test_digits: tuple[np.ndarray, np.ndarray]) -> None:
+    """A second run on the same --out refuses in one line while the first holds it; a killed
+    holder (kill -9) releases it, and the next run goes ahead."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import one_clear_line, run_cli
+
+    _write_digits(tmp_path / "digits", test_digits[0][:20])
+    out = tmp_path / "r.csv"
+    hold = (
+        "import sys, time\nfrom pathlib import Path\nfrom pipeline.classify.csvout import exclusive\n"
+        "with exclusive(Path(sys.argv[1])):\n    print('held', flush=True)\n    time.sleep(120)\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        refused = run_cli("classify", str(tmp_path / "digits"), "--out", str(out))
+        one_clear_line(refused, f"process {holder.pid}")
+        assert refused.returncode == 9 and "another classify run" in refused.stderr
+        assert not out.exists() and not out.with_name("r.csv.partial.json").exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    started = time.time()
+    done = run_cli("classify", str(tmp_path / "digits"), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert len(_rows(out)) == 20 and time.time() - started < 60
+    assert not out.with_name("r.csv.lock").exists()

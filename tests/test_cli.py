@@ -37,12 +37,12 @@ def test_pipeline_help_does_not_import_tensorflow() -> None:
     [
         (["train", "--model", "resnet"], "unknown model"),
         (["train", "--epochs", "0"], "--epochs"),
-        (["train", "--backend", "theano"], "unknown backend"),
+        (["train", "--backend", "theano"], "Invalid value for '--backend'"),
         (["train", "--no-such-option"], "No such option"),
         (["data", "--dataset", "cifar"], "unknown dataset"),
         (["evaluate", "missing.keras"], "no such file"),
         (["evaluate", "model.h5"], "unknown artifact type"),
-        (["data", "samples", "out", "--style", "photo"], "unknown style"),
+        (["data", "samples", "out", "--style", "photo"], "Invalid value for '--style'"),
     ],
 )
 def test_user_errors_are_one_line(args: list[str], expect: str, tmp_path: Path) -> None:

@@ -11,9 +11,11 @@ import pytest
 from conftest import one_clear_line, run_cli
 
 from pipeline import preprocess, runtime
-from pipeline.ensemble import ensemble
 from pipeline.errors import EnsembleError
 from pipeline.train import TrainConfig, train
+from pipeline.train.ensemble import ensemble
+
+pytestmark = pytest.mark.slow  # trains models (or starts Ray)
 
 
 @pytest.fixture(scope="module")

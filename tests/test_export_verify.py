@@ -16,6 +16,7 @@ from pipeline.cli import app
 from pipeline.errors import ExportError, ParityError
 from pipeline.export import Format, Quantization, export, parse_choices
 from pipeline.files import sha256
+from pipeline.formats import EXPORT_FORMATS
 from pipeline.preprocess import scale
 from pipeline.verify import verify
 
@@ -61,9 +62,9 @@ def test_onnx_metadata_and_opset(exported: Path) -> None:
 
 
 def test_tflite_metadata(exported: Path) -> None:
-    from pipeline.export import read_tflite_metadata
+    from pipeline.manifest import artifact_metadata
 
-    meta = read_tflite_metadata(exported / "conv2d.int8.tflite")
+    meta = artifact_metadata(exported / "conv2d.int8.tflite")
     assert meta["quantization"] == "int8" and meta["source_model"] == "conv2d"
     assert json.loads(meta["labels"])[9] == "9" and json.loads(meta["preprocessing"])["deskew"] is False
 
@@ -123,13 +124,14 @@ def test_int8_keeps_the_classifier_head_float(
         assert second.mean() > 0.9, (name, second.mean())
 
 
+@pytest.mark.slow
 def test_float_head_of_an_averaging_ensemble(tmp_path: Path) -> None:
     """Two members' Dense -> Softmax, averaged (the shape of bncnn-x4): quantized, both Dense
     layers keep int8 weights and float outputs, and the softmaxes, the Add and the Mul run in
     float, so the averaged probabilities are those of the float graph to int8 feature error."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from pipeline.export import _onnx_quantized, onnx_head
+    from pipeline.export.onnx import _onnx_quantized, onnx_head
 
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(np.array([-1, 784], np.int64), "shape")]
@@ -171,6 +173,7 @@ def test_float_head_of_an_averaging_ensemble(tmp_path: Path) -> None:
     np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_int8_flatten_of_a_convolution_gets_a_constant_shape(tmp_path: Path) -> None:
     """Keras' Flatten reads the batch size with Shape at run time; in the int8 graph that Shape
     kept onnxruntime from fusing the convolution before it (24% of bncnn-x4's time in float).
@@ -179,7 +182,7 @@ def test_int8_flatten_of_a_convolution_gets_a_constant_shape(tmp_path: Path) -> 
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from pipeline.export import _onnx_quantized
+    from pipeline.export.onnx import _onnx_quantized
 
     rng = np.random.default_rng(1)
     inits = [
@@ -278,6 +281,7 @@ def test_release_table_row_for_an_int8_only_model(tmp_path: Path) -> None:
 SHIPPED = Path(__file__).resolve().parent.parent / "exported" / "manifest.json"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not SHIPPED.is_file(), reason="no shipped exports in this checkout")
 def test_shipped_release_models_verify() -> None:
     """The committed exports pass verify from a fresh clone (reports are not rewritten)."""
@@ -350,9 +354,10 @@ def test_export_of_missing_or_corrupt_model(tmp_path: Path) -> None:
 
 
 def test_bad_choices_are_named_errors() -> None:
-    assert parse_choices("int8,none", Quantization, "quantization") == [Quantization.NONE, Quantization.INT8]
+    chosen = parse_choices("int8,none", tuple(Quantization), "quantization")
+    assert chosen == [Quantization.NONE, Quantization.INT8]
     with pytest.raises(ExportError, match="unknown format 'coreml'"):
-        parse_choices("coreml", Format, "format")
+        parse_choices("coreml", EXPORT_FORMATS, "format")
 
 
 def _generated_names_graph(first: int) -> onnx.ModelProto:
@@ -374,12 +379,13 @@ def _generated_names_graph(first: int) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
+@pytest.mark.slow
 def test_generated_names_are_renumbered_so_equal_conversions_are_equal_bytes() -> None:
     """tf2onnx numbers its names by a counter that differs between processes; the exporter
     renumbers them by first use, so one model exported twice gives identical files."""
     import onnxruntime as ort
 
-    from pipeline.export import canonical_names
+    from pipeline.export.onnx import canonical_names
 
     a, b = (canonical_names(_generated_names_graph(first)) for first in (63, 90))
     assert a.SerializeToString() == b.SerializeToString()

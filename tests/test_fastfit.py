@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import fastfit, models
 from pipeline.errors import TrainError
-from pipeline.train import TrainConfig, train
+from pipeline.train import TrainConfig, augment, fastfit, models, train
+
+pytestmark = pytest.mark.slow  # trains models (or starts Ray)
 
 
 def _keras_bncnn(weights: dict[str, list[np.ndarray]]) -> object:
@@ -102,14 +103,12 @@ def test_device_augmentation_is_the_host_augmentation() -> None:
     import jax
     import jax.numpy as jnp
 
-    from pipeline import preprocess
-
     x = np.random.default_rng(6).random((8, 28, 28, 1), dtype=np.float32)
-    drawn = preprocess.Augmentation().draw(np.random.default_rng(7).uniform, 8, 28, 28)
-    host = preprocess.warp(np, x, drawn)
+    drawn = augment.Augmentation().draw(np.random.default_rng(7).uniform, 8, 28, 28)
+    host = augment.warp(np, x, drawn)
     arrays = {f.name: jnp.asarray(getattr(drawn, f.name)) for f in dataclasses.fields(drawn)
               if isinstance(getattr(drawn, f.name), np.ndarray)}  # fmt: skip
-    on_device = jax.jit(lambda x, a: preprocess.warp(jnp, x, dataclasses.replace(drawn, **a)))
+    on_device = jax.jit(lambda x, a: augment.warp(jnp, x, dataclasses.replace(drawn, **a)))
     device = on_device(jnp.asarray(x), arrays)
     np.testing.assert_allclose(np.asarray(device), host, atol=1e-4)
     assert np.abs(host - x).mean() > 0.02  # it did distort

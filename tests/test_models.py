@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline import models
 from pipeline.errors import ModelError
+from pipeline.train import models
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,10 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from pipeline import preprocess
 from pipeline.errors import BlankImageError, ImageError
+from pipeline.preprocess import normalize
+from pipeline.preprocess.masks import bbox, erode3
 from pipeline.samples import render_scan
+from pipeline.train import augment
 
 
 @pytest.fixture(scope="module")
@@ -138,13 +141,13 @@ def test_tiny_and_huge_images_are_refused(tmp_path: Path) -> None:
 def test_augment_keeps_digits_recognisable(test_digits: tuple[np.ndarray, np.ndarray]) -> None:
     x = preprocess.scale(test_digits[0][:64])
     rng = np.random.default_rng(3)
-    out = preprocess.augment(x, rng)
+    out = augment.augment(x, rng)
     assert out.shape == x.shape and out.dtype == np.float32
     assert out.min() >= 0.0 and out.max() <= 1.0 + 1e-6
     assert not np.allclose(out, x)
     corr = [_similar(a, b) for a, b in zip(out[..., 0], x[..., 0], strict=True)]
     assert np.median(corr) > 0.5  # distorted, not destroyed
-    identity = preprocess.augment(x, rng, 0, 0, 0, 0, 0)
+    identity = augment.augment(x, rng, 0, 0, 0, 0, 0)
     np.testing.assert_allclose(identity, x, atol=1e-6)
 
 
@@ -204,7 +207,7 @@ def test_elastic_field_equals_fft_gaussian_smoothing() -> None:
         -2 * (np.pi * 4.0) ** 2 * (np.fft.fftfreq(28)[:, None] ** 2 + np.fft.rfftfreq(28)[None, :] ** 2)
     )
     reference = np.fft.irfft2(np.fft.rfft2(noise) * gauss, s=(28, 28))
-    field = preprocess._smooth_field(noise, 4.0)
+    field = augment._smooth_field(noise, 4.0)
     assert field.dtype == np.float32
     np.testing.assert_allclose(field, reference, atol=1e-6 * np.abs(reference).max())
 
@@ -265,9 +268,9 @@ def test_digits_without_lines_are_left_alone(test_digits: tuple[np.ndarray, np.n
     nothing: 1 in 3,000 of each lost part of a stroke when the rules were chosen."""
     rng = np.random.default_rng(11)
     for i in range(4000, 4150):
-        ink = preprocess._ink_values(preprocess.to_gray(render_scan(test_digits[0][i], rng)))
+        ink = normalize._ink_values(preprocess.to_gray(render_scan(test_digits[0][i], rng)))
         assert preprocess.erase_form_lines(ink) is None, i
-        top, bottom, left, right = preprocess._bbox(ink > 64) or (0, 0, 0, 0)
+        top, bottom, left, right = bbox(ink > 64) or (0, 0, 0, 0)
         tight = ink[max(0, top - 2) : bottom + 2, max(0, left - 2) : right + 2]
         assert preprocess.erase_form_lines(tight) is None, i
     assert preprocess.erase_form_lines(_seven()) is None
@@ -319,7 +322,7 @@ def test_erode3_is_pils_min_filter() -> None:
     for _ in range(50):
         mask = rng.random(tuple(rng.integers(1, 40, 2))) < rng.uniform(0.3, 0.95)
         pil = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).filter(ImageFilter.MinFilter(3))) > 0
-        np.testing.assert_array_equal(preprocess._erode3(mask), pil)
+        np.testing.assert_array_equal(erode3(mask), pil)
 
 
 @pytest.mark.parametrize(("field", "least"), [("box", 0.8), ("underline", 0.9), ("comb", 0.3)])

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import ray_engine
 from pipeline.classify import classify
+from pipeline.classify import ray as ray_engine
 from pipeline.errors import ClassifyError
+
+pytestmark = pytest.mark.slow  # trains models (or starts Ray)
 
 ray = pytest.importorskip(
     "ray", reason="Ray is not installed here (pip install '.[ray]'); engine tests skipped"

@@ -15,6 +15,8 @@ from conftest import kill_when
 from pipeline.errors import TrainError
 from pipeline.train import Backend, TrainConfig, select_backend, train
 
+pytestmark = pytest.mark.slow  # trains models (or starts Ray)
+
 
 def test_one_epoch_on_2000_images_beats_85_percent(trained_conv2d: Path) -> None:
     metrics = json.loads((trained_conv2d / "metrics.json").read_text())
@@ -136,14 +138,14 @@ def test_augmented_training_runs(tmp_path: Path) -> None:
 def test_epoch_choice_without_validation_is_the_last(tmp_path: Path, key: str, expected_best: int) -> None:
     import time
 
-    from pipeline import models
-    from pipeline.train import _callbacks
+    from pipeline.train import models
+    from pipeline.train.keras_fit import callbacks
 
     state: dict[str, object] = {
         "history": {}, "best_epoch": 0, "best_score": -1.0, "epochs_done": 0,
         "train_seconds_before": 0.0, "fit_start": time.time(),
     }  # fmt: skip
-    checkpoint = _callbacks(tmp_path, state, TrainConfig(model="flat"), show_progress=False)[0]
+    checkpoint = callbacks(tmp_path, state, TrainConfig(model="flat"), show_progress=False)[0]
     checkpoint.set_model(models.get("flat").build())
     checkpoint.on_epoch_end(0, {"loss": 0.3, key: 0.95})
     checkpoint.on_epoch_end(1, {"loss": 0.4, key: 0.90})  # a worse score in the last epoch
@@ -151,7 +153,7 @@ def test_epoch_choice_without_validation_is_the_last(tmp_path: Path, key: str, e
     assert (tmp_path / "best.weights.h5").is_file()
 
 
-def testaugmented_batches_do_not_depend_on_threads_or_resume(
+def test_augmented_batches_do_not_depend_on_threads_or_resume(
     test_digits: tuple[np.ndarray, np.ndarray],
 ) -> None:
     """Batches made by 3 threads through Keras equal the serial ones, a run resumed at epoch 1

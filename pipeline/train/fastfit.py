@@ -9,8 +9,8 @@ around them:
 - the training images live on the device, and a whole epoch is one compiled `lax.scan` over its
   batches, so the host dispatches once per epoch instead of once per step;
 - the host reads one number per epoch (validation accuracy), which decides the stop;
-- augmentation (the recipe's, from `preprocess.Augmentation`, elastic distortion included) runs on
-  the device inside the compiled step, with the same arithmetic as the host's (`preprocess.warp`),
+- augmentation (the recipe's, from `augment.Augmentation`, elastic distortion included) runs on
+  the device inside the compiled step, with the same arithmetic as the host's (`augment.warp`),
   so a fast GPU is never left waiting for a 2-core host to distort images.
 
 It trains `bncnn` with the same layers, names, initialisers, BatchNorm momentum, dropout, label
@@ -29,8 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import models, preprocess
 from pipeline.errors import TrainError
+from pipeline.train import models
+from pipeline.train.augment import Augmentation, warp
 
 # bncnn, layer by layer, as models.build_bncnn builds it: ("conv", name, kernel, strides, padding,
 # filters), ("drop", rate), ("flatten",), ("dense", name, units). Every conv is followed by
@@ -195,7 +196,7 @@ def fit(
     `clock()` returns seconds from process start (train.process_start_time), so the recorded
     times are the ones time-to-accuracy reports. The last partial batch of an epoch is dropped
     (a scan needs equal steps); each epoch reshuffles, so every image is still used. With
-    `augment`, every batch is distorted on the device by `preprocess.Augmentation` (the host
+    `augment`, every batch is distorted on the device by `augment.Augmentation` (the host
     recipe's rotation, scale, shear, shift and elastic ranges) inside the compiled step, so the
     device never waits for the host.
 
@@ -215,7 +216,7 @@ def fit(
     n = len(x_train)
     steps = steps_per_epoch(n, batch_size)
     smoothing, weight_decay = spec.label_smoothing, spec.weight_decay
-    recipe = preprocess.Augmentation()
+    recipe = Augmentation()
     # The images go in as arguments of the compiled functions, never as closed-over constants,
     # which XLA would copy into the program (170 MB for MNIST's training images).
     data = (jnp.asarray(x_train), jnp.asarray(y_train.astype(np.int32)))
@@ -233,7 +234,7 @@ def fit(
         def uniform(low: float, high: float, shape: tuple[int, ...]) -> Any:
             return jax.random.uniform(next(keys), shape, jnp.float32, low, high)
 
-        return preprocess.warp(jnp, xb, recipe.draw(uniform, *xb.shape[:3]))
+        return warp(jnp, xb, recipe.draw(uniform, *xb.shape[:3]))
 
     def loss_fn(p: Any, s: Any, xb: Any, yb: Any, key: Any) -> tuple[Any, Any]:
         logits, new_s = forward(p, s, xb, True, key, dtype)

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import defaults
-from pipeline.classify import ChunkResult, decode_chunk, predict_digits
+from pipeline.classify.chunks import ChunkResult, decode_chunk, predict_digits
 from pipeline.errors import ClassifyError
 
 

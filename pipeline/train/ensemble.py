@@ -28,7 +28,8 @@ import numpy as np
 from pipeline import data, defaults, preprocess, quiet, report, runtime
 from pipeline.errors import ArtifactError, EnsembleError
 from pipeline.files import sidecar_json, write_json
-from pipeline.train import library_versions, save_model_file
+from pipeline.train.backend import library_versions
+from pipeline.train.rundir import save_model_file
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,149 @@
+"""Bulk classification of folders of digit images to a CSV: the job users run most.
+
+Shape of a run, chosen for throughput with bounded memory on any folder size:
+
+    walk (main, streaming, sorted)  ->  chunks of paths  ->  decode + preprocess (workers)
+    -> one inference call per chunk -> rows, in walk order -> CSV (partial file, renamed)
+
+It owns the walk (`walk`), the chunk both engines share (`chunks`), the CSV with its lock and
+resume (`csvout`), and the two engines: worker processes on this machine (`local`) and a Ray Data
+job (`ray`). The engines do not import each other; `classify` below picks one. A file that cannot
+be classified becomes a row with status `error` (or `blank`) and a one-line reason; the run goes on.
+
+It may import `preprocess`, `runtime`, `manifest`, `formats`, `files`, `defaults` and `errors`,
+and never imports TensorFlow: it runs artifacts through `pipeline.runtime`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from pipeline import defaults, manifest, runtime
+from pipeline.choices import Engine
+from pipeline.classify.chunks import ChunkResult, Summary, decode_chunk, predict_digits
+from pipeline.classify.csvout import (
+    ENCODING,
+    ERRORS,
+    HEADER,
+    PROB_COLUMNS,
+    Writer,
+    check_output,
+    done_paths,
+    exclusive,
+    skip_done,
+    write_chunk,
+)
+from pipeline.classify.local import inference_threads, local_chunks
+from pipeline.classify.walk import walk
+from pipeline.errors import ClassifyError
+
+__all__ = [
+    "ENCODING",
+    "ERRORS",
+    "HEADER",
+    "PROB_COLUMNS",
+    "ChunkResult",
+    "Engine",
+    "Summary",
+    "classify",
+    "decode_chunk",
+    "inference_threads",
+    "predict_digits",
+    "walk",
+]
+
+
+def classify(
+    folder: Path,
+    out: Path,
+    model: Path | None = None,
+    resume: bool = False,
+    probabilities: bool = False,
+    recursive: bool = True,
+    extensions: tuple[str, ...] = defaults.IMAGE_EXTENSIONS,
+    workers: int | None = None,
+    chunk_size: int = defaults.CLASSIFY_CHUNK_SIZE,
+    deskew: bool | None = None,
+    max_pixels: int = defaults.MAX_IMAGE_PIXELS,
+    progress: Callable[[int, int], None] | None = None,
+    engine: Engine | str = Engine.LOCAL,
+    address: str | None = None,
+) -> Summary:
+    """Classify every image under `folder` into the CSV `out`; see the module docstring.
+
+    `engine="ray"` runs decoding and inference as a Ray Data job (`pipeline.classify.ray`), on a
+    local Ray or the cluster at `address`; the CSV is the same, row for row.
+    """
+    try:
+        engine = Engine(engine)
+    except ValueError:
+        raise ClassifyError(f"unknown engine {engine!r}; choose local or ray") from None
+    if engine is Engine.RAY:
+        from pipeline.classify import ray
+
+        ray.require_ray()
+    if not folder.is_dir():
+        raise ClassifyError(f"{folder}: no such folder")
+    check_output(out)
+    if chunk_size < 1:
+        raise ClassifyError("--chunk-size must be at least 1")
+    choice = manifest.choose_model(model)
+    use_deskew = choice.deskew if deskew is None else deskew
+    cores = os.cpu_count() or 1
+    n_workers = workers or cores
+    # Decoding is the bulk of the work and has its own processes; inference gets the cores left
+    # over, at least one. Measured on 2 cores, 50k PNGs: 15.1k images/s with one inference
+    # thread against 11.3k with onnxruntime's default (one per core), which fights the decoders.
+    predictor = runtime.load(choice.path, threads=max(1, cores - n_workers))  # fails before any work
+    with exclusive(out):
+        return _run(
+            folder, out, choice.path, predictor, resume, probabilities, recursive, extensions, n_workers,
+            workers, chunk_size, use_deskew, max_pixels, progress, engine, address,
+        )  # fmt: skip
+
+
+def _run(
+    folder: Path, out: Path, model: Path, predictor: runtime.Predictor, resume: bool, probabilities: bool,
+    recursive: bool, extensions: tuple[str, ...], n_workers: int, workers: int | None, chunk_size: int,
+    deskew: bool, max_pixels: int, progress: Callable[[int, int], None] | None, engine: Engine,
+    address: str | None,
+) -> Summary:  # fmt: skip
+    """The run itself, while this process holds the lock on `out`."""
+    header = HEADER + (PROB_COLUMNS if probabilities else [])
+    partial = out.with_name(out.name + ".partial")
+    state = out.with_name(out.name + ".partial.json")
+    done: Iterator[str] = iter(())
+    resume_bytes: int | None = None
+    if resume and partial.is_file() and state.is_file():
+        resume_bytes, done = done_paths(partial, state, header)
+    total = sum(1 for _ in walk(folder, extensions, recursive))
+    summary = Summary(out=out, model=model, files=total)
+    started = time.perf_counter()
+    writer = Writer(partial, state, header, resume_bytes)
+    try:
+        todo = skip_done(walk(folder, extensions, recursive), done, summary)
+        if progress:
+            progress(summary.resumed, total)
+        chunks: Iterator[ChunkResult]
+        if engine is Engine.RAY:
+            from pipeline.classify import ray
+
+            chunks = ray.predicted_chunks(
+                folder, todo, model, deskew, max_pixels, chunk_size, address, workers
+            )
+        else:
+            chunks = local_chunks(folder, todo, predictor, n_workers, chunk_size, deskew, max_pixels, summary)
+        del predictor  # the local engine may swap in a session with more threads: free this one then
+        for chunk in chunks:
+            write_chunk(chunk, writer, summary, probabilities)
+            if progress:
+                progress(len(chunk.paths), total)
+    finally:
+        writer.close()
+    summary.seconds = time.perf_counter() - started
+    os.replace(partial, out)
+    state.unlink(missing_ok=True)
+    return summary

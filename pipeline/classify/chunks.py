@@ -1,0 +1,82 @@
+"""A chunk of files decoded and predicted: the unit of work both engines share, and the run's counts.
+
+A worker decodes and preprocesses a chunk of paths (`decode_chunk`), the engine predicts its good
+digits (`predict_digits`), and the CSV writer turns it into rows; the local engine and the Ray
+engine differ only in where these run, so their files are identical.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import defaults, preprocess, runtime
+from pipeline.errors import BlankImageError, ImageError
+
+
+@dataclass
+class ChunkResult:
+    """What a worker sends back for one chunk: digits for the good files, a status for each."""
+
+    paths: list[str]
+    digits: np.ndarray  # uint8 [n_ok, 28, 28]
+    status: list[str]  # "ok", "blank" or "error", one per path
+    errors: list[str]
+    probs: np.ndarray | None = None  # float32 [n_ok, 10], filled in by the engine's inference
+    decode_seconds: float = 0.0  # CPU time the worker spent decoding and preprocessing the chunk
+
+
+def decode_chunk(root: str, paths: list[str], deskew: bool, max_pixels: int) -> ChunkResult:
+    """Decode and preprocess a chunk of files; runs in a worker process."""
+    started = time.process_time()
+    digits, status, errors = [], [], []
+    for rel in paths:
+        try:
+            digits.append(
+                preprocess.load_digit(os.path.join(root, rel), deskew_digit=deskew, max_pixels=max_pixels)
+            )
+            status.append("ok")
+            errors.append("")
+        except BlankImageError as exc:
+            status.append("blank")
+            errors.append(str(exc))
+        except ImageError as exc:
+            status.append("error")
+            errors.append(str(exc))
+        except Exception as exc:  # a decoder bug on one hostile file must not end the run
+            status.append("error")
+            errors.append(f"{type(exc).__name__}: {exc}".replace("\n", " "))
+    size = defaults.FIELD_SIZE
+    array = np.stack(digits) if digits else np.zeros((0, size, size), np.uint8)
+    return ChunkResult(paths, array, status, errors, decode_seconds=time.process_time() - started)
+
+
+def predict_digits(predictor: runtime.Predictor, digits: np.ndarray) -> np.ndarray:
+    """Probabilities for a uint8 [n, 28, 28] batch (n may be 0): the one inference call of both
+    engines."""
+    if not len(digits):
+        return np.zeros((0, 10), np.float32)
+    return predictor.predict(preprocess.scale(digits))
+
+
+@dataclass
+class Summary:
+    out: Path
+    model: Path
+    files: int = 0
+    classified: int = 0
+    blank: int = 0
+    errors: int = 0
+    resumed: int = 0
+    per_digit: list[int] = field(default_factory=lambda: [0] * 10)
+    seconds: float = 0.0
+    inference_threads: int = 1  # what the local engine settled on (see inference_threads)
+
+    @property
+    def images_per_second(self) -> float:
+        done = self.files - self.resumed
+        return done / self.seconds if self.seconds > 0 else 0.0

@@ -1,0 +1,393 @@
+"""Form lines: boxes, underlines and comb ticks printed around a handwritten digit, found and erased.
+
+`erase_form_lines` is called by `normalize.to_mnist` on every image that is not already 28x28; the
+rules and the measurements behind their thresholds are in `pipeline.defaults` (FORM_LINE_*).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline import defaults
+from pipeline.errors import BlankImageError
+from pipeline.preprocess.masks import bbox, erode3, stroke_width
+
+
+@dataclass(frozen=True)
+class FormLine:
+    """A straight band of ink: rows `lo:hi` and columns `start:end` (transposed if vertical)."""
+
+    vertical: bool
+    lo: int
+    hi: int
+    start: int
+    end: int
+    centre: tuple[float, float]  # the line's row at column 0 and its slope, fitted to its ink
+    thickness: float  # median ink per column, in pixels
+    wobble: float  # RMS distance of its ink's centres from the fitted line, in pixels
+
+
+def _oriented(array: np.ndarray, vertical: bool) -> np.ndarray:
+    """A view in which `line`'s band is rows lo:hi (writes go through to `array`)."""
+    return array.T if vertical else array
+
+
+def _find_lines(mask: np.ndarray, vertical: bool, extent: int) -> list[FormLine]:
+    """Horizontal (or vertical) bands of ink holding one run at least FORM_LINE_MIN_LENGTH long.
+
+    Rows are merged over the tilt tolerance first (a 3-degree line drifts across rows), so a band
+    is the line's rows plus that reach on each side; bands thicker than a printed line, and ink
+    that wobbles about its fitted line like handwriting (`_fit`), are dropped.
+    """
+    m = _oriented(mask, vertical)
+    h, w = m.shape
+    length = max(16, math.ceil(defaults.FORM_LINE_MIN_LENGTH * extent))
+    reach = max(1, math.ceil(length * math.tan(math.radians(defaults.FORM_LINE_MAX_TILT_DEGREES)) / 2))
+    grown = m.copy()
+    for k in range(1, reach + 1):
+        grown[k:] |= m[:-k]
+        grown[:-k] |= m[k:]
+    padded = np.zeros((h, w + 2), dtype=np.int8)
+    padded[:, 1:-1] = grown
+    step = np.diff(padded, axis=1)
+    rows, starts = np.nonzero(step == 1)
+    ends = np.nonzero(step == -1)[1]  # row-major order: the i-th end closes the i-th start
+    long = ends - starts >= length
+    rows, starts, ends = rows[long], starts[long], ends[long]
+    thickest = 2 * reach + max(6, round(0.1 * extent))
+    lines = []
+    for band in np.split(np.arange(rows.size), np.flatnonzero(np.diff(rows) > 1) + 1):
+        if band.size and rows[band[-1]] + 1 - rows[band[0]] <= thickest:
+            lo, hi = int(rows[band[0]]), int(rows[band[-1]]) + 1
+            line = _fit(m, lo, hi, int(starts[band].min()), int(ends[band].max()), vertical)
+            if line.wobble <= defaults.FORM_LINE_MAX_WOBBLE:
+                lines.append(line)
+    return lines
+
+
+def _fit(m: np.ndarray, lo: int, hi: int, start: int, end: int, vertical: bool) -> FormLine:
+    """Fit a straight line to the ink of a band, column by column (`m` oriented to it).
+
+    Columns where a stroke crosses (thicker than the line) are left out of the fit. A printed
+    line's centres lie within a fraction of a pixel of the fit; a digit's curved stroke that
+    happens to be long and flat (a 0's side, a 2's base) wanders further.
+    """
+    band = m[lo:hi, start:end]
+    counts = band.sum(axis=0)
+    columns = np.arange(start, end)
+    inked = counts > 0
+    thickness = float(np.median(counts[inked])) if inked.any() else float(hi - lo)
+    clean = inked & (counts <= thickness + 1)
+    centres = (band * np.arange(lo, hi)[:, None]).sum(axis=0) / np.maximum(counts, 1)
+    if clean.sum() >= 3:
+        slope, intercept = np.polyfit(columns[clean], centres[clean], 1)
+        wobble = float(np.sqrt(np.mean((centres[clean] - (intercept + slope * columns[clean])) ** 2)))
+    else:
+        slope, intercept, wobble = 0.0, (lo + hi - 1) / 2, 0.0
+    return FormLine(vertical, lo, hi, start, end, (float(intercept), float(slope)), thickness, wobble)
+
+
+def _strip(line: FormLine, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """First and last-plus-one rows of the line in each of its columns, blur included.
+
+    The band only holds the rows where most of the line runs; a tilted line leaves it towards
+    its ends. The fitted line follows it to both ends, with its thickness and a pixel of blur on
+    each side.
+    """
+    intercept, slope = line.centre
+    centre = intercept + slope * np.arange(line.start, line.end)
+    half = line.thickness / 2 + 1.0
+    first = np.clip(np.floor(centre - half + 0.5), 0, height).astype(int)
+    last = np.clip(np.floor(centre + half + 0.5), 0, height).astype(int)
+    return first, np.maximum(last, first + 1)
+
+
+def _line_pixels(mask: np.ndarray, line: FormLine, extent: int) -> np.ndarray:
+    """The ink of `line`: its strip, and the ticks standing on it (comb fields mark each box so).
+
+    A tick is a run of ink leaving the strip, at most a band thick, at least twice as long as it
+    is wide, shorter than 40% of the ink's extent, and with a clear ring around it: a digit
+    written on the line continues (a 1's stem is long, a 7's tail and a 0's bowl run sideways),
+    a tick ends.
+    """
+    pixels = np.zeros_like(mask)
+    m, out = _oriented(mask, line.vertical), _oriented(pixels, line.vertical)
+    first, last = _strip(line, m.shape[0])
+    rows = np.arange(m.shape[0])[:, None]
+    out[:, line.start : line.end] = (rows >= first) & (rows < last)
+    widest, longest = max(3, line.hi - line.lo), int(0.4 * extent)
+    columns = np.arange(line.start, line.end)
+    steps = np.arange(longest + 3)[:, None]
+    for origin, direction in ((first - 1, -1), (last, 1)):
+        # side[k, x]: the pixel k steps away from the strip in column x (False off the image)
+        at = origin[None, :] + direction * steps
+        inside = (at >= 0) & (at < m.shape[0])
+        side = np.where(inside, m[np.clip(at, 0, m.shape[0] - 1), columns[None, :]], False)
+        run = np.where(side.all(axis=0), side.shape[0], side.argmin(axis=0))
+        standing = np.flatnonzero(run > 0)
+        for seg in np.split(standing, np.flatnonzero(np.diff(standing) > 1) + 1):
+            if seg.size == 0:
+                continue
+            a, b, height = int(seg[0]), int(seg[-1]) + 1, int(run[seg].max())
+            if b - a > widest or height < 2 * (b - a) or height > longest:
+                continue
+            # A clear ring 2 px wide around its rectangle: ink further off may be the digit beside it.
+            ring = side[: height + 2, max(0, a - 2) : b + 2].copy()
+            ring[:height, a - max(0, a - 2) : b - max(0, a - 2)] = False
+            if ring.any():
+                continue
+            # The tick, one pixel wider on each side for its blurred edges.
+            block = (slice(0, height + 1), slice(max(0, a - 1), min(len(columns), b + 1)))
+            on = inside[block]
+            out[at[block][on], np.broadcast_to(columns[block[1]], on.shape)[on]] = True
+    return pixels
+
+
+@dataclass(frozen=True)
+class _Ends:
+    """How a line lies against the digit: whether each end passes it freely, and by how much."""
+
+    start: bool
+    end: bool
+    overhang: int
+    digit_after: bool  # the digit lies beyond `hi` (below a horizontal line, right of an upright)
+
+
+def _ends(line: FormLine, digit: np.ndarray, stroke: float) -> _Ends | None:
+    """None when the digit lies on both sides of the line (a stroke through it, a 4's crossbar).
+
+    Otherwise, for each end: whether the line passes the digit's extent along it by the overhang,
+    with no digit ink within the last tenth of the line (a 7's bar ends at its stem).
+    """
+    d = _oriented(digit, line.vertical)
+    per_row, per_col = d.sum(axis=1), d.sum(axis=0)
+    rows, cols = np.flatnonzero(per_row), np.flatnonzero(per_col)
+    height = int(rows[-1] - rows[0] + 1)
+    crossing = max(2, round(defaults.FORM_LINE_CROSSING * height))
+    before = int(per_row[: max(0, line.lo - crossing)].sum())
+    after = int(per_row[line.hi + crossing :].sum())
+    if min(before, after) > defaults.FORM_LINE_FAR_INK * (before + after):
+        return None
+    share = np.cumsum(per_col[cols]) / per_col[cols].sum()  # specks at the edges do not count
+    first, last = int(cols[np.searchsorted(share, 0.01)]), int(cols[np.searchsorted(share, 0.99)]) + 1
+    overhang = max(
+        2,
+        round(defaults.FORM_LINE_OVERHANG * (last - first)),
+        round(defaults.FORM_LINE_OVERHANG_STROKES * stroke),
+    )
+    near = d[max(0, line.lo - crossing) : line.hi + crossing]
+    tip, allowed = max(2, (line.end - line.start) // 10), max(2, int(0.002 * per_col.sum()))
+    return _Ends(
+        line.start <= first - overhang and int(near[:, line.start : line.start + tip].sum()) <= allowed,
+        line.end >= last + overhang and int(near[:, line.end - tip : line.end].sum()) <= allowed,
+        overhang,
+        after >= before,
+    )
+
+
+def _meets(line: FormLine, at: int, other: FormLine, slack: int) -> bool:
+    """Whether perpendicular `other` runs through `line`'s band at position `at` (a corner)."""
+    return (
+        other.vertical != line.vertical
+        and other.lo - slack <= at <= other.hi + slack
+        and other.start - slack <= line.lo
+        and line.hi <= other.end + slack
+    )
+
+
+def _frame(lines: list[FormLine], ends: dict[FormLine, _Ends | None], digit: np.ndarray) -> list[FormLine]:
+    """Four lines meeting at four corners with the digit inside: a box, however close the digit.
+
+    A digit that nearly fills its box leaves no side passing it by the overhang at both ends; the
+    closed rectangle around it is the evidence instead, with two corners empty, and two sides
+    passing the digit at one end or all four ruler-straight: a 0 or an 8 drawn square has four
+    sides too, but they pass nothing, wobble like handwriting, and its strokes fill the corners.
+    """
+    sides: dict[tuple[bool, bool], list[tuple[FormLine, _Ends]]] = {}
+    for line in lines:
+        if (e := ends[line]) is not None:
+            sides.setdefault((line.vertical, e.digit_after), []).append((line, e))
+    for top, et in sides.get((False, True), []):
+        for bottom, eb in sides.get((False, False), []):
+            for left, el in sides.get((True, True), []):
+                for right, er in sides.get((True, False), []):
+                    slack = max(et.overhang, eb.overhang, el.overhang, er.overhang)
+                    if (
+                        _closes(top, bottom, left, right, slack)
+                        and _corners_empty(digit, (top.hi, bottom.lo, left.hi, right.lo))
+                        and (
+                            sum(e.start or e.end for e in (et, eb, el, er)) >= 2
+                            or max(s.wobble for s in (top, bottom, left, right))
+                            <= defaults.FORM_BOX_MAX_WOBBLE
+                        )
+                    ):
+                        return [top, bottom, left, right]
+    return []
+
+
+def _closes(top: FormLine, bottom: FormLine, left: FormLine, right: FormLine, slack: int) -> bool:
+    """Whether two horizontal and two upright lines meet at four corners, in this order."""
+    return (
+        top.hi <= bottom.lo
+        and left.hi <= right.lo
+        and _meets(top, top.start, left, slack)
+        and _meets(top, top.end - 1, right, slack)
+        and _meets(bottom, bottom.start, left, slack)
+        and _meets(bottom, bottom.end - 1, right, slack)
+    )
+
+
+def _empty_field(lines: list[FormLine], on_lines: np.ndarray, mask: np.ndarray, extent: int) -> bool:
+    """Whether the ink is a form field's lines and nothing else: an empty box, underline or comb.
+
+    Only when no upright line could be a 1 (the lines are all horizontal, or four ruler-straight
+    ones close a box) and no ink but specks lies away from them. A digit written four times
+    fainter than the printed lines falls under the ink threshold and is reported blank too.
+    """
+    uprights = [line for line in lines if line.vertical]
+    flat = [line for line in lines if not line.vertical]
+    if uprights:
+        slack = max(2, round(defaults.FORM_LINE_OVERHANG * extent))
+        straight = [line for line in lines if line.wobble <= defaults.FORM_BOX_MAX_WOBBLE]
+        if len(uprights) != 2 or not any(
+            _closes(top, bottom, left, right, slack)
+            for top in flat
+            for bottom in flat
+            for left, right in (uprights, uprights[::-1])
+            if {top, bottom, left, right} <= set(straight)
+        ):
+            return False
+    near = ~erode3(erode3(~on_lines))  # the lines and two pixels around: their blurred edges
+    return int((mask & ~near).sum()) <= max(4, int(0.002 * mask.size))
+
+
+def _corners_empty(digit: np.ndarray, inside: tuple[int, int, int, int]) -> bool:
+    """Whether at least two corners (an eighth of each side) of a box's inside hold no digit ink.
+
+    A digit in a box reaches one corner or two (a 4's stem, a 7's bar); a 0 or an 8 drawn
+    square, whose four sides look like a box, turns its strokes in all four.
+    """
+    top, bottom, left, right = inside
+    dy, dx = max(1, (bottom - top) // 8), max(1, (right - left) // 8)
+    allowed = max(2, int(0.002 * digit.sum()))
+    empty = [
+        int(digit[rows, cols].sum()) <= allowed
+        for rows in (slice(top, top + dy), slice(bottom - dy, bottom))
+        for cols in (slice(left, left + dx), slice(right - dx, right))
+    ]
+    return sum(empty) >= 2
+
+
+def _accept(lines: list[FormLine], pixels: dict[FormLine, np.ndarray], mask: np.ndarray) -> list[FormLine]:
+    """The lines that are the form's: each end passes the digit freely or meets an accepted line.
+
+    The digit is first the ink of no line. Lines that pass it at neither end (a 5's upright, a
+    2's curve) are then given back to it, so a stroke joined to one of them (the 5's bar) does not
+    look free where they meet. Repeated until nothing changes, so a box whose digit touches one
+    side is still found: its other sides pass the digit, and the touched side's ends meet them.
+    An upright line must also meet an accepted line or face another upright across the digit:
+    alone it is more likely a 1.
+    """
+    digit = mask & ~np.logical_or.reduce([pixels[line] for line in lines])
+    stroke = stroke_width(digit)
+    ends = {line: _ends(line, digit, stroke) for line in lines}
+    accepted = _frame(lines, ends, digit)
+    passing = [line for line in lines if (e := ends[line]) is not None and (e.start or e.end)]
+    if len(passing) < len(lines):
+        digit = mask.copy()
+        for line in passing + accepted:
+            digit &= ~pixels[line]
+        ends = {line: (_ends(line, digit, stroke) if line in passing else ends[line]) for line in lines}
+    changed = True
+    while changed:
+        changed = False
+        for line in lines:
+            e = ends[line]
+            if e is None or line in accepted:
+                continue
+            at_start = any(_meets(line, line.start, r, e.overhang) for r in accepted)
+            at_end = any(_meets(line, line.end - 1, r, e.overhang) for r in accepted)
+            if not ((e.start or at_start) and (e.end or at_end)):
+                continue
+            facing = any(
+                o.vertical
+                and (o.hi <= line.lo or o.lo >= line.hi)
+                and (f := ends[o]) is not None
+                and f.start
+                and f.end
+                for o in lines
+            )
+            if line.vertical and not (at_start or at_end or facing):
+                continue
+            accepted.append(line)
+            changed = True
+    return accepted
+
+
+def erase_form_lines(values: np.ndarray) -> np.ndarray | None:
+    """Which pixels of a located-ink map are printed form lines, or None if there are none.
+
+    Forms put boxes, underlines and comb ticks around the handwriting. Left in, they are the
+    biggest thing in the crop and the digit shrinks to a corner of the 20x20 box: the default
+    model read 45% of rendered form fields right with them, 96.6% with them erased (`pipeline
+    bench scans --style form`). A line is straight, thin and long; it is the form's, not the
+    digit's, when all of the digit lies on one side of it and it runs past the digit at both
+    ends (`_accept`). Where a stroke crosses a line, the crossing stays. Lines that leave too
+    little ink are the digit itself, and nothing is erased, unless they can only be an empty
+    field (`_empty_field`): then BlankImageError, as for a blank page.
+    """
+    full = values > defaults.INK_THRESHOLD * 255
+    box = bbox(full)
+    if box is None:
+        return None
+    extent = max(box[1] - box[0], box[3] - box[2])
+    # Every line is ink, so it lies in the ink's box; one pixel more keeps the paper around it.
+    top, left = max(0, box[0] - 1), max(0, box[2] - 1)
+    bottom, right = min(full.shape[0], box[1] + 1), min(full.shape[1], box[3] + 1)
+    mask = full[top:bottom, left:right]
+    lines = _find_lines(mask, False, extent) + _find_lines(mask, True, extent)
+    total = int(mask.sum())
+    pixels = {line: _line_pixels(mask, line, extent) for line in lines}  # each line's, once
+    while lines:
+        on_lines = np.logical_or.reduce([pixels[line] for line in lines])
+        digit = mask & ~on_lines
+        if digit.sum() >= defaults.FORM_LINE_MIN_DIGIT * total:
+            break
+        # The lines hold nearly all the ink, so one of them is the digit: a 1 alone or inside a
+        # box, the innermost upright. Otherwise (a 4 or 7 made of straight strokes) erase nothing.
+        uprights = [line for line in lines if line.vertical]
+        inner = [
+            line for line in uprights
+            if any(o.hi <= line.lo for o in uprights) and any(o.lo >= line.hi for o in uprights)
+        ]  # fmt: skip
+        if len(uprights) != 1 and not inner and _empty_field(lines, on_lines, mask, extent):
+            raise BlankImageError("blank: only form lines, no digit")
+        if len(uprights) == 1:
+            lines.remove(uprights[0])
+        elif inner:
+            middle = mask.shape[1] / 2
+            lines.remove(min(inner, key=lambda line: abs((line.lo + line.hi) / 2 - middle)))
+        else:
+            return None
+    else:
+        return None
+    accepted = _accept(lines, pixels, mask)
+    if not accepted:
+        return None
+    digit = mask & ~np.logical_or.reduce([pixels[line] for line in accepted])
+    erase = np.zeros_like(mask)
+    for line in accepted:
+        line_ink = _oriented(pixels[line], line.vertical).copy()
+        d = _oriented(digit, line.vertical)
+        # A stroke that reaches the line from either side crosses or touches it there: keep it.
+        first, last = _strip(line, d.shape[0])
+        columns = np.arange(line.start, line.end)
+        touched = d[np.maximum(first - 1, 0), columns] | d[np.minimum(last, d.shape[0] - 1), columns]
+        line_ink[:, columns[touched]] = False
+        _oriented(erase, line.vertical)[...] |= line_ink
+    out = np.zeros_like(full)
+    out[top:bottom, left:right] = erase
+    return out
