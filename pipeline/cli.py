@@ -15,6 +15,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from pipeline import __version__, defaults
@@ -55,7 +56,7 @@ def _run(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
 def _fail(exc: PipelineError) -> typer.Exit:
     """Print the error's one line; the caller raises the returned Exit with the error's code."""
-    err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
     return typer.Exit(code=exc.exit_code)
 
 
@@ -454,7 +455,9 @@ def classify_cli(
         table.add_row(key, value)
     console.print(table)
     if fail_on_error and summary.errors:
-        err_console.print(f"[bold red]error:[/] {summary.errors} file(s) could not be classified (see {out})")
+        err_console.print(
+            f"[bold red]error:[/] {summary.errors} file(s) could not be classified (see {escape(str(out))})"
+        )
         raise typer.Exit(code=FAILED_FILES_EXIT)
 
 
@@ -595,6 +598,8 @@ def main() -> None:
         if message:  # an empty message is `pipeline` with no command: help was already shown
             ctx = getattr(exc, "ctx", None)
             hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-            err_console.print(f"[bold red]error:[/] {message}{hint}", highlight=False, soft_wrap=True)
+            err_console.print(
+                f"[bold red]error:[/] {escape(message + hint)}", highlight=False, soft_wrap=True
+            )
         sys.exit(exc.exit_code)
     sys.exit(code if isinstance(code, int) else 0)

@@ -190,8 +190,15 @@ def _download(dataset: Dataset, searched: list[Path]) -> None:
             f"dataset {dataset.value} not found (searched: {places}); downloading is off "
             f"(${defaults.NO_DOWNLOAD_ENV}); pass --data-dir or set {defaults.DATA_DIR_ENV}"
         )
+    import importlib.util
+
     from pipeline import quiet
 
+    if importlib.util.find_spec("keras") is None or importlib.util.find_spec("tensorflow") is None:
+        raise DataError(
+            f"dataset {dataset.value} not found (searched: {places}); downloading it needs Keras "
+            f"(pip install 'pipeline[train]'); or pass --data-dir or set {defaults.DATA_DIR_ENV}"
+        )
     try:
         keras = quiet.load("keras")
         loader = {

@@ -64,6 +64,7 @@ def evaluate(
 ) -> Evaluation:
     """Score `model_path` on the test split and write confusion.png, examples.png, evaluation.json
     into `out` (default: beside the model, or ./release-reports for a shipped release model)."""
+    report.require_matplotlib()
     predictor = runtime.load(model_path)
     images, labels = data.load(data.Split.TEST, dataset, data_dir, limit=limit)
     if deskew if deskew is not None else manifest.expected_deskew(model_path):

@@ -6,14 +6,25 @@ needs a display and the CLI does not pay for the import unless it draws.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pipeline.errors import PipelineError
+
+
+def require_matplotlib() -> None:
+    """One clear line, before any work, when the figures cannot be drawn: matplotlib comes with
+    the [train] and [export] extras, not the core install."""
+    if importlib.util.find_spec("matplotlib") is None:
+        raise PipelineError("figures need matplotlib: pip install 'pipeline[train]'")
+
 
 def _plt() -> Any:
+    require_matplotlib()
     import matplotlib
 
     matplotlib.use("Agg")

@@ -20,7 +20,10 @@ from pipeline import defaults
 from pipeline.errors import ArtifactError
 from pipeline.formats import FORMATS, Format, format_of
 
-__all__ = ["Format", "KerasPredictor", "LiteRTPredictor", "OnnxPredictor", "Predictor", "format_of", "load"]
+__all__ = [
+    "Format", "KerasPredictor", "LiteRTPredictor", "OnnxPredictor", "Predictor",
+    "format_of", "load", "require",
+]  # fmt: skip
 
 
 class Predictor(Protocol):
@@ -153,14 +156,22 @@ def _load_tflite(path: Path, threads: int | None) -> LiteRTPredictor:
 def load(path: Path | str, threads: int | None = None) -> Predictor:
     """Load a `.keras`, `.onnx` or `.tflite` file; `threads` caps intra-op threads (ONNX/TFLite)."""
     path = Path(path)
-    spec = FORMATS[format_of(path)]
+    fmt = format_of(path)
+    spec = FORMATS[fmt]
     if not path.is_file():
         raise ArtifactError(f"{path}: no such file")
-    if importlib.util.find_spec(spec.module) is None:
-        raise ArtifactError(f"{path}: running {spec.suffix} files needs {spec.module}: {spec.install}")
+    require(fmt)
     loader = getattr(sys.modules[__name__], spec.loader)
     predictor: Predictor = loader(path, threads)
     return predictor
+
+
+def require(fmt: Format) -> None:
+    """One clear line, naming what to install, when the library that runs `fmt` is missing: the
+    core install runs ONNX only, and Keras and LiteRT come with the [export] extra."""
+    spec = FORMATS[fmt]
+    if importlib.util.find_spec(spec.module) is None:
+        raise ArtifactError(f"running {spec.suffix} files needs {spec.module}: {spec.install}")
 
 
 def top2(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -21,7 +21,7 @@ import numpy as np
 from pipeline import data, defaults, manifest, preprocess, runtime
 from pipeline.errors import ArtifactError, ParityError
 from pipeline.files import sha256
-from pipeline.formats import is_lossy
+from pipeline.formats import Format, is_lossy
 
 
 @dataclass(frozen=True)
@@ -112,6 +112,8 @@ def verify(
     recorded = manifest.read(path)
     if not recorded.entries:
         raise ParityError(f"{path}: the manifest lists no artifacts")
+    for fmt in sorted({Format.KERAS, *(e.format for e in recorded.entries)}):
+        runtime.require(fmt)  # before any work: the whole report needs every runtime
     base = recorded.folder
     images, labels = data.load(data.Split.TEST, data_dir=data_dir, limit=limit)
     results: list[ArtifactResult] = []

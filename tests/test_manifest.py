@@ -195,3 +195,28 @@ def test_verifying_the_release_leaves_it_untouched(tmp_path: Path, monkeypatch: 
     assert (tmp_path / "release-reports" / "parity.json").is_file()
     assert (tmp_path / "release-reports" / "parity.md").is_file()
     assert {p.name: p.read_bytes() for p in RELEASE.iterdir() if p.is_file()} == before
+
+
+def test_missing_runtime_is_one_line_naming_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """verify without Keras installed: one line, before any work, saying what to install (the
+    brackets of `pipeline[export]` survive the terminal's markup)."""
+    import importlib.util
+
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    model = _tiny_onnx(tmp_path / "m.onnx", deskew=False)
+    manifest.record(
+        tmp_path / "manifest.json", {"path": model.name, "format": "onnx", "quantization": "none"}
+    )
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "keras" else real(name, *a)
+    )
+    result = CliRunner().invoke(app, ["verify", "--manifest", str(tmp_path / "manifest.json")])
+    assert result.exit_code == ArtifactError.exit_code
+    assert "running .keras files needs keras: pip install 'pipeline[export]'" in result.output
+    assert not (tmp_path / "parity.json").exists()

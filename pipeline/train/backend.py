@@ -74,7 +74,8 @@ def activate_backend(backend: Backend) -> None:
     """Point Keras at `backend`; refuse if Keras was already imported with another one."""
     module = {Backend.TENSORFLOW: "tensorflow", Backend.JAX: "jax", Backend.TORCH: "torch"}[backend]
     if importlib.util.find_spec(module) is None:
-        raise TrainError(f"backend {backend.value} is not installed (no module {module!r})")
+        hint = "pip install 'pipeline[train]'" if backend is Backend.TENSORFLOW else f"pip install {module}"
+        raise TrainError(f"backend {backend.value} is not installed (no module {module!r}): {hint}")
     if "keras" in sys.modules:
         current = sys.modules["keras"].backend.backend()
         if current != backend.value:
