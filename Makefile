@@ -34,7 +34,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[train,export,dev]'
+	$(BIN)/pip install --quiet -e '.[train,export,dev,micro]'
 	@# Ray is optional (classify --engine ray); its tests are skipped, with the reason, if it cannot install.
 	$(BIN)/pip install --quiet -e '.[ray]' || echo "warning: Ray could not be installed; --engine ray tests will be skipped"
 	touch $(STAMP)

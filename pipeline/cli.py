@@ -295,21 +295,37 @@ def export_cli(
     integer_io: Annotated[
         bool, typer.Option("--integer-io", help="int8 TFLite with int8 input and output (microcontrollers).")
     ] = False,
+    micro: Annotated[
+        bool,
+        typer.Option(
+            "--micro",
+            help="Microcontroller target: int8 TFLite with int8 I/O plus a C source and header (arena, "
+            "operators, scales); needs the [micro] extra.",
+        ),
+    ] = False,
     data_dir: DataDir = None,
 ) -> None:
     """Convert a Keras model to ONNX and TFLite, quantize, and record each file in the manifest."""
     from pipeline import export
 
-    formats = _run(export.parse_formats, fmt)
-    quants = _run(export.parse_quantizations, quantize)
+    formats = _run(export.parse_formats, "tflite" if micro and fmt == "all" else fmt)
+    quants = _run(export.parse_quantizations, "int8" if micro and quantize == "all" else quantize)
     model_path = model if model is not None else _run(export.default_model)
 
     def log(r: export.Exported) -> None:
         console.print(f"wrote {r.path}  {r.bytes / 1024:,.0f} KiB  {r.seconds:.1f} s", highlight=False)
+        if r.micro is not None:
+            m = r.micro
+            console.print(
+                f"wrote {r.path.parent / m.c_source} and {m.header}: flash {m.flash_bytes:,} B, "
+                f"arena {m.arena_bytes:,} B, {m.macs:,} MACs, operators {', '.join(m.operators)}",
+                highlight=False,
+            )
 
     results = _run(
-        export.export, model_path, formats, quants, out, calibration_samples, integer_io, data_dir, log=log
-    )
+        export.export, model_path, formats, quants, out, calibration_samples, integer_io, data_dir, log=log,
+        micro=micro,
+    )  # fmt: skip
     console.print(f"{len(results)} artifact(s) from {model_path} recorded in {out / defaults.MANIFEST_NAME}")
 
 

@@ -60,6 +60,8 @@ class ArtifactEntry:
     deskew: bool
     source: SourceModel
     raw: dict[str, Any] = field(repr=False, compare=False)
+    # a microcontroller artifact's C files, arena, operators and MACs (export --micro), else None
+    micro: dict[str, Any] | None = None
 
     @classmethod
     def parse(cls, item: Any, where: Path) -> ArtifactEntry:
@@ -87,6 +89,7 @@ class ArtifactEntry:
                     training=dict(src.get("training") or {}),
                 ),
                 raw=item,
+                micro=dict(item["micro"]) if item.get("micro") else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ManifestError(f"{where}: not a pipeline manifest (bad artifact entry: {exc})") from None

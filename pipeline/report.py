@@ -149,6 +149,8 @@ def release_table(manifest_path: Path) -> str:
     parity = manifest.read_parity(release.folder)
     by_model: dict[str, dict[str, manifest.ArtifactEntry]] = {}
     for entry in release.entries:
+        if entry.micro:
+            continue  # the microcontroller table below
         by_model.setdefault(entry.source.model, {})[f"{entry.format}.{entry.quantization}"] = entry
 
     def acc(entry: manifest.ArtifactEntry | None) -> str:
@@ -176,6 +178,29 @@ def release_table(manifest_path: Path) -> str:
             f"| {training.get('device', '-')}, {training.get('backend', '-')} "
             f"| {training.get('train_seconds', 0) / 60:.0f} min | {accuracy} "
             f"| {acc(f32)} | {acc(i8)} | {acc(t_i8)} | {sizes} | {latency} |"
+        )
+    micro = [e for e in release.entries if e.micro]
+    if micro:
+        rows += [
+            "",
+            "| microcontroller model | parameters | MACs per image | flash | tensor arena | Keras "
+            "| TFLite Micro (int8 in and out) | agreement with Keras | operators |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+    for entry in micro:
+        m, result = entry.micro or {}, parity.get(entry.path, {})
+        keras = "-" if entry.source.test_accuracy is None else f"{entry.source.test_accuracy:.2%}"
+        tflm = f"{result['accuracy']:.2%}" if result.get("accuracy") is not None else "-"
+        agree = f"{result['agreement']:.2%}" if result.get("agreement") is not None else "-"
+        arena = result.get("arena_bytes") or m.get("arena_bytes", 0)
+        flash, ops = (
+            m.get("flash_bytes", 0) / 1024,
+            ", ".join(o.removeprefix("Add") for o in m.get("operators", [])),
+        )
+        label = f"{entry.source.model} ({entry.path})"
+        rows.append(
+            f"| {label} | {entry.source.parameters or 0:,} | {m.get('macs', 0):,} "
+            f"| {flash:.1f} KiB | {arena / 1024:.1f} KiB | {keras} | {tflm} | {agree} | {ops} |"
         )
     return "\n".join(rows)
 

@@ -107,6 +107,110 @@ class LiteRTPredictor:
         return np.asarray(y, dtype=np.float32)
 
 
+@dataclass
+class MicroPredictor:
+    """A full-integer TFLite model in the TensorFlow Lite Micro interpreter (`tflite-micro`): the
+    runtime a microcontroller runs, with its reference kernels, one image per invoke, in a tensor
+    arena of `arena_bytes`. Input is quantized and output dequantized with the file's parameters."""
+
+    path: Path
+    interpreter: Any
+    arena_bytes: int
+    input_scale: float
+    input_zero_point: int
+    output_scale: float
+    output_zero_point: int
+    format: Format = Format.TFLITE
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        x = np.asarray(images, dtype=np.float32)
+        q = np.clip(np.rint(x / self.input_scale + self.input_zero_point), -128, 127).astype(np.int8)
+        out = np.zeros((len(q), 10), np.float32)
+        it = self.interpreter
+        for i in range(len(q)):
+            it.set_input(q[i : i + 1], 0)
+            it.invoke()
+            out[i] = (it.get_output(0)[0].astype(np.float32) - self.output_zero_point) * self.output_scale
+        return out
+
+
+MICRO_MODULE = "tflite_micro"
+
+
+def require_micro() -> None:
+    """One clear line when the TensorFlow Lite Micro interpreter is not installed."""
+    if importlib.util.find_spec(MICRO_MODULE) is None:
+        raise ArtifactError(
+            "running on TensorFlow Lite Micro needs tflite-micro: pip install 'pipeline[micro]'"
+        )
+
+
+def _micro_interpreter(model: bytes, arena_bytes: int) -> Any:
+    """A TFLM interpreter that has run once in `arena_bytes`, or None if it cannot (TFLM explains
+    why on stderr, which is dropped: too small an arena is the expected answer of a search)."""
+    from tflite_micro.python.tflite_micro import runtime as tflm
+
+    from pipeline.quiet import stderr_silenced
+
+    with stderr_silenced():
+        try:
+            it = tflm.Interpreter.from_bytes(model, arena_size=arena_bytes)
+            details = it.get_input_details(0)
+            it.set_input(np.zeros(details["shape"], details["dtype"]), 0)
+            it.invoke()
+        except (RuntimeError, ValueError):
+            return None
+    return it
+
+
+def smallest_arena(model: bytes, upper: int = 1 << 22) -> int:
+    """The smallest tensor arena (bytes) in which the TFLM interpreter prepares and runs `model`,
+    found by bisection on the real interpreter, not estimated."""
+    require_micro()
+    if _micro_interpreter(model, upper) is None:
+        raise ArtifactError(f"TensorFlow Lite Micro cannot run this model even in {upper} bytes")
+    low, high = 1, upper
+    while low < high:
+        middle = (low + high) // 2
+        if _micro_interpreter(model, middle) is None:
+            low = middle + 1
+        else:
+            high = middle
+    return low
+
+
+def micro_io(model: bytes) -> dict[str, Any]:
+    """Scale and zero point of the model's int8 input and output, as TFLM reads them."""
+    require_micro()
+    it = _micro_interpreter(model, 1 << 22)
+    if it is None:
+        raise ArtifactError("TensorFlow Lite Micro cannot run this model")
+    inp, out = it.get_input_details(0), it.get_output_details(0)
+    if inp["dtype"] != np.int8 or out["dtype"] != np.int8:
+        raise ArtifactError("not a model with int8 input and output (export it with --micro)")
+    qi, qo = inp["quantization_parameters"], out["quantization_parameters"]
+    return {
+        "input_scale": float(qi["scales"][0]), "input_zero_point": int(qi["zero_points"][0]),
+        "output_scale": float(qo["scales"][0]), "output_zero_point": int(qo["zero_points"][0]),
+    }  # fmt: skip
+
+
+def load_micro(path: Path | str, arena_bytes: int | None = None) -> MicroPredictor:
+    """Load an int8-input, int8-output `.tflite` into the TFLM interpreter, in its smallest arena
+    unless `arena_bytes` is given."""
+    path = Path(path)
+    require_micro()
+    if not path.is_file():
+        raise ArtifactError(f"{path}: no such file")
+    model = path.read_bytes()
+    io = micro_io(model)
+    arena = arena_bytes if arena_bytes is not None else smallest_arena(model)
+    it = _micro_interpreter(model, arena)
+    if it is None:
+        raise ArtifactError(f"{path}: TensorFlow Lite Micro cannot run it in {arena} bytes")
+    return MicroPredictor(path, it, arena, **io)
+
+
 def _load_keras(path: Path, threads: int | None = None) -> KerasPredictor:
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     try:

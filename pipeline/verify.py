@@ -15,10 +15,12 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from pipeline import data, defaults, manifest, preprocess, runtime
+from pipeline.carray import c_array_bytes
 from pipeline.errors import ArtifactError, ParityError
 from pipeline.files import sha256
 from pipeline.formats import Format, is_lossy
@@ -51,6 +53,10 @@ class ArtifactResult:
     max_abs_diff: float | None = None
     latency_ms_batch1: float | None = None
     latency_ms_batch256: float | None = None
+    # the runtime it ran in: LiteRT or onnxruntime (or Keras), and TensorFlow Lite Micro for a
+    # microcontroller artifact, with the smallest tensor arena that interpreter ran it in
+    runtime: str = ""
+    arena_bytes: int | None = None
     problems: list[str] = field(default_factory=list)
 
 
@@ -114,6 +120,8 @@ def verify(
         raise ParityError(f"{path}: the manifest lists no artifacts")
     for fmt in sorted({Format.KERAS, *(e.format for e in recorded.entries)}):
         runtime.require(fmt)  # before any work: the whole report needs every runtime
+    if any(e.micro for e in recorded.entries):
+        runtime.require_micro()
     base = recorded.folder
     images, labels = data.load(data.Split.TEST, data_dir=data_dir, limit=limit)
     results: list[ArtifactResult] = []
@@ -144,7 +152,14 @@ def verify(
             continue
         keras_probs, keras_acc = ref
         try:
-            predictor = runtime.load(file)
+            if entry.micro:
+                _check_c_files(res, recorded.folder, file, entry.micro)
+                micro = runtime.load_micro(file)
+                res.runtime, res.arena_bytes = "tflite-micro", micro.arena_bytes
+                predictor: runtime.Predictor = micro
+            else:
+                predictor = runtime.load(file)
+                res.runtime = RUNTIMES[entry.format]
             probs = predictor.predict(x)
         except ArtifactError as exc:
             res.status = "error"
@@ -160,7 +175,8 @@ def verify(
         res.max_abs_diff = float(np.abs(probs - keras_probs).max())
         b1, b256 = defaults.LATENCY_BATCH_SIZES
         res.latency_ms_batch1 = measure_latency(predictor, x, b1, latency_repeats * 5)
-        res.latency_ms_batch256 = measure_latency(predictor, x, b256, latency_repeats)
+        if not entry.micro:  # a microcontroller classifies one image at a time
+            res.latency_ms_batch256 = measure_latency(predictor, x, b256, latency_repeats)
         _check(res, res.quantization, tol)
         if res.problems:
             res.status = "failed"
@@ -174,6 +190,24 @@ def verify(
             report,
         )
     return report
+
+
+# What runs each format in verify (a microcontroller artifact: "tflite-micro").
+RUNTIMES = {Format.KERAS: "keras", Format.ONNX: "onnxruntime", Format.TFLITE: "litert"}
+
+
+def _check_c_files(res: ArtifactResult, folder: Path, model: Path, micro: dict[str, Any]) -> None:
+    """The C source and header are as exported, and the array in the source is the model's bytes:
+    what firmware links is what this report measured."""
+    for key in ("c_source", "header"):
+        name = str(micro.get(key, ""))
+        if not (folder / name).is_file():
+            res.problems.append(f"{name or key}: file is missing")
+        elif sha256(folder / name) != micro.get(f"{key}_sha256"):
+            res.problems.append(f"{name}: SHA-256 differs from the manifest")
+    source = folder / str(micro.get("c_source", ""))
+    if source.is_file() and c_array_bytes(source.read_text()) != model.read_bytes():
+        res.problems.append(f"{source.name}: its array is not the model's bytes")
 
 
 def _keras_reference(
@@ -208,7 +242,7 @@ def table_rows(report: ParityReport) -> list[list[str]]:
             _fmt(r.accuracy, ".2%"), _fmt(r.delta_points, "+.2f"), _fmt(r.agreement, ".2%"),
             _fmt(r.second_agreement, ".2%"), _fmt(r.max_abs_diff, ".4f"),
             _fmt(r.latency_ms_batch1, ".3f"), _fmt(r.latency_ms_batch256, ".2f"),
-            r.status,
+            r.runtime + ("" if r.arena_bytes is None else f", arena {r.arena_bytes:,} B"), r.status,
         ]
         for r in report.results
     ]  # fmt: skip
@@ -225,6 +259,7 @@ HEADERS = [
     "max |Δp|",
     "ms @1",
     "ms @256",
+    "runtime",
     "status",
 ]
 

@@ -31,8 +31,9 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from pipeline import data, defaults, manifest, preprocess
+from pipeline import data, defaults, manifest, preprocess, runtime
 from pipeline.errors import ExportError
+from pipeline.export import micro as to_micro
 from pipeline.export.source import Source, calibration_images, load_source, tool_versions
 from pipeline.files import sha256
 from pipeline.formats import EXPORT_FORMATS, FORMATS, Format, Quantization, artifact_name
@@ -70,6 +71,7 @@ class Exported:
     quantization: Quantization
     bytes: int
     seconds: float
+    micro: to_micro.MicroInfo | None = None
 
 
 def export(
@@ -82,10 +84,20 @@ def export(
     data_dir: Path | None = None,
     seed: int = defaults.SEED,
     log: Callable[[Exported], None] | None = None,
+    micro: bool = False,
 ) -> list[Exported]:
-    """Export one Keras model to every requested format x quantization and record each artifact."""
+    """Export one Keras model to every requested format x quantization and record each artifact.
+
+    `micro` is the microcontroller target: the int8 TFLite with int8 input and output, plus its C
+    source and header (`export.micro`), recorded with its arena, operators and MACs.
+    """
     if calibration_samples < 10:
         raise ExportError("--calibration-samples must be at least 10")
+    if micro:
+        if formats != [Format.TFLITE] or quantizations != [Quantization.INT8]:
+            raise ExportError("--micro writes the int8 TFLite only (use --format tflite --quantize int8)")
+        integer_io = True
+        runtime.require_micro()  # the arena is measured in the real interpreter: before any work
     source = load_source(model_path)
     out_dir.mkdir(parents=True, exist_ok=True)
     if manifest.is_installed_release(out_dir):
@@ -97,8 +109,6 @@ def export(
     manifest_path = out_dir / defaults.MANIFEST_NAME
     manifest.read(manifest_path, missing_ok=True)  # refuse a corrupt manifest before doing any work
     if source.test_accuracy is None:
-        from pipeline import runtime
-
         x, y = data.load(data.Split.TEST, data_dir=data_dir)
         predictor = runtime.KerasPredictor(model_path, source.model)
         probs = predictor.predict(preprocess.model_input(x, source.deskew))
@@ -122,6 +132,7 @@ def export(
                 try:
                     writer.write(source, quant, tmp, work, calib, integer_io)
                     inp, outp = writer.describe_io(tmp)
+                    info = to_micro.write_c_files(tmp, to_micro.macs(source.model)) if micro else None
                 except ExportError:
                     raise
                 except Exception as exc:  # converter failures come in every type; all are one error
@@ -129,10 +140,15 @@ def export(
                         f"{name}: {fmt.value} {quant.value} export failed: {type(exc).__name__}: {exc}"
                     ) from exc
                 seconds = time.perf_counter() - started
+                if info is not None:  # the C files first: the model's name in the folder means complete
+                    for name in (info.c_source, info.header):
+                        os.replace(work / name, out_dir / name)
                 os.replace(tmp, final)
                 entry = _entry(final, out_dir, fmt, quant, source, inp, outp, seconds, calibration_samples)
+                if info is not None:
+                    entry["micro"] = info.to_dict()
                 manifest.record(manifest_path, entry)
-                result = Exported(final, fmt, quant, final.stat().st_size, seconds)
+                result = Exported(final, fmt, quant, final.stat().st_size, seconds, info)
                 results.append(result)
                 if log:
                     log(result)

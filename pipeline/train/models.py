@@ -136,6 +136,29 @@ def build_bncnn() -> keras.Model:
     return keras.Model(inputs, outputs, name="bncnn")
 
 
+def build_micro() -> keras.Model:
+    """A microcontroller CNN (~50k parameters, ~4.5M multiply-accumulates): five 3x3 Conv-BN-ReLU
+    blocks (16, 32, 32, 48, 48 channels; the second and fourth strided), global average pooling
+    and the 10-way output.
+
+    Sized for a Cortex-M4 class part once int8: the weights fit 64 KiB of flash with the model's
+    own overhead, and the activations stay small enough for a ~20 KiB tensor arena: the largest
+    map is the first, 28x28x16 bytes, and every later one is a quarter of that or less. The
+    BatchNorms fold into the convolutions at conversion; no dropout, no Dense hidden layer (where a
+    flatten of the last map would cost most of the flash).
+    """
+    import keras
+    from keras import layers
+
+    inputs = _input()
+    x = inputs
+    for name, filters, strides in (("c1", 16, 1), ("c2", 32, 2), ("c3", 32, 1), ("c4", 48, 2), ("c5", 48, 1)):
+        x = _conv_bn(x, filters, 3, strides=strides, name=name)
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = _output(x, "softmax")
+    return keras.Model(inputs, outputs, name="micro")
+
+
 REGISTRY: dict[str, ModelSpec] = {
     "conv2d": ModelSpec(
         "conv2d", "seed CNN: 4x(Conv2D+MaxPool), 2xDense(512) normalised to [-1,1], sigmoid",
@@ -147,6 +170,10 @@ REGISTRY: dict[str, ModelSpec] = {
     "bncnn": ModelSpec(
         "bncnn", "edge CNN: BatchNorm, strided convs, dropout, augmentation, label smoothing",
         build_bncnn, label_smoothing=0.1, augment=True, cosine=True, weight_decay=1e-4,
+    ),
+    "micro": ModelSpec(
+        "micro", "microcontroller CNN: 5 Conv-BN-ReLU, global average pooling, ~50k parameters",
+        build_micro, label_smoothing=0.1, augment=True, cosine=True, weight_decay=1e-4,
     ),
 }  # fmt: skip
 
