@@ -5,7 +5,8 @@
 #   bash scripts/release.sh NAME=RUN_DIR[:QUANT] ...
 #   bash scripts/release.sh bncnn-x4=runs/bncnn-x4 conv2d=runs/conv2d-aug:int8
 # QUANT is a --quantize list (default none,int8): a reference model can ship int8 only, which
-# keeps exported/ under its 25 MB budget.
+# keeps exported/ under its 25 MB budget; QUANT=micro ships the microcontroller target instead
+# (export --micro: int8 TFLite with int8 I/O, C source and header).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PIPELINE=${PIPELINE:-.venv/bin/pipeline}
@@ -19,7 +20,11 @@ for pair in "$@"; do
   cp "$run/metrics.json" "exported/$name.metrics.json"
   cp "$run/config.json" "exported/$name.config.json"
   cp "$run/curves.png" "exported/$name.curves.png"
-  "$PIPELINE" export --model "exported/$name.keras" --format all --quantize "$quant" --out exported
+  if [ "$quant" = micro ]; then
+    "$PIPELINE" export --model "exported/$name.keras" --micro --out exported
+  else
+    "$PIPELINE" export --model "exported/$name.keras" --format all --quantize "$quant" --out exported
+  fi
   "$PIPELINE" evaluate "exported/$name.keras" --out exported
 done
 "$PIPELINE" verify --manifest exported/manifest.json --report-dir exported

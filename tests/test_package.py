@@ -98,3 +98,23 @@ def test_choices_are_refused_before_any_work(args: list[str], option: str, tmp_p
 def test_help_lists_the_choices() -> None:
     result = run_cli("classify", "--help")
     assert result.returncode == 0 and "local" in result.stdout and "ray" in result.stdout
+
+
+@pytest.mark.skipif(manifest.release_dir() is None, reason="no release models in this checkout")
+def test_readme_python_api_runs_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The README's Python snippet, run as written on sample scans (its file name included)."""
+    import re
+
+    from pipeline.samples import write_samples
+
+    block = re.search(r"## Python API.*?```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    assert block is not None
+    write_samples(tmp_path / "scans", 3, "scan")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block.group(1), "README.md", "exec"), {})
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].split()[:2] == ["3", "0"]  # classified, errors
+    assert printed[-1] == "[7]"  # test digit 0 is a 7
+    assert (tmp_path / "results.csv").is_file()
