@@ -17,7 +17,7 @@ import io
 import json
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +156,21 @@ def write_chunk(chunk: ChunkResult, writer: Writer, summary: Summary, probabilit
         writer.write(row)
 
 
+_HELD: set[int] = set()  # lock descriptors this process holds
+
+
+def _drop_held_locks() -> None:
+    """In a forked child (the local engine's decoding workers): close the inherited lock
+    descriptors, so that the lock lives exactly as long as the run's own process."""
+    for fd in list(_HELD):
+        with suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_drop_held_locks)
+
+
 @contextmanager
 def exclusive(out: Path) -> Iterator[None]:
     """Hold an exclusive lock on `<out>.lock` for the block: one writer per --out.
@@ -187,12 +202,14 @@ def exclusive(out: Path) -> Iterator[None]:
         if current == os.fstat(fd).st_ino:
             break
         os.close(fd)  # the run before removed this file as we opened it: lock a fresh one
+    _HELD.add(fd)
     try:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         yield
     finally:
         lock.unlink(missing_ok=True)  # still ours: nobody else can hold it while we do
+        _HELD.discard(fd)
         os.close(fd)
 
 
