@@ -241,7 +241,8 @@ def test_default_model_is_the_best_int8_onnx_in_the_manifest(
 def test_shipped_default_model_classifies_out_of_the_box(
     test_digits: tuple[np.ndarray, np.ndarray], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """From a fresh clone, with no training: classify picks the best shipped int8 ONNX."""
+    """From a fresh clone, with no training: classify picks the best shipped int8 ONNX (pins the
+    release's accuracy loosely: above 97% on the first 200 test digits)."""
     shipped = Path(__file__).resolve().parent.parent / "exported" / "manifest.json"
     if not shipped.is_file():
         pytest.skip("no shipped exports in this checkout")

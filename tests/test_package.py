@@ -41,6 +41,8 @@ def test_wheel_carries_the_release_and_classifies_outside_the_checkout(
     names = set(zipfile.ZipFile(wheel).namelist())
     release = manifest.read(manifest.release_dir() / "manifest.json")  # type: ignore[operator]
     assert {f"pipeline/release/{e.path}" for e in release.entries} <= names
+    micro = [e.micro for e in release.entries if e.micro]
+    assert {f"pipeline/release/{m[key]}" for m in micro for key in ("c_source", "header")} <= names
     assert "pipeline/release/manifest.json" in names and "pipeline/release/parity.json" in names
     site = tmp_path / "site"
     install = [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)]
