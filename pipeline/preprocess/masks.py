@@ -1,7 +1,8 @@
-"""Small binary-mask helpers shared by normalization and form-line erasure."""
+"""Small helpers shared by normalization and form-line erasure: binary masks and rank filters."""
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 
@@ -30,3 +31,14 @@ def erode3(mask: np.ndarray) -> np.ndarray:
         for dx in range(3):
             out &= padded[dy : dy + h, dx : dx + w]
     return out
+
+
+def max_filter(image: np.ndarray, size: int) -> np.ndarray:
+    """PIL's MaxFilter(size) on a uint8 image, with OpenCV's dilation: the same pixels (edges
+    repeated, tested on every size used), over a hundred times faster on a scan-sized image."""
+    return cv2.dilate(image, np.ones((size, size), np.uint8), borderType=cv2.BORDER_REPLICATE)
+
+
+def min_filter(image: np.ndarray, size: int) -> np.ndarray:
+    """PIL's MinFilter(size) on a uint8 image, with OpenCV's erosion (see `max_filter`)."""
+    return cv2.erode(image, np.ones((size, size), np.uint8), borderType=cv2.BORDER_REPLICATE)

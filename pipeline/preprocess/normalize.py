@@ -21,7 +21,7 @@ from pipeline import defaults
 from pipeline.errors import BlankImageError, ImageError
 from pipeline.preprocess.decode import open_image, to_gray
 from pipeline.preprocess.forms import erase_form_lines
-from pipeline.preprocess.masks import bbox, stroke_width
+from pipeline.preprocess.masks import bbox, max_filter, min_filter, stroke_width
 
 
 def _border(gray: np.ndarray) -> np.ndarray:
@@ -45,8 +45,8 @@ def _local_level(gray: np.ndarray, light_paper: bool) -> np.ndarray:
     small = Image.fromarray(gray).resize(
         (max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BOX
     )
-    rank = ImageFilter.MaxFilter(9) if light_paper else ImageFilter.MinFilter(9)
-    level = small.filter(rank).filter(ImageFilter.GaussianBlur(4))
+    rank = max_filter if light_paper else min_filter
+    level = Image.fromarray(rank(np.asarray(small), 9)).filter(ImageFilter.GaussianBlur(4))
     return np.asarray(level.resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32)
 
 
@@ -98,8 +98,7 @@ def _ink_box(values: np.ndarray) -> tuple[int, int, int, int]:
     h, w = mask.shape
     if min(h, w) < 4 * defaults.FIELD_SIZE:
         return full
-    m = Image.fromarray(mask.astype(np.uint8) * 255)
-    opened = bbox(np.asarray(m.filter(ImageFilter.MinFilter(3)).filter(ImageFilter.MaxFilter(3))) > 0)
+    opened = bbox(max_filter(min_filter(mask.astype(np.uint8), 3), 3) > 0)
     if opened is None:
         return full
     top, bottom, left, right = opened
@@ -133,7 +132,7 @@ def _normalize_stroke(img: Image.Image) -> Image.Image:
     width = stroke_width(values > 0.5 * max(int(values.max()), 1))
     if 0 < width < _MIN_STROKE_80:
         grow = 2 * round((_TARGET_STROKE_80 - width) / 2) + 1  # MaxFilter(k) widens by k - 1
-        mid = mid.filter(ImageFilter.MaxFilter(max(3, grow)))
+        mid = Image.fromarray(max_filter(values, max(3, grow)))
     return mid
 
 
