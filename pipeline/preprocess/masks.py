@@ -5,6 +5,10 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+# One thread: classify runs one decoding process per core already, and an OpenCV thread pool
+# started in a process that later forks its workers could leave them waiting on it.
+cv2.setNumThreads(1)
+
 
 def bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
