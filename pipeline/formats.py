@@ -43,31 +43,25 @@ class FormatSpec:
     module: str  # the library that runs it: its absence is one line naming `install`
     install: str  # what a user installs to run it
     exporter: str | None  # the module of pipeline.export that writes it (write, describe_io)
+    runtime: str  # what verify's report names as the runtime that ran it
 
 
 FORMATS: dict[Format, FormatSpec] = {
     Format.KERAS: FormatSpec(
-        ".keras", (Quantization.NONE,), False, "_load_keras", "keras", "pip install 'pipeline[export]'", None
+        suffix=".keras", quantizations=(Quantization.NONE,), exportable=False, loader="_load_keras",
+        module="keras", install="pip install 'pipeline[export]'", exporter=None, runtime="keras",
     ),
     Format.ONNX: FormatSpec(
-        ".onnx",
-        tuple(Quantization),
-        True,
-        "_load_onnx",
-        "onnxruntime",
-        "pip install onnxruntime",
-        "pipeline.export.onnx",
+        suffix=".onnx", quantizations=tuple(Quantization), exportable=True, loader="_load_onnx",
+        module="onnxruntime", install="pip install onnxruntime", exporter="pipeline.export.onnx",
+        runtime="onnxruntime",
     ),
     Format.TFLITE: FormatSpec(
-        ".tflite",
-        tuple(Quantization),
-        True,
-        "_load_tflite",
-        "ai_edge_litert",
-        "pip install ai-edge-litert",
-        "pipeline.export.tflite",
+        suffix=".tflite", quantizations=tuple(Quantization), exportable=True, loader="_load_tflite",
+        module="ai_edge_litert", install="pip install ai-edge-litert", exporter="pipeline.export.tflite",
+        runtime="litert",
     ),
-}
+}  # fmt: skip
 
 EXPORT_FORMATS: tuple[Format, ...] = tuple(f for f, spec in FORMATS.items() if spec.exportable)
 

@@ -23,7 +23,7 @@ from pipeline import data, defaults, manifest, preprocess, runtime
 from pipeline.carray import c_array_bytes
 from pipeline.errors import ArtifactError, ParityError
 from pipeline.files import sha256
-from pipeline.formats import Format, is_lossy
+from pipeline.formats import FORMATS, Format, is_lossy
 
 
 @dataclass(frozen=True)
@@ -159,7 +159,7 @@ def verify(
                 predictor: runtime.Predictor = micro
             else:
                 predictor = runtime.load(file)
-                res.runtime = RUNTIMES[entry.format]
+                res.runtime = FORMATS[entry.format].runtime
             probs = predictor.predict(x)
         except ArtifactError as exc:
             res.status = "error"
@@ -190,10 +190,6 @@ def verify(
             report,
         )
     return report
-
-
-# What runs each format in verify (a microcontroller artifact: "tflite-micro").
-RUNTIMES = {Format.KERAS: "keras", Format.ONNX: "onnxruntime", Format.TFLITE: "litert"}
 
 
 def _check_c_files(res: ArtifactResult, folder: Path, model: Path, micro: dict[str, Any]) -> None:
