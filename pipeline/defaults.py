@@ -155,6 +155,17 @@ CLASSIFY_PROBE_CHUNKS = 4
 MAX_IMAGE_PIXELS = 64_000_000
 # Images smaller than this on either side cannot hold a legible digit.
 MIN_IMAGE_SIDE = 2
+# Large images are worked on at 1/2, 1/4 or 1/8 of their size (JPEGs decoded so, by DCT scaling;
+# other formats averaged in blocks), the smallest that keeps the shorter side at least this long:
+# a digit filling a quarter of it still has 48 px, over twice the 20 px it ends at, so its strokes
+# survive (128 cost a few rendered scans; docs/classify.md has the measurements).
+WORK_MIN_SIDE = 192
+# The largest reduction: JPEG's DCT scaling stops at 1/8.
+WORK_MAX_REDUCTION = 8
+# A digit found smaller than this (longer side, px) at the reduced size, or with every stroke
+# under 3 px there, is worked on again at full size: a small digit on a large page keeps its
+# strokes. Over twice the 20 px box, so the reduced copy still has more detail than the output.
+WORK_MIN_DIGIT = 48
 # Rows flushed to the partial CSV at a time; a kill loses at most the unflushed rows, which
 # --resume then recomputes.
 CLASSIFY_FLUSH_ROWS = 4096

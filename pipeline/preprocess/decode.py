@@ -11,6 +11,7 @@ import os
 import stat
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
@@ -22,12 +23,16 @@ from pipeline.errors import ImageError
 Image.MAX_IMAGE_PIXELS = None
 
 
-def open_image(path: Path | str, max_pixels: int = defaults.MAX_IMAGE_PIXELS) -> Image.Image:
+def open_image(
+    path: Path | str, max_pixels: int = defaults.MAX_IMAGE_PIXELS, reduce: bool = False
+) -> Image.Image:
     """Open and decode one image file, refusing decompression bombs before decoding pixels.
 
     `Image.open` only reads the header, so the pixel count is known before the expensive (and
     memory-hungry) decode; a 1-bit 100k x 100k PNG is a few kilobytes on disk but 10 GB in memory.
     Only regular files are opened: a FIFO or device named `x.png` would block or never end.
+    With `reduce`, a large JPEG is decoded at the size `reduction` says (DCT scaling: the decoder
+    skips the work) and `img.info[REDUCTION_INFO]` holds the factor.
     """
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):
@@ -52,6 +57,12 @@ def open_image(path: Path | str, max_pixels: int = defaults.MAX_IMAGE_PIXELS) ->
             raise ImageError(f"refused: {width}x{height} pixels exceeds the limit of {max_pixels}")
         if min(width, height) < defaults.MIN_IMAGE_SIDE:
             raise ImageError(f"too small to hold a digit: {width}x{height}")
+        if img.format in ("JPEG", "MPO"):
+            # Decode straight to gray (JPEG's own luma, the same weights as convert("L")) and,
+            # for a large photo, at reduced size: both cost the decoder less, not more.
+            factor = reduction(width, height) if reduce else 1
+            img.draft("L" if img.mode == "RGB" else img.mode, (width // factor, height // factor))
+            img.info[REDUCTION_INFO] = factor
         try:
             img.load()  # decodes, then closes the file of a single-frame image
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
@@ -65,6 +76,32 @@ def open_image(path: Path | str, max_pixels: int = defaults.MAX_IMAGE_PIXELS) ->
         return ImageOps.exif_transpose(img)
     except Exception:  # a malformed EXIF block must not cost the image
         return img
+
+
+# Where `open_image(reduce=True)` notes how much smaller than the file it decoded a JPEG.
+REDUCTION_INFO = "pipeline.reduction"
+
+
+def reduction(width: int, height: int) -> int:
+    """How much smaller than the file an image is worked on: 1, 2, 4 or 8 (see WORK_MIN_SIDE)."""
+    factor = 1
+    while (
+        factor < defaults.WORK_MAX_REDUCTION and min(width, height) // (2 * factor) >= defaults.WORK_MIN_SIDE
+    ):
+        factor *= 2
+    return factor
+
+
+def to_working_size(gray: np.ndarray) -> np.ndarray:
+    """A decoded image reduced by `reduction` (block averages), for what the JPEG decoder did
+    not already reduce: other formats, and JPEGs passed in already decoded."""
+    h, w = gray.shape[:2]
+    factor = reduction(w, h)
+    if factor == 1:
+        return gray
+    return cv2.resize(
+        gray[: h - h % factor, : w - w % factor], (w // factor, h // factor), interpolation=cv2.INTER_AREA
+    )
 
 
 # Formats whose orientation can only come from an embedded EXIF block (img.info["exif"]).

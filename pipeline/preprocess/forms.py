@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from pipeline import defaults
@@ -43,20 +44,27 @@ def _find_lines(mask: np.ndarray, vertical: bool, extent: int) -> list[FormLine]
     that wobbles about its fitted line like handwriting (`_fit`), are dropped.
     """
     m = _oriented(mask, vertical)
-    h, w = m.shape
+    w = m.shape[1]
     length = max(16, math.ceil(defaults.FORM_LINE_MIN_LENGTH * extent))
     reach = max(1, math.ceil(length * math.tan(math.radians(defaults.FORM_LINE_MAX_TILT_DEGREES)) / 2))
-    grown = m.copy()
-    for k in range(1, reach + 1):
-        grown[k:] |= m[:-k]
-        grown[:-k] |= m[k:]
-    padded = np.zeros((h, w + 2), dtype=np.int8)
-    padded[:, 1:-1] = grown
+    # OpenCV on the unturned mask: grown = each pixel OR the `reach` pixels on each side across
+    # the line; an erosion along it (nothing outside the image) keeps only runs `length` long,
+    # so most images, which have no such run, stop here.
+    across, along = (1, 2 * reach + 1), (length, 1)
+    if not vertical:
+        across, along = across[::-1], along[::-1]
+    grown_mask = cv2.dilate(mask.view(np.uint8), np.ones(across, np.uint8))
+    runs = cv2.erode(grown_mask, np.ones(along, np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    if not runs.any():
+        return []
+    candidates = np.flatnonzero(_oriented(runs, vertical).any(axis=1))  # rows holding such a run
+    padded = np.zeros((candidates.size, w + 2), dtype=np.int8)
+    padded[:, 1:-1] = _oriented(grown_mask, vertical)[candidates]
     step = np.diff(padded, axis=1)
     rows, starts = np.nonzero(step == 1)
     ends = np.nonzero(step == -1)[1]  # row-major order: the i-th end closes the i-th start
     long = ends - starts >= length
-    rows, starts, ends = rows[long], starts[long], ends[long]
+    rows, starts, ends = candidates[rows[long]], starts[long], ends[long]
     thickest = 2 * reach + max(6, round(0.1 * extent))
     lines = []
     for band in np.split(np.arange(rows.size), np.flatnonzero(np.diff(rows) > 1) + 1):
@@ -82,9 +90,12 @@ def _fit(m: np.ndarray, lo: int, hi: int, start: int, end: int, vertical: bool) 
     thickness = float(np.median(counts[inked])) if inked.any() else float(hi - lo)
     clean = inked & (counts <= thickness + 1)
     centres = (band * np.arange(lo, hi)[:, None]).sum(axis=0) / np.maximum(counts, 1)
-    if clean.sum() >= 3:
-        slope, intercept = np.polyfit(columns[clean], centres[clean], 1)
-        wobble = float(np.sqrt(np.mean((centres[clean] - (intercept + slope * columns[clean])) ** 2)))
+    if clean.sum() >= 3:  # least squares, in closed form (np.polyfit's own overhead is larger)
+        x, y = columns[clean].astype(np.float64), centres[clean]
+        dx = x - x.mean()
+        slope = float((dx * (y - y.mean())).sum() / (dx * dx).sum())
+        intercept = float(y.mean() - slope * x.mean())
+        wobble = float(np.sqrt(np.mean((y - (intercept + slope * x)) ** 2)))
     else:
         slope, intercept, wobble = 0.0, (lo + hi - 1) / 2, 0.0
     return FormLine(vertical, lo, hi, start, end, (float(intercept), float(slope)), thickness, wobble)

@@ -11,30 +11,27 @@ cv2.setNumThreads(1)
 
 
 def bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if rows.size == 0:
+    """(top, bottom, left, right), exclusive ends, of a mask's nonzero pixels; None if it has none."""
+    if mask.dtype == np.bool_:
+        mask = mask.view(np.uint8)
+    left, top, width, height = cv2.boundingRect(mask if mask.strides[-1] == 1 else np.ascontiguousarray(mask))
+    if width == 0:
         return None
-    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    return top, top + height, left, left + width
 
 
 def stroke_width(mask: np.ndarray) -> float:
     """Mean stroke width of a binary mask: twice the area over the boundary length."""
-    area = int(mask.sum())
+    area = int(np.count_nonzero(mask))
     if area == 0:
         return 0.0
-    boundary = int((mask & ~erode3(mask)).sum())
+    boundary = area - int(np.count_nonzero(erode3(mask)))
     return 2.0 * area / max(boundary, 1)
 
 
 def erode3(mask: np.ndarray) -> np.ndarray:
-    """3x3 binary erosion with the edges repeated: PIL's MinFilter(3), 25 times faster in numpy."""
-    h, w = mask.shape
-    padded = np.pad(mask, 1, mode="edge")
-    out = mask.copy()
-    for dy in range(3):
-        for dx in range(3):
-            out &= padded[dy : dy + h, dx : dx + w]
-    return out
+    """3x3 binary erosion of a bool mask with the edges repeated (PIL's MinFilter(3))."""
+    return min_filter(np.ascontiguousarray(mask).view(np.uint8), 3).view(np.bool_)
 
 
 def max_filter(image: np.ndarray, size: int) -> np.ndarray:
