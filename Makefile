@@ -83,11 +83,15 @@ verify: setup
 classify: setup
 	$(PIPELINE) classify $(SCANS) --out $(OUT)
 
+# The classify benchmarks run the default model and the light conv2d int8 on the same files.
+BENCH_MODELS = --model exported/bncnn-x4.int8.onnx --model exported/conv2d.int8.onnx
+
 bench: setup
 	$(PIPELINE) bench artifacts
-	$(PIPELINE) bench classify
-	$(PIPELINE) bench scans
-	$(PIPELINE) bench scans --style form
+	$(PIPELINE) bench classify --count 20000 $(BENCH_MODELS)
+	$(PIPELINE) bench scans --count 10000 $(BENCH_MODELS)
+	$(PIPELINE) bench scans --style form --count 3000 --start 7000 $(BENCH_MODELS)
+	$(PIPELINE) bench photo
 	$(PIPELINE) bench engines
 	$(PIPELINE) bench augment
 

@@ -19,10 +19,12 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from pipeline import data, defaults, preprocess, runtime
+from pipeline.classify.walk import walk
 from pipeline.errors import PipelineError
 
 
@@ -59,27 +61,42 @@ def bench_artifacts(paths: list[Path], repeats: int = defaults.LATENCY_REPEATS) 
 
 
 def make_digit_folder(folder: Path, count: int, per_dir: int = 10_000) -> Path:
-    """`count` MNIST test digits as 28x28 PNG files, 10,000 per subfolder (reused if present)."""
-    marker = folder / f".complete-{count}"
+    """`count` MNIST test digits as 28x28 PNG files named `index_label.png`, 10,000 per subfolder
+    (reused if present)."""
+    marker = folder / f".complete-labelled-{count}"
     if marker.exists():
         return folder
     from PIL import Image
 
-    images, _ = data.load(data.Split.TEST)
+    images, labels = data.load(data.Split.TEST)
     for i in range(count):
         sub = folder / f"{i // per_dir:03d}"
         if i % per_dir == 0:
             sub.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(images[i % len(images)]).save(sub / f"{i:07d}.png", compress_level=6)
+        j = i % len(images)
+        Image.fromarray(images[j]).save(sub / f"{i:07d}_{labels[j]}.png", compress_level=6)
     marker.touch()
+    return folder
+
+
+def make_scan_folder(folder: Path, count: int, style: str, start: int, seed: int) -> Path:
+    """`pipeline data samples` files (`index_label.jpg`, rendered scans or form fields), reused if
+    the same ones are already there."""
+    marker = folder / f".complete-{style}-{start}-{count}-{seed}"
+    if not marker.exists():
+        from pipeline.samples import write_samples
+
+        write_samples(folder, count, style, start=start, seed=seed)
+        marker.touch()
     return folder
 
 
 def warm_cache(folder: Path) -> None:
     """Read every file once so that each contender finds them in the page cache: otherwise the
     first one measured pays the disk reads for all the others."""
-    for path in folder.rglob("*.png"):
-        path.read_bytes()
+    for path in folder.rglob("*"):
+        if path.is_file():
+            path.read_bytes()
 
 
 def _tree_pss_kib(pid: int) -> int:
@@ -140,16 +157,31 @@ def _measure(name: str, cmd: list[str], images: int) -> RunBench:
     return RunBench(name, images, seconds, peak / 1024)
 
 
-# The three contenders, each a small program run as its own process.
+# The contenders besides classify itself, each a small program run as its own process.
+# The ceiling: every file opened and decoded to grayscale by PIL, in one process per worker, and
+# nothing else; no classify can go faster on the same files. It is timed from the walk to the
+# last file, without the interpreter's start-up, which classify runs pay: a conservative ratio.
 _DECODE_ONLY = """
-import sys, time
-from pathlib import Path
-from pipeline.classify.local import decoded_chunks
+import os, sys, time
+from multiprocessing import get_context
+import numpy as np
+from PIL import Image
 from pipeline.classify.walk import walk
-root, workers = Path(sys.argv[1]), int(sys.argv[2])
-t = time.perf_counter()
-n = sum(len(c.paths) for c in decoded_chunks(root, walk(root, ("png",)), workers, 256, False, 10**8))
-print("SECONDS", time.perf_counter() - t)
+from pipeline.defaults import IMAGE_EXTENSIONS
+root, workers = sys.argv[1], int(sys.argv[2])
+
+def decode(paths):
+    for path in paths:
+        with Image.open(path) as img:
+            np.asarray(img.convert("L"))
+    return len(paths)
+
+started = time.perf_counter()
+files = [os.path.join(root, rel) for rel in walk(root, IMAGE_EXTENSIONS)]
+chunks = [files[i : i + 256] for i in range(0, len(files), 256)]
+with get_context("fork").Pool(workers) as pool:
+    decoded = sum(pool.imap_unordered(decode, chunks))
+print("SECONDS", time.perf_counter() - started)
 """
 _NAIVE = """
 import sys, time, os
@@ -159,40 +191,78 @@ from PIL import Image
 from pipeline.classify.walk import walk
 root, model = sys.argv[1], sys.argv[2]
 session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
-t = time.perf_counter()
 with open(os.devnull, "w") as out:
     for rel in walk(root, ("png",)):
         x = np.asarray(Image.open(os.path.join(root, rel)).convert("L"), np.float32)[None, :, :, None] / 255
         p = session.run(None, {"image": x})[0][0]
         out.write(f"{rel},{int(p.argmax())}\\n")
-print("SECONDS", time.perf_counter() - t)
 """
 
 
+@dataclass(frozen=True)
+class ClassifyRun:
+    """One whole-process run on a benchmark folder, against the decode-only ceiling on it."""
+
+    run: RunBench
+    ceiling: float  # images/s of the decode-only run on the same files
+    accuracy: (
+        float | None
+    )  # right answers / files (blank and unreadable count as wrong); None: not a classifier
+    model: Path | None = None
+
+    @property
+    def share_of_ceiling(self) -> float:
+        return self.run.per_second / self.ceiling if self.ceiling > 0 else 0.0
+
+
+def _label(path: str) -> int:
+    """The label in a benchmark file's name (`00042_7.jpg`, `0000042_7.png`)."""
+    return int(Path(path).stem.rsplit("_", 1)[1])
+
+
+def _classify_runs(
+    folder: Path, models: list[Path], workers: int | None, naive: Path | None
+) -> list[ClassifyRun]:
+    """The decode-only ceiling, then `pipeline classify` with each model, on the same files, in the
+    page cache; each classify run is timed as a whole process (start-up included, as a user pays
+    it), the ceiling without its start-up."""
+    from pipeline.classify import ENCODING, ERRORS
+
+    warm_cache(folder)
+    count = sum(1 for _ in walk(folder, defaults.IMAGE_EXTENSIONS))
+    n_workers = workers or os.cpu_count() or 1
+    py = sys.executable
+    ceiling = _measure("decode only (ceiling)", [py, "-c", _DECODE_ONLY, str(folder), str(n_workers)], count)
+    runs = [ClassifyRun(ceiling, ceiling.per_second, None)]
+    if naive is not None:
+        run = _measure("naive loop", [py, "-c", _NAIVE, str(folder), str(naive)], count)
+        runs.append(ClassifyRun(run, ceiling.per_second, None, naive))
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in models:
+            out = Path(tmp) / "results.csv"
+            cmd = [py, "-m", "pipeline", "classify", str(folder), "--out", str(out), "--model", str(model)]
+            if workers:
+                cmd += ["--workers", str(workers)]
+            run = _measure(f"classify {model.name}", cmd, count)
+            with open(out, encoding=ENCODING, errors=ERRORS, newline="") as f:
+                right = sum(
+                    r["status"] == "ok" and r["prediction"] == str(_label(r["path"]))
+                    for r in csv.DictReader(f)
+                )
+            runs.append(ClassifyRun(run, ceiling.per_second, right / count, model))
+    return runs
+
+
 def bench_classify(
-    model: Path,
+    models: list[Path],
     count: int = 50_000,
     folder: Path | None = None,
     workers: int | None = None,
     naive: bool = True,
-) -> list[RunBench]:
-    """Decode-only ceiling, the naive loop and `pipeline classify` on the same folder of PNGs."""
+) -> list[ClassifyRun]:
+    """Decode-only ceiling, the naive loop and `pipeline classify` on one folder of 28x28 PNGs."""
     folder = make_digit_folder(folder or Path(tempfile.gettempdir()) / f"pipeline-bench-{count}", count)
-    warm_cache(folder)
-    n_workers = workers or os.cpu_count() or 1
-    py = sys.executable
-    results = [
-        _measure("decode only (ceiling)", [py, "-c", _DECODE_ONLY, str(folder), str(n_workers)], count)
-    ]
-    if naive:
-        results.append(_measure("naive loop", [py, "-c", _NAIVE, str(folder), str(model)], count))
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "results.csv"
-        cmd = [py, "-m", "pipeline", "classify", str(folder), "--out", str(out), "--model", str(model)]
-        if workers:
-            cmd += ["--workers", str(workers)]
-        results.append(_measure("pipeline classify", cmd, count))
-    return results
+    return _classify_runs(folder, models, workers, models[0] if naive and models else None)
 
 
 _RAY_STARTUP = """
@@ -231,45 +301,89 @@ def bench_engines(model: Path, count: int = 20_000, folder: Path | None = None) 
 class ScanBench:
     style: str
     images: int
-    accuracy: float  # through `pipeline classify`, as shipped
-    clean_accuracy: float  # the same test digits as the 28x28 MNIST images
-    without_lines_accuracy: float  # the same files with form-line erasure switched off
-    errors: int
-    per_second: float
+    runs: list[ClassifyRun]  # the ceiling first, then classify with each model
+    clean_accuracy: list[float]  # per model: the same test digits as the 28x28 MNIST images
+    without_lines_accuracy: list[float]  # per model: the same files with form-line erasure off
 
 
 def bench_scans(
-    model: Path, count: int = 2000, start: int = 0, seed: int = defaults.SEED, style: str = "scan"
+    models: list[Path],
+    count: int = 2000,
+    start: int = 0,
+    seed: int = defaults.SEED,
+    style: str = "scan",
+    folder: Path | None = None,
+    workers: int | None = None,
 ) -> ScanBench:
-    """Accuracy on MNIST test digits rendered as scans or form fields (`pipeline.samples`).
+    """Throughput and accuracy on MNIST test digits rendered as scans or form fields
+    (`pipeline.samples`), from one run on the same files.
 
-    The files go through `pipeline classify` as a user's would; the same files are then
-    preprocessed again without form-line erasure, so the figure shows what that step is worth on
-    forms and that it costs nothing on plain scans.
+    The files go through the decode-only ceiling and `pipeline classify` as a user's would; the
+    same files are then preprocessed again without form-line erasure, so the figures also show
+    what that step is worth on forms and that it costs nothing on plain scans.
     """
-    from pipeline.classify import ENCODING, ERRORS, classify
-    from pipeline.samples import write_samples
-
-    predictor = runtime.load(model)
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "scans"
-        write_samples(folder, count, style, start=start, seed=seed)
-        summary = classify(folder, Path(tmp) / "scans.csv", model=model)
-        with open(folder / "labels.csv", newline="") as f:
-            labels = {r["file"]: r["label"] for r in csv.DictReader(f)}
-        with open(Path(tmp) / "scans.csv", encoding=ENCODING, errors=ERRORS, newline="") as f:
-            rows = list(csv.DictReader(f))
-        names = sorted(labels)
-        digits = np.stack([_digit_or_blank(folder / name) for name in names])
-    without = predictor.predict(preprocess.scale(digits)).argmax(axis=1)
-    correct = sum(r["prediction"] == labels[r["path"]] for r in rows)
+    name = f"pipeline-bench-{style}-{start}-{count}-{seed}"
+    folder = make_scan_folder(folder or Path(tempfile.gettempdir()) / name, count, style, start, seed)
+    runs = _classify_runs(folder, models, workers, None)
+    names = sorted(walk(folder, defaults.IMAGE_EXTENSIONS))
+    truth = np.array([_label(n) for n in names])
+    without = preprocess.scale(np.stack([_digit_or_blank(folder / n) for n in names]))
     images, y = data.load(data.Split.TEST)
-    clean = predictor.predict(preprocess.scale(images[start : start + count])).argmax(axis=1)
-    return ScanBench(
-        style, count, correct / count, float(np.mean(clean == y[start : start + count])),
-        float(np.mean(without == np.array([int(labels[n]) for n in names]))), summary.errors,
-        summary.images_per_second,
-    )  # fmt: skip
+    clean_x = preprocess.scale(images[start : start + count])
+    clean, kept = [], []
+    for model in models:
+        predictor = runtime.load(model)
+        kept.append(float(np.mean(predictor.predict(without).argmax(axis=1) == truth)))
+        clean.append(float(np.mean(predictor.predict(clean_x).argmax(axis=1) == y[start : start + count])))
+    return ScanBench(style, count, runs, clean, kept)
+
+
+@dataclass(frozen=True)
+class PhotoBench:
+    width: int
+    height: int
+    decode_ms: float  # PIL open + convert("L") at full size: the file's own decode time
+    classify_ms: float  # what a classify worker does with it (`preprocess.load_digit`)
+
+    @property
+    def ratio(self) -> float:
+        return self.classify_ms / self.decode_ms if self.decode_ms > 0 else 0.0
+
+
+def bench_photo(
+    size: tuple[int, int] = (4000, 3000), repeats: int = 5, seed: int = defaults.SEED
+) -> PhotoBench:
+    """A 12-megapixel phone photo of one test digit on paper (colour, uneven light, sensor noise,
+    JPEG quality 90): its full decode against the whole preprocessing, best of `repeats` each."""
+    from PIL import Image
+
+    images, _ = data.load(data.Split.TEST)
+    rng = np.random.default_rng(seed)
+    w, h = size
+    side = h // 3
+    ink = np.zeros((h, w), np.float32)
+    digit = np.asarray(Image.fromarray(images[0]).resize((side, side), Image.Resampling.BILINEAR), np.float32)
+    ink[h // 3 : h // 3 + side, w // 3 : w // 3 + side] = digit / 255
+    light = np.linspace(0.75, 1.0, w, dtype=np.float32)[None, :]
+    gray = 225 * light - 180 * light * ink
+    planes = [np.clip(gray + d + rng.normal(0, 3, (h, w)), 0, 255).astype(np.uint8) for d in (10, 0, -12)]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "photo.jpg"
+        Image.merge("RGB", [Image.fromarray(p) for p in planes]).save(path, quality=90)
+
+        def best(fn: Any) -> float:
+            times = []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - started)
+            return 1e3 * min(times)
+
+        def decode() -> None:
+            with Image.open(path) as img:
+                np.asarray(img.convert("L"))
+
+        return PhotoBench(w, h, best(decode), best(lambda: preprocess.load_digit(path)))
 
 
 def _digit_or_blank(path: Path) -> np.ndarray:

@@ -508,7 +508,7 @@ def bench_artifacts_cli(
     console.print(table)
 
 
-BenchModel = Annotated[Path | None, typer.Option("--model", "-m", help="Default: best int8 ONNX.")]
+BenchModel = Annotated[Path | None, typer.Option("--model", "-m", help="Default: the default model.")]
 BenchFolder = Annotated[Path | None, typer.Option("--folder", help="Where to generate the PNGs (reused).")]
 
 
@@ -521,9 +521,37 @@ def _print_runs(results: list[Any], title: str) -> None:
     console.print(table)
 
 
+BenchModels = Annotated[
+    list[Path] | None,
+    typer.Option("--model", "-m", help="Model to classify with (repeatable). Default: the default model."),
+]
+
+
+def _print_classify_runs(runs: list[Any], title: str) -> None:
+    """The decode-only ceiling and each classify run, with their ratio, accuracy and memory."""
+    table = Table(
+        "run", "images", "seconds", "images/s", "of ceiling", "accuracy", "peak memory", title=title
+    )
+    for r in runs:
+        accuracy = f"{r.accuracy:.2%}" if r.accuracy is not None else "-"
+        table.add_row(
+            r.run.name, f"{r.run.images:,}", f"{r.run.seconds:.2f}", f"{r.run.per_second:,.0f}",
+            f"{r.share_of_ceiling:.0%}", accuracy, f"{r.run.peak_mib:,.0f} MiB",
+        )  # fmt: skip
+    console.print(table)
+
+
+def _bench_models(models: list[Path] | None) -> list[Path]:
+    from pipeline import manifest
+
+    if not models:
+        return [_run(manifest.choose_model, None).path]
+    return [_run(manifest.choose_model, m).path for m in models]
+
+
 @bench_app.command("classify")
 def bench_classify_cli(
-    model: BenchModel = None,
+    model: BenchModels = None,
     count: Annotated[
         int, typer.Option("--count", min=100, help="PNG digits in the generated folder.")
     ] = 50_000,
@@ -531,15 +559,12 @@ def bench_classify_cli(
     workers: Annotated[int | None, typer.Option("--workers", min=1)] = None,
     naive: Annotated[bool, typer.Option("--naive/--no-naive", help="Also time the naive loop.")] = True,
 ) -> None:
-    """Decode-only ceiling, naive loop and `pipeline classify` on one folder: images/s, peak memory."""
-    from pipeline import bench, manifest
+    """Decode-only ceiling, naive loop and `pipeline classify` on one folder of 28x28 PNG digits:
+    images/s, share of the ceiling, accuracy, peak memory."""
+    from pipeline import bench
 
-    choice = _run(manifest.choose_model, model)
-    results = _run(bench.bench_classify, choice.path, count, folder, workers, naive)
-    _print_runs(results, f"classify on {count:,} PNG digits")
-    naive_runs = [r for r in results if r.name == "naive loop"]
-    if naive_runs:
-        console.print(f"classify / naive: {results[-1].per_second / naive_runs[0].per_second:.1f}x")
+    runs = _run(bench.bench_classify, _bench_models(model), count, folder, workers, naive)
+    _print_classify_runs(runs, f"classify on {count:,} PNG digits")
 
 
 @bench_app.command("engines")
@@ -560,23 +585,43 @@ def bench_engines_cli(
 
 @bench_app.command("scans")
 def bench_scans_cli(
-    model: BenchModel = None,
+    model: BenchModels = None,
     count: Annotated[int, typer.Option("--count", min=10, help="Test digits rendered as scans.")] = 2000,
     start: Annotated[int, typer.Option("--start", min=0)] = 0,
     style: Annotated[Style, typer.Option("--style", help="scan (ink on paper) or form (boxes, lines).")] = (
         Style.SCAN
     ),
     seed: Annotated[int, typer.Option("--seed", help="Seed for the rendering.")] = defaults.SEED,
+    folder: Annotated[
+        Path | None, typer.Option("--folder", help="Where to render the files (reused).")
+    ] = None,
+    workers: Annotated[int | None, typer.Option("--workers", min=1)] = None,
 ) -> None:
-    """Accuracy on MNIST test digits rendered as scans or form fields (ink on paper, blur, JPEG)."""
-    from pipeline import bench, manifest
+    """Decode-only ceiling and `pipeline classify` on MNIST test digits rendered as scans or form
+    fields (ink on paper, blur, JPEG): images/s, share of the ceiling, accuracy, peak memory."""
+    from pipeline import bench
 
-    choice = _run(manifest.choose_model, model)
-    r = _run(bench.bench_scans, choice.path, count, start, seed, style)
+    models = _bench_models(model)
+    r = _run(bench.bench_scans, models, count, start, seed, style.value, folder, workers)
+    _print_classify_runs(r.runs, f"classify on {count:,} rendered {style.value}s")
+    for path, clean, without in zip(models, r.clean_accuracy, r.without_lines_accuracy, strict=True):
+        console.print(
+            f"{path.name}: {without:.2%} without form-line erasure; "
+            f"{clean:.2%} on the same digits as clean MNIST"
+        )
+
+
+@bench_app.command("photo")
+def bench_photo_cli(
+    repeats: Annotated[int, typer.Option("--repeats", min=1, help="Best of this many runs.")] = 5,
+) -> None:
+    """A 12-megapixel photo of one digit: its full decode time against classify's preprocessing."""
+    from pipeline import bench
+
+    r = _run(bench.bench_photo, repeats=repeats)
     console.print(
-        f"{choice.path}: {r.accuracy:.2%} on {r.images} rendered {r.style}s ({r.errors} errors, "
-        f"{r.per_second:,.0f} images/s); {r.without_lines_accuracy:.2%} without form-line erasure; "
-        f"{r.clean_accuracy:.2%} on the same digits as clean MNIST"
+        f"{r.width}x{r.height} photo: decode {r.decode_ms:.1f} ms, classify preprocessing "
+        f"{r.classify_ms:.1f} ms ({r.ratio:.2f}x its decode time)"
     )
 
 

@@ -116,3 +116,30 @@ def test_bench_augment_prints_a_rate_per_thread_count() -> None:
     rows = [line.split("│") for line in result.stdout.splitlines() if line.startswith("│")]
     assert [r[1].strip() for r in rows] == ["1", "2"]
     assert all(r[2].strip() == "512" and float(r[4].replace(",", "")) > 0 for r in rows)
+
+
+def test_bench_classify_prints_the_ceiling_ratio_accuracy_and_memory(exported: Path, tmp_path: Path) -> None:
+    """One run on one folder: the decode-only ceiling, then classify with its share of it, its
+    accuracy (read from the labelled file names) and its peak memory."""
+    int8_onnx = exported / "conv2d.int8.onnx"
+    result = run_cli(
+        "bench", "classify", "--count", "300", "--no-naive", "--model", str(int8_onnx),
+        "--folder", str(tmp_path / "pngs"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = [
+        [c.strip() for c in line.split("│")[1:-1]]
+        for line in result.stdout.splitlines()
+        if line.startswith("│")
+    ]
+    assert [r[0] for r in rows] == ["decode only (ceiling)", f"classify {int8_onnx.name}"]
+    ceiling, run = rows
+    assert ceiling[4] == "100%" and ceiling[5] == "-"
+    share = float(run[3].replace(",", "")) / float(ceiling[3].replace(",", ""))
+    assert run[4] == f"{share:.0%}" and float(run[5].rstrip("%")) > 80 and run[6].endswith("MiB")
+
+
+def test_bench_photo_compares_preprocessing_with_the_decode() -> None:
+    result = run_cli("bench", "photo", "--repeats", "1")
+    assert result.returncode == 0, result.stderr
+    assert "4000x3000 photo: decode " in result.stdout and "its decode time" in result.stdout
