@@ -182,6 +182,20 @@ def locate(dataset: Dataset | str = defaults.DATASET, data_dir: Path | None = No
     return found
 
 
+def test_images(dataset: Dataset | str, data_dir: Path | None = None) -> np.ndarray:
+    """A dataset's test images, also from a folder that holds only the test split (such as a
+    benchmark copy named `<dataset>-test`); else as `load` finds them."""
+    dataset = parse_dataset(dataset)
+    searched = search_paths(dataset, data_dir)
+    folders = [*searched, *(p / f"{dataset.value}-test" for p in searched)]
+    for folder in folders:
+        found = _idx_file(folder, _STEMS[Split.TEST][0]) if folder.is_dir() else None
+        if found is not None and _idx_file(folder, _STEMS[Split.TEST][1]) is not None:
+            _check_sums(folder)
+            return parse_idx(found)
+    return load(Split.TEST, dataset, data_dir)[0]
+
+
 def _download(dataset: Dataset, searched: list[Path]) -> None:
     """Last resort: Keras' own loader, which caches under ~/.keras/datasets."""
     places = ", ".join(str(p) for p in searched)

@@ -22,16 +22,18 @@ from pipeline.files import atomic_open
 
 
 def render_scan(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
-    """Render one 28x28 white-on-black digit as a grayscale 'scan' of random size and quality."""
+    """Render one white-on-black image (a 28x28 digit, or any ink `pair_ink`, `letter_ink` and
+    `scribble_ink` make, 28 px tall) as a grayscale 'scan' of random size and quality."""
     factor = rng.uniform(2.0, 8.0)
     side = round(28 * factor)
-    img = Image.fromarray(digit).resize((side, side), Image.Resampling.BICUBIC)
+    width = round(digit.shape[1] * side / digit.shape[0])
+    img = Image.fromarray(digit).resize((width, side), Image.Resampling.BICUBIC)
     img = img.rotate(rng.uniform(-8, 8), resample=Image.Resampling.BILINEAR, fillcolor=0)
     ink = np.asarray(img, dtype=np.float32) / 255.0
     # Margins on each side: 10% to 80% of the digit's size, independently, so it is off-centre.
     top, bottom, left, right = (int(side * rng.uniform(0.1, 0.8)) for _ in range(4))
-    canvas = np.zeros((side + top + bottom, side + left + right), dtype=np.float32)
-    canvas[top : top + side, left : left + side] = ink
+    canvas = np.zeros((side + top + bottom, width + left + right), dtype=np.float32)
+    canvas[top : top + side, left : left + width] = ink
     paper, pen = rng.uniform(200, 250), rng.uniform(10, 90)
     page = paper - (paper - pen) * canvas
     page += rng.normal(0, rng.uniform(2, 8), page.shape)  # sensor and paper texture noise
@@ -41,6 +43,76 @@ def render_scan(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
         grey = int(paper - rng.uniform(10, 30))
         draw.rectangle((2, 2, out.width - 3, out.height - 3), outline=grey, width=2)
     return out.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2) * factor / 3))
+
+
+# Non-digits, as forms hold them: for `pipeline bench review` and the tests of `pipeline.review`.
+# Each is white ink on black, 28 px tall like an MNIST digit, to go through `render_scan`.
+
+# Letters that are not drawn like a digit (O, I, l, S, Z, B, G, b, g, q, D and their kin are left
+# out: no image evidence can tell an O from a 0).
+LETTERS = "ACEFHJKMNPRTUVWXYacdefhjkmnprtuvwxy"
+
+
+def pair_ink(first: np.ndarray, second: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Two 28x28 digits written side by side (a "10" in a one-digit box), 1-5 px apart."""
+    a, b = _ink_crop(first), _ink_crop(second)
+    gap, height = int(rng.integers(1, 6)), max(a.shape[0], b.shape[0])
+    out = np.zeros((height, a.shape[1] + gap + b.shape[1]), np.uint8)
+    out[(height - a.shape[0]) // 2 :][: a.shape[0], : a.shape[1]] = a
+    out[(height - b.shape[0]) // 2 :][: b.shape[0], a.shape[1] + gap :] = b
+    return _field(out)
+
+
+def letter_ink(rng: np.random.Generator) -> np.ndarray:
+    """A printed letter (Pillow's built-in font, random size, weight and slant)."""
+    from PIL import ImageFont
+
+    img = Image.new("L", (160, 160), 0)
+    font = ImageFont.load_default(size=int(rng.integers(40, 90)))
+    weight = int(rng.integers(0, 4))
+    ImageDraw.Draw(img).text((30, 10), str(rng.choice(list(LETTERS))), fill=255, font=font,
+                             stroke_width=weight, stroke_fill=255)  # fmt: skip
+    img = img.rotate(rng.uniform(-10, 10), resample=Image.Resampling.BILINEAR)
+    return _field(_ink_crop(np.asarray(img)))
+
+
+def scribble_ink(rng: np.random.Generator) -> np.ndarray:
+    """A pen scribble: a random path, a hatched cross-out or a scrawled coil."""
+    size = 112
+    img = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(img)
+    width, kind = int(rng.integers(4, 10)), int(rng.integers(0, 3))
+    if kind == 0:
+        points = [(float(x), float(y)) for x, y in rng.uniform(10, size - 10, (int(rng.integers(5, 12)), 2))]
+        draw.line(points, fill=255, width=width, joint="curve")
+    elif kind == 1:
+        lines = int(rng.integers(4, 9))
+        x0, x1 = rng.uniform(5, 30), rng.uniform(80, 107)
+        for k in range(lines):
+            y = 15 + k * 80 / lines
+            draw.line((x0, y + rng.uniform(-8, 8), x1, y + rng.uniform(5, 25)), fill=255, width=width)
+    else:
+        cx, cy = rng.uniform(40, 72, 2)
+        turns = np.linspace(0, rng.uniform(8, 20), 40)
+        radius = rng.uniform(20, 45, 40)
+        draw.line(list(zip(cx + radius * np.cos(turns), cy + radius * np.sin(turns), strict=True)),
+                  fill=255, width=width, joint="curve")  # fmt: skip
+    return _field(_ink_crop(np.asarray(img)))
+
+
+def _ink_crop(ink: np.ndarray) -> np.ndarray:
+    rows, cols = np.flatnonzero((ink > 30).any(axis=1)), np.flatnonzero((ink > 30).any(axis=0))
+    return ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+
+
+def _field(ink: np.ndarray) -> np.ndarray:
+    """Ink scaled to 20 px tall with a 4 px margin, like an MNIST digit in its 28 px field."""
+    h, w = ink.shape
+    width = max(1, round(w * 20 / h))
+    small = np.asarray(Image.fromarray(ink).resize((width, 20), Image.Resampling.LANCZOS))
+    out = np.zeros((28, width + 8), np.uint8)
+    out[4:24, 4 : 4 + width] = small
+    return out
 
 
 FORM_FIELDS = ("box", "underline", "comb")

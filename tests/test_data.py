@@ -135,3 +135,20 @@ def test_samples_write_labelled_pngs_and_scans(
     scan = Image.open(sorted((tmp_path / "s").glob("*.jpg"))[0])
     assert scan.width > 28 and np.median(np.asarray(scan.convert("L"))) > 150  # light paper
     assert (tmp_path / "s" / "labels.csv").read_text().splitlines()[0] == "file,label"
+
+
+def test_a_test_only_copy_is_found_for_benchmarks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, test_digits: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """Fashion-MNIST's test set is kept as `fashion-mnist-test` (a benchmark, no training split):
+    `test_images` reads it where `load` would look for a whole data set."""
+    folder = tmp_path / "fashion-mnist-test"
+    folder.mkdir()
+    (folder / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(_idx_bytes(test_digits[0][:7])))
+    (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(_idx_bytes(test_digits[1][:7])))
+    monkeypatch.setenv(defaults.NO_DOWNLOAD_ENV, "1")
+    monkeypatch.delenv(defaults.DATA_DIR_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    np.testing.assert_array_equal(data.test_images("fashion-mnist", data_dir=tmp_path), test_digits[0][:7])
+    with pytest.raises(DataError):
+        data.test_images("fashion-mnist", data_dir=tmp_path / "nowhere")

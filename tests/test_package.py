@@ -44,6 +44,7 @@ def test_wheel_carries_the_release_and_classifies_outside_the_checkout(
     micro = [e.micro for e in release.entries if e.micro]
     assert {f"pipeline/release/{m[key]}" for m in micro for key in ("c_source", "header")} <= names
     assert "pipeline/release/manifest.json" in names and "pipeline/release/parity.json" in names
+    assert "pipeline/release/review.npz" in names  # classify marks rows for review out of the box
     site = tmp_path / "site"
     install = [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)]
     subprocess.run(install, check=True, capture_output=True)

@@ -1,0 +1,207 @@
+"""Which classified images need a person: not one digit, or a digit the model is unsure of.
+
+`classify` gives every readable image a digit; a form's field may hold something else (a "10" in a
+one-digit box, initials, a crossed-out mark, a stray picture). Three kinds of evidence, each from
+the 28x28 image the model saw, so every engine and artifact format agrees on them:
+
+- several digits: two or more ink components of digit size side by side (each at least
+  `SIDE_BY_SIDE_SHARE` of the ink, their columns barely overlapping). A digit's own pieces (a 5's
+  bar, a broken 4) lie above one another, not beside;
+- not a digit: the image is far from every training digit of the class it was read as, in pixels
+  (its distance to that class's principal subspace, `components` per class) or in shape (the
+  Mahalanobis distance of a few ink statistics: area, stroke width, fill, extent). Both are
+  one-class models of MNIST's training digits: no non-digit is needed to fit them, and their
+  limits are quantiles of training digits the fit did not see;
+- low confidence: the top probability under `--review-below`.
+
+`fit` makes a `ReviewModel` from training images only (scripts/fit_review.py; the release ships
+it as review.npz beside the models); `ReviewModel.reasons` returns one reason per image ("" for
+none).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from pipeline.errors import ClassifyError
+from pipeline.files import atomic_open
+
+SEVERAL_DIGITS, NOT_A_DIGIT, LOW_CONFIDENCE = "several_digits", "not_a_digit", "low_confidence"
+REASONS = (SEVERAL_DIGITS, NOT_A_DIGIT, LOW_CONFIDENCE)
+
+# Ink, for the shape statistics: a quarter of full strength, as preprocessing's INK_THRESHOLD.
+_INK = 64
+# A component counts towards "several digits" when it holds this share of the ink at least:
+# a digit's stray specks and serifs are smaller.
+SIDE_BY_SIDE_SHARE = 0.2
+# Two components are side by side when their columns overlap by at most this share of the
+# narrower one (a 1 leaning into its neighbour still counts).
+SIDE_BY_SIDE_OVERLAP = 0.25
+SHAPE_FEATURES = ("log area", "log stroke width", "fill", "mean ink", "width", "height")
+
+
+class ReviewError(ClassifyError):
+    """The review model file is missing or unreadable: classify cannot start (exit 9)."""
+
+
+def shape_features(digits: np.ndarray) -> np.ndarray:
+    """Ink statistics of uint8 [n, 28, 28] digits, vectorised: float64 [n, len(SHAPE_FEATURES)].
+
+    Ink area (pixels over a quarter of full strength: faint halos and noise do not count), stroke
+    width, fill of the bounding box, mean ink strength, and the box's
+    width and height: digits are strokes of a fairly fixed width filling part of a 20 px box;
+    clothing, blots and pairs of digits are not.
+    """
+    n = len(digits)
+    if n == 0:
+        return np.zeros((0, len(SHAPE_FEATURES)))
+    ink = digits > _INK
+    area = np.count_nonzero(ink, axis=(1, 2)).astype(np.float64)
+    # The ink's edge length, as changes between neighbouring pixels along rows and columns: a
+    # stroke of width w and length L has area w L and about 2 L changes, so w = 2 area / changes.
+    changes = np.count_nonzero(ink[:, :, 1:] != ink[:, :, :-1], axis=(1, 2)) + np.count_nonzero(
+        ink[:, 1:] != ink[:, :-1], axis=(1, 2)
+    )
+    rows, cols = np.asarray(ink.any(axis=2)), np.asarray(ink.any(axis=1))
+    side = ink.shape[1]
+    height = np.where(area > 0, side - rows.argmax(axis=1) - rows[:, ::-1].argmax(axis=1), 0)
+    width = np.where(area > 0, side - cols.argmax(axis=1) - cols[:, ::-1].argmax(axis=1), 0)
+    fill = area / np.maximum(width * height, 1)
+    strength = (digits * ink).sum(axis=(1, 2), dtype=np.int64) / np.maximum(area, 1) / 255
+    return np.column_stack(
+        [np.log1p(area), np.log(2 * area / np.maximum(changes, 1) + 0.5), fill, strength, width, height]
+    )
+
+
+def side_by_side(digit: np.ndarray) -> bool:
+    """Whether a 28x28 digit holds two or more digit-sized ink components next to each other."""
+    count, _, stats, _ = cv2.connectedComponentsWithStats((digit > _INK).view(np.uint8), connectivity=8)
+    if count < 3:  # background and one component
+        return False
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    big = stats[1:][areas >= SIDE_BY_SIDE_SHARE * areas.sum()]
+    left, right = big[:, cv2.CC_STAT_LEFT], big[:, cv2.CC_STAT_LEFT] + big[:, cv2.CC_STAT_WIDTH]
+    for i in range(len(big)):
+        for j in range(i + 1, len(big)):
+            overlap = min(right[i], right[j]) - max(left[i], left[j])
+            narrower = min(right[i] - left[i], right[j] - left[j])
+            if overlap <= SIDE_BY_SIDE_OVERLAP * narrower:
+                return True
+    return False
+
+
+@dataclass(frozen=True)
+class ReviewModel:
+    means: np.ndarray  # float32 [10, 784]: each class's mean training digit (pixels / 255)
+    components: np.ndarray  # float32 [10, k, 784]: each class's principal directions
+    residual_limit: float  # distance to the predicted class's subspace above which: not a digit
+    shape_mean: np.ndarray  # float64 [F]
+    shape_inverse_covariance: np.ndarray  # float64 [F, F]
+    shape_limit: float  # squared Mahalanobis distance above which: not a digit
+    fitted: dict[str, Any]  # how: data, sizes, quantile, what the limits flag on held-out digits
+
+    def residuals(self, digits: np.ndarray, classes: np.ndarray) -> np.ndarray:
+        """Distance of each digit (pixels / 255) from the principal subspace of its class."""
+        x = digits.reshape(len(digits), -1).astype(np.float32) / 255
+        out = np.zeros(len(x), np.float32)
+        for c in np.unique(classes):
+            rows = classes == c
+            z = x[rows] - self.means[c]
+            # The directions are orthonormal: what lies off the subspace is what its projection
+            # leaves of the squared length (one product instead of projecting back).
+            inside = np.square(z @ self.components[c].T).sum(axis=1)
+            out[rows] = np.sqrt(np.maximum(np.square(z).sum(axis=1) - inside, 0))
+        return out
+
+    def shape_distances(self, digits: np.ndarray) -> np.ndarray:
+        z = shape_features(digits) - self.shape_mean
+        return np.einsum("ij,jk,ik->i", z, self.shape_inverse_covariance, z)
+
+    def distance(self, digits: np.ndarray, probs: np.ndarray) -> np.ndarray:
+        """How far from a digit, as a multiple of the limits: over 1 is `not_a_digit` (a score to
+        rank by, for AUROC)."""
+        residual = self.residuals(digits, probs.argmax(axis=1)) / self.residual_limit
+        return np.maximum(residual, self.shape_distances(digits) / self.shape_limit)
+
+    def reasons(self, digits: np.ndarray, probs: np.ndarray, review_below: float = 0.0) -> list[str]:
+        """One reason per digit, the first that applies in REASONS order, "" for none."""
+        if not len(digits):
+            return []
+        far = self.distance(digits, probs) > 1
+        unsure = probs.max(axis=1) < review_below
+        out = [""] * len(digits)
+        # Components are only counted where there is already doubt: two digits side by side are
+        # far from any one digit (all the rendered pairs were), and counting costs a call per image.
+        for i in np.flatnonzero(far | unsure):
+            if side_by_side(digits[i]):
+                out[i] = SEVERAL_DIGITS
+            else:
+                out[i] = NOT_A_DIGIT if far[i] else LOW_CONFIDENCE
+        return out
+
+
+def fit(
+    images: np.ndarray, labels: np.ndarray, held_images: np.ndarray, held_labels: np.ndarray,
+    components: int, quantile: float, source: dict[str, Any],
+) -> ReviewModel:  # fmt: skip
+    """Fit on training-side digits, and set the two limits at `quantile` of other training-side
+    digits the fit did not see (so each limit flags about 1 - quantile of new digits).
+
+    The caller mixes MNIST's own images with training images rendered as scans and preprocessed
+    back (scripts/fit_review.py): preprocessing leaves its own marks (stroke width, ink strength),
+    and a model of MNIST alone would call every scanned digit odd."""
+    x = images.reshape(len(images), -1).astype(np.float32) / 255
+    means = np.zeros((10, x.shape[1]), np.float32)
+    dirs = np.zeros((10, components, x.shape[1]), np.float32)
+    for c in range(10):
+        xc = x[labels == c]
+        means[c] = xc.mean(axis=0)
+        dirs[c] = np.linalg.svd(xc - means[c], full_matrices=False)[2][:components]
+    features = shape_features(images)
+    model = ReviewModel(means, dirs, 0.0, features.mean(axis=0), np.linalg.inv(np.cov(features.T)), 0.0, {})
+    residual = model.residuals(held_images, held_labels)
+    shape = model.shape_distances(held_images)
+    residual_limit, shape_limit = float(np.quantile(residual, quantile)), float(np.quantile(shape, quantile))
+    flagged = (residual > residual_limit) | (shape > shape_limit)
+    pairs = np.array([side_by_side(d) for d in held_images[flagged]])
+    fitted = {
+        **source,
+        "fit_images": len(images),
+        "held_out_images": len(held_images),
+        "components_per_class": components,
+        "quantile": quantile,
+        "held_out_flagged": float(flagged.mean()),
+        "held_out_flagged_several_digits": float(pairs.sum() / len(held_images)),
+        "shape_features": list(SHAPE_FEATURES),
+    }
+    return ReviewModel(
+        means, dirs, residual_limit, model.shape_mean, model.shape_inverse_covariance, shape_limit, fitted
+    )
+
+
+def save(model: ReviewModel, path: Path) -> None:
+    with atomic_open(path, "wb") as f:
+        np.savez_compressed(
+        f, means=model.means, components=model.components.astype(np.float16),
+        residual_limit=model.residual_limit, shape_mean=model.shape_mean,
+        shape_inverse_covariance=model.shape_inverse_covariance, shape_limit=model.shape_limit,
+        fitted=json.dumps(model.fitted),
+    )  # fmt: skip
+
+
+def load(path: Path) -> ReviewModel:
+    try:
+        with np.load(path) as f:
+            return ReviewModel(
+                f["means"], f["components"].astype(np.float32), float(f["residual_limit"]),
+                f["shape_mean"], f["shape_inverse_covariance"], float(f["shape_limit"]),
+                json.loads(str(f["fitted"])),
+            )  # fmt: skip
+    except (OSError, KeyError, ValueError) as exc:
+        raise ReviewError(f"{path}: cannot read the review model ({exc})") from exc
