@@ -92,6 +92,7 @@ bench: setup
 	$(PIPELINE) bench scans --count 10000 $(BENCH_MODELS)
 	$(PIPELINE) bench scans --style form --count 3000 --start 7000 $(BENCH_MODELS)
 	$(PIPELINE) bench photo
+	$(PIPELINE) bench review --count 2000
 	$(PIPELINE) bench engines
 	$(PIPELINE) bench augment
 

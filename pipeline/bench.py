@@ -246,7 +246,7 @@ def _classify_runs(
             run = _measure(f"classify {model.name}", cmd, count)
             with open(out, encoding=ENCODING, errors=ERRORS, newline="") as f:
                 right = sum(
-                    r["status"] == "ok" and r["prediction"] == str(_label(r["path"]))
+                    r["status"] in ("ok", "review") and r["prediction"] == str(_label(r["path"]))
                     for r in csv.DictReader(f)
                 )
             runs.append(ClassifyRun(run, ceiling.per_second, right / count, model))
@@ -336,6 +336,97 @@ def bench_scans(
         kept.append(float(np.mean(predictor.predict(without).argmax(axis=1) == truth)))
         clean.append(float(np.mean(predictor.predict(clean_x).argmax(axis=1) == y[start : start + count])))
     return ScanBench(style, count, runs, clean, kept)
+
+
+@dataclass(frozen=True)
+class ReviewSet:
+    name: str
+    images: int
+    reasons: dict[str, int]  # rows for review by reason, and "blank" for images with no ink
+
+    @property
+    def flagged(self) -> float:
+        return sum(self.reasons.values()) / self.images if self.images else 0.0
+
+
+@dataclass(frozen=True)
+class ReviewBench:
+    model: Path
+    review_below: float
+    sets: list[ReviewSet]
+    auroc: float | None  # MNIST against Fashion-MNIST test images, on `ReviewModel.distance`
+    fpr_at_95: float | None  # share of Fashion-MNIST passing where 95% of MNIST digits pass
+
+
+def bench_review(
+    model: Path, count: int = 2000, seed: int = defaults.SEED, review_below: float = defaults.REVIEW_BELOW
+) -> ReviewBench:
+    """What classify sends to review: real single digits (MNIST test, as 28x28 and rendered as
+    scans) against non-digits rendered as scans (two digits side by side, printed letters,
+    scribbles) and Fashion-MNIST's test images; none of them was seen by the review model's fit."""
+    import io
+
+    from PIL import Image
+
+    from pipeline import review
+    from pipeline.classify import review_model_path
+    from pipeline.errors import BlankImageError
+    from pipeline.samples import letter_ink, pair_ink, render_scan, scribble_ink
+
+    checker = review.load(review_model_path())
+    predictor = runtime.load(model)
+    x, _ = data.load(data.Split.TEST)
+    rng = np.random.default_rng(seed)
+
+    def scans(make: Any) -> tuple[np.ndarray, int]:
+        digits, blank = [], 0
+        for _ in range(count):
+            buf = io.BytesIO()
+            render_scan(make(), rng).save(buf, format="JPEG", quality=int(rng.integers(60, 95)))
+            try:
+                digits.append(preprocess.to_mnist(Image.open(buf)))
+            except BlankImageError:
+                blank += 1
+        return np.stack(digits), blank
+
+    def pick() -> np.ndarray:
+        return x[int(rng.integers(len(x)))]
+
+    inputs: list[tuple[str, np.ndarray, int]] = [("MNIST test digits (28x28)", x[:count], 0)]
+    inputs.append(("MNIST test digits as scans", *scans(lambda: x[int(rng.integers(len(x)))])))
+    inputs.append(("two digits side by side", *scans(lambda: pair_ink(pick(), pick(), rng))))
+    inputs.append(("printed letters", *scans(lambda: letter_ink(rng))))
+    inputs.append(("scribbles", *scans(lambda: scribble_ink(rng))))
+    try:
+        fashion: np.ndarray | None = data.test_images(data.Dataset.FASHION_MNIST)[:count]
+    except PipelineError:
+        fashion = None
+    if fashion is not None:
+        inputs.append(("Fashion-MNIST test (28x28)", fashion, 0))
+    sets, distances = [], {}
+    for name, digits, blank in inputs:
+        probs = predictor.predict(preprocess.scale(digits))
+        counts = {"blank": blank} if blank else {}
+        for reason in checker.reasons(digits, probs, review_below):
+            if reason:
+                counts[reason] = counts.get(reason, 0) + 1
+        sets.append(ReviewSet(name, len(digits) + blank, counts))
+        distances[name] = checker.distance(digits, probs)
+    auroc = fpr = None
+    if fashion is not None:
+        digit_scores, other = distances["MNIST test digits (28x28)"], distances["Fashion-MNIST test (28x28)"]
+        auroc = _auroc(other, digit_scores)
+        fpr = float(np.mean(other <= np.quantile(digit_scores, 0.95)))
+    return ReviewBench(model, review_below, sets, auroc, fpr)
+
+
+def _auroc(positive: np.ndarray, negative: np.ndarray) -> float:
+    """Probability that a positive scores above a negative (ties count half): Mann-Whitney U."""
+    scores = np.concatenate([positive, negative])
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    mean_rank = (np.cumsum(counts) - (counts - 1) / 2)[inverse]  # average rank of tied scores
+    u = mean_rank[: len(positive)].sum() - len(positive) * (len(positive) + 1) / 2
+    return float(u / (len(positive) * len(negative)))
 
 
 @dataclass(frozen=True)

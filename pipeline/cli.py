@@ -426,6 +426,19 @@ def classify_cli(
     deskew: Annotated[
         bool | None, typer.Option("--deskew/--no-deskew", help="Default: as the model was trained.")
     ] = None,
+    review_rows: Annotated[
+        bool,
+        typer.Option("--review/--no-review", help="Mark rows that are not one digit, or unsure, for review."),
+    ] = True,
+    review_below: Annotated[
+        float,
+        typer.Option(
+            "--review-below", min=0.0, max=1.0, help="Review rows whose top probability is under this."
+        ),
+    ] = defaults.REVIEW_BELOW,
+    fail_on_review: Annotated[
+        bool, typer.Option("--fail-on-review", help=f"Exit {REVIEW_ROWS_EXIT} if any row needs review.")
+    ] = False,
     fail_on_error: Annotated[
         bool, typer.Option("--fail-on-error", help=f"Exit {FAILED_FILES_EXIT} if any file could not be read.")
     ] = False,
@@ -450,8 +463,10 @@ def classify_cli(
 
         summary = _run(
             classify.classify, folder, out, model, resume, probabilities, recursive, exts, workers,
-            deskew=deskew, progress=progress, engine=engine, address=address,
+            deskew=deskew, progress=progress, engine=engine, address=address, review_rows=review_rows,
+            review_below=review_below,
         )  # fmt: skip
+    reviewed = sum(summary.review.values())
     table = Table(title=f"classified {folder} -> {summary.out}", show_header=False)
     for key, value in (
         ("model", str(summary.model)),
@@ -461,6 +476,15 @@ def classify_cli(
             + (f" ({summary.resumed:,} from the interrupted run)" if summary.resumed else ""),
         ),
         ("classified", f"{summary.classified:,}"),
+        (
+            "for review",
+            f"{reviewed:,}"
+            + (
+                " (" + ", ".join(f"{k}: {v:,}" for k, v in sorted(summary.review.items())) + ")"
+                if reviewed
+                else ""
+            ),
+        ),
         ("blank", f"{summary.blank:,}"),
         ("errors", f"{summary.errors:,}"),
         ("per digit", "  ".join(f"{d}:{n}" for d, n in enumerate(summary.per_digit))),
@@ -475,6 +499,9 @@ def classify_cli(
             f"[bold red]error:[/] {summary.errors} file(s) could not be classified (see {escape(str(out))})"
         )
         raise typer.Exit(code=FAILED_FILES_EXIT)
+    if fail_on_review and reviewed:
+        err_console.print(f"[bold red]review:[/] {reviewed} row(s) need a person (see {escape(str(out))})")
+        raise typer.Exit(code=REVIEW_ROWS_EXIT)
 
 
 # --- bench ------------------------------------------------------------------------------------
@@ -611,6 +638,36 @@ def bench_scans_cli(
         )
 
 
+@bench_app.command("review")
+def bench_review_cli(
+    model: BenchModel = None,
+    count: Annotated[int, typer.Option("--count", min=10, help="Images of each kind.")] = 2000,
+    review_below: Annotated[float, typer.Option("--review-below", min=0.0, max=1.0)] = defaults.REVIEW_BELOW,
+) -> None:
+    """Rows classify sends to review: real digits against pairs, letters, scribbles, clothing."""
+    from pipeline import bench, manifest
+
+    choice = _run(manifest.choose_model, model)
+    r = _run(bench.bench_review, choice.path, count, review_below=review_below)
+    reasons = ["several_digits", "not_a_digit", "low_confidence", "blank"]
+    table = Table("images", "count", "flagged", *reasons, title=f"review with {choice.path.name}")
+    for s in r.sets:
+        table.add_row(
+            s.name,
+            f"{s.images:,}",
+            f"{s.flagged:.1%}",
+            *(f"{s.reasons.get(k, 0) / s.images:.1%}" for k in reasons),
+        )
+    console.print(table)
+    if r.auroc is not None and r.fpr_at_95 is not None:
+        console.print(
+            f"MNIST against Fashion-MNIST (distance from a digit): AUROC {r.auroc:.4f}, "
+            f"{r.fpr_at_95:.2%} of clothing passes where 95% of digits pass"
+        )
+    else:
+        console.print("Fashion-MNIST test images not found: no AUROC (see the README's data section)")
+
+
 @bench_app.command("photo")
 def bench_photo_cli(
     repeats: Annotated[int, typer.Option("--repeats", min=1, help="Best of this many runs.")] = 5,
@@ -645,6 +702,8 @@ def bench_augment_cli(
 
 # Exit code of `classify --fail-on-error` when the run finished but some files were unreadable.
 FAILED_FILES_EXIT = 10
+# Exit code of `classify --fail-on-review` when the run finished with rows marked for review.
+REVIEW_ROWS_EXIT = 12
 
 
 def main() -> None:

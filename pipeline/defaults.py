@@ -166,6 +166,10 @@ WORK_MAX_REDUCTION = 8
 # under 3 px there, is worked on again at full size: a small digit on a large page keeps its
 # strokes. Over twice the 20 px box, so the reduced copy still has more detail than the output.
 WORK_MIN_DIGIT = 48
+# classify --review-below: rows whose top probability is under this go to review as
+# low_confidence. 0.5: the model gives no digit even odds. The probabilities are not calibrated
+# yet, so this is a floor, not a dial (docs/classify.md, "Rows for review").
+REVIEW_BELOW = 0.5
 # Rows flushed to the partial CSV at a time; a kill loses at most the unflushed rows, which
 # --resume then recomputes.
 CLASSIFY_FLUSH_ROWS = 4096

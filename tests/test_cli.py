@@ -12,7 +12,7 @@ import pytest
 from conftest import one_clear_line, run_cli
 from typer.testing import CliRunner
 
-from pipeline import defaults
+from pipeline import defaults, manifest
 from pipeline.cli import app
 
 runner = CliRunner()
@@ -143,3 +143,17 @@ def test_bench_photo_compares_preprocessing_with_the_decode() -> None:
     result = run_cli("bench", "photo", "--repeats", "1")
     assert result.returncode == 0, result.stderr
     assert "4000x3000 photo: decode " in result.stdout and "its decode time" in result.stdout
+
+
+def test_bench_review_prints_what_goes_to_review() -> None:
+    release = manifest.release_dir()
+    if release is None:
+        pytest.skip("no release models in this checkout")
+    result = run_cli("bench", "review", "--count", "30", "--model", str(release / "conv2d.int8.onnx"))
+    assert result.returncode == 0, result.stderr
+    names = [line.split("│")[1].strip() for line in result.stdout.splitlines() if line.startswith("│")]
+    assert names[:5] == [
+        "MNIST test digits (28x28)", "MNIST test digits as scans", "two digits side by side",
+        "printed letters", "scribbles",
+    ]  # fmt: skip
+    assert "AUROC" in result.stdout or "Fashion-MNIST test images not found" in result.stdout

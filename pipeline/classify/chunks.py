@@ -73,6 +73,7 @@ class Summary:
     errors: int = 0
     resumed: int = 0
     per_digit: list[int] = field(default_factory=lambda: [0] * 10)
+    review: dict[str, int] = field(default_factory=dict)  # rows for a person, by reason
     seconds: float = 0.0
     inference_threads: int = 1  # what the local engine settled on (see inference_threads)
 

@@ -18,16 +18,17 @@ import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipeline import defaults, runtime
+from pipeline import defaults, review, runtime
 from pipeline.classify.chunks import ChunkResult, Summary
 from pipeline.errors import ClassifyBusyError, ClassifyError
 
-HEADER = ["path", "prediction", "confidence", "second", "second_confidence", "status", "error"]
+HEADER = ["path", "prediction", "confidence", "second", "second_confidence", "status", "reason", "error"]
 PROB_COLUMNS = [f"p{d}" for d in range(10)]
 # Paths are kept as str with undecodable bytes as surrogates (os.fsdecode); the CSV is written
 # with the same error handler, so a file name that is not valid UTF-8 comes out as its own bytes.
@@ -124,29 +125,47 @@ def skip_done(paths: Iterator[str], done: Iterator[str], summary: Summary) -> It
     yield from paths
 
 
-def write_chunk(chunk: ChunkResult, writer: Writer, summary: Summary, probabilities: bool) -> None:
-    """Turn one predicted chunk into CSV rows (shared by both engines, so their files match)."""
+@dataclass(frozen=True)
+class Review:
+    """What sends a row to a person: the review model's evidence, and a confidence floor."""
+
+    model: review.ReviewModel
+    below: float = 0.0
+
+
+def write_chunk(
+    chunk: ChunkResult, writer: Writer, summary: Summary, probabilities: bool, check: Review | None = None
+) -> None:
+    """Turn one predicted chunk into CSV rows (shared by both engines, so their files match).
+
+    A row a person should look at keeps its digit and probabilities, with status `review` and
+    the reason (`pipeline.review`)."""
     probs = chunk.probs if chunk.probs is not None else np.zeros((0, 10), np.float32)
     first, conf, second, second_conf = runtime.top2(probs)
+    reasons = check.model.reasons(chunk.digits, probs, check.below) if check else [""] * len(probs)
     k = 0
     for path, status, error in zip(chunk.paths, chunk.status, chunk.errors, strict=True):
         if status == "ok":
+            reason = reasons[k]
             row: list[Any] = [
                 path,
                 int(first[k]),
                 f"{conf[k]:.6f}",
                 int(second[k]),
                 f"{second_conf[k]:.6f}",
-                "ok",
+                "review" if reason else "ok",
+                reason,
                 "",
             ]
             if probabilities:
                 row += [f"{p:.6f}" for p in probs[k]]
             summary.classified += 1
             summary.per_digit[int(first[k])] += 1
+            if reason:
+                summary.review[reason] = summary.review.get(reason, 0) + 1
             k += 1
         else:
-            row = [path, "", "", "", "", status, error]
+            row = [path, "", "", "", "", status, "", error]
             if probabilities:
                 row += [""] * 10
             if status == "blank":

@@ -68,7 +68,10 @@ class _Predict:
         ok = np.array([s == "ok" for s in batch["status"]], dtype=bool)
         probs = np.zeros((len(ok), 10), np.float32)
         probs[ok] = predict_digits(self.predictor, batch["digit"][ok])
-        return {"path": batch["path"], "status": batch["status"], "error": batch["error"], "probs": probs}
+        return {
+            "path": batch["path"], "digit": batch["digit"], "status": batch["status"],
+            "error": batch["error"], "probs": probs,
+        }  # fmt: skip
 
 
 def _init(address: str | None) -> bool:
@@ -136,7 +139,7 @@ def _to_chunk(batch: dict[str, Any]) -> ChunkResult:
     size = defaults.FIELD_SIZE
     return ChunkResult(
         paths=[os.fsdecode(bytes(p)) for p in batch["path"]],
-        digits=np.zeros((0, size, size), np.uint8),
+        digits=np.asarray(batch["digit"], np.uint8).reshape(-1, size, size)[ok],
         status=status,
         errors=[str(e) for e in batch["error"]],
         probs=np.asarray(batch["probs"], np.float32)[ok],
