@@ -159,3 +159,31 @@ def test_fail_on_review_stops_the_job(tmp_path: Path, test_digits: tuple[np.ndar
         "classify", str(folder), "--out", str(tmp_path / "q.csv"), "--model", model, "--no-review"
     )
     assert quiet.returncode == 0, quiet.stderr
+
+
+def test_the_fit_script_reads_only_training_images(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, test_digits: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """scripts/fit_review.py asks for the training split and nothing else (a slice stands in)."""
+    import importlib.util
+    import sys
+
+    from pipeline import data
+
+    asked: list[str] = []
+
+    def load(split: data.Split | str, *args: object, **kwargs: object) -> tuple[np.ndarray, np.ndarray]:
+        asked.append(str(split))
+        return test_digits[0][:1500], test_digits[1][:1500]
+
+    monkeypatch.setattr(data, "load", load)
+    script = Path(__file__).parent.parent / "scripts" / "fit_review.py"
+    spec = importlib.util.spec_from_file_location("fit_review", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "review.npz"
+    argv = ["fit_review", "--out", str(out), "--held-out", "500", "--scanned", "50", "--components", "5"]
+    monkeypatch.setattr(sys, "argv", argv)
+    module.main()
+    assert asked == ["train"] and review.load(out).fitted["fit_images"] == 1050
