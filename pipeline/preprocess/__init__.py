@@ -4,13 +4,13 @@ Training, export, verify, evaluate and classify all prepare images here, so they
 apart. It owns three things, one module each:
 
 - `decode`: a file to an 8-bit grayscale array (regular files only, decompression-bomb guard from
-  the header, EXIF orientation, every PIL mode);
+  the header, EXIF orientation, every PIL mode), a large one at reduced size (`reduction`);
 - `normalize`: polarity, paper level, ink stretch, crop, 20x20 fit, centre of mass, optional
   deskew (`to_mnist`), and data set batches to model input (`model_input`, `scale`);
 - `forms`: printed form lines found and erased before the digit is located.
 
-It may import `pipeline.defaults`, `pipeline.errors`, numpy and PIL, nothing heavier: classify's
-worker processes import it.
+It may import `pipeline.defaults`, `pipeline.errors`, numpy, PIL and OpenCV, nothing heavier:
+classify's worker processes import it.
 """
 
 from pipeline.preprocess.decode import open_image, to_gray
