@@ -90,14 +90,11 @@ def _fit(m: np.ndarray, lo: int, hi: int, start: int, end: int, vertical: bool) 
     thickness = _median(counts[inked]) if inked.any() else float(hi - lo)
     clean = inked & (counts <= thickness + 1)
     centres = (band * np.arange(lo, hi)[:, None]).sum(axis=0) / np.maximum(counts, 1)
-    n = int(np.count_nonzero(clean))
-    if n >= 3:  # least squares, in closed form (np.polyfit's own overhead is larger)
-        x, y = columns[clean].astype(np.float64), centres[clean]
-        x_mean, y_mean = x.sum() / n, y.sum() / n
-        dx = x - x_mean
-        slope = float((dx * (y - y_mean)).sum() / (dx * dx).sum())
-        intercept = float(y_mean - slope * x_mean)
-        wobble = float(np.sqrt(np.square(y - (intercept + slope * x)).sum() / n))
+    if np.count_nonzero(clean) >= 3:
+        # np.polyfit, not the closed form: printed lines are exactly level, their centres sit on
+        # half pixels, and the last bits of the fit decide which row `_strip` rounds them to.
+        slope, intercept = np.polyfit(columns[clean], centres[clean], 1)
+        wobble = float(np.sqrt(np.mean((centres[clean] - (intercept + slope * columns[clean])) ** 2)))
     else:
         slope, intercept, wobble = 0.0, (lo + hi - 1) / 2, 0.0
     return FormLine(vertical, lo, hi, start, end, (float(intercept), float(slope)), thickness, wobble)
