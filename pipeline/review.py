@@ -6,7 +6,7 @@ the 28x28 image the model saw, so every engine and artifact format agrees on the
 
 - several digits: two or more ink components of digit size side by side (each at least
   `SIDE_BY_SIDE_SHARE` of the ink, their columns barely overlapping). A digit's own pieces (a 5's
-  bar, a broken 4) lie above one another, not beside;
+  bar, a broken 4) lie above one another, not beside (0.12% of MNIST's test digits count);
 - not a digit: the image is far from every training digit of the class it was read as, in pixels
   (its distance to that class's principal subspace, `components` per class) or in shape (the
   Mahalanobis distance of a few ink statistics: area, stroke width, fill, extent). Both are
@@ -81,19 +81,33 @@ def shape_features(digits: np.ndarray) -> np.ndarray:
 
 def side_by_side(digit: np.ndarray) -> bool:
     """Whether a 28x28 digit holds two or more digit-sized ink components next to each other."""
-    count, _, stats, _ = cv2.connectedComponentsWithStats((digit > _INK).view(np.uint8), connectivity=8)
-    if count < 3:  # background and one component
-        return False
-    areas = stats[1:, cv2.CC_STAT_AREA]
-    big = stats[1:][areas >= SIDE_BY_SIDE_SHARE * areas.sum()]
-    left, right = big[:, cv2.CC_STAT_LEFT], big[:, cv2.CC_STAT_LEFT] + big[:, cv2.CC_STAT_WIDTH]
-    for i in range(len(big)):
-        for j in range(i + 1, len(big)):
-            overlap = min(right[i], right[j]) - max(left[i], left[j])
-            narrower = min(right[i] - left[i], right[j] - left[j])
-            if overlap <= SIDE_BY_SIDE_OVERLAP * narrower:
-                return True
-    return False
+    return bool(side_by_side_batch(digit[np.newaxis])[0])
+
+
+def side_by_side_batch(digits: np.ndarray) -> np.ndarray:
+    """`side_by_side` for uint8 [n, 28, 28] digits: one OpenCV labelling of them all, stacked with
+    an empty row between each two so that no component runs from one image into the next."""
+    n, h, w = digits.shape
+    out = np.zeros(n, dtype=bool)
+    if n == 0:
+        return out
+    stacked = np.zeros((n, h + 1, w), np.uint8)
+    stacked[:, :h] = digits > _INK
+    _, _, stats, _ = cv2.connectedComponentsWithStats(stacked.reshape(-1, w), connectivity=8)
+    stats = stats[1:]
+    image = stats[:, cv2.CC_STAT_TOP] // (h + 1)
+    area = stats[:, cv2.CC_STAT_AREA]
+    big = area >= SIDE_BY_SIDE_SHARE * np.bincount(image, weights=area, minlength=n)[image]
+    for i in np.flatnonzero(np.bincount(image[big], minlength=n) >= 2):  # rare among digits
+        parts = stats[big & (image == i)]
+        left, right = parts[:, cv2.CC_STAT_LEFT], parts[:, cv2.CC_STAT_LEFT] + parts[:, cv2.CC_STAT_WIDTH]
+        out[i] = any(
+            min(right[a], right[b]) - max(left[a], left[b])
+            <= SIDE_BY_SIDE_OVERLAP * min(right[a] - left[a], right[b] - left[b])
+            for a in range(len(parts))
+            for b in range(a + 1, len(parts))
+        )
+    return out
 
 
 @dataclass(frozen=True)
@@ -135,15 +149,9 @@ class ReviewModel:
             return []
         far = self.distance(digits, probs) > 1
         unsure = probs.max(axis=1) < review_below
-        out = [""] * len(digits)
-        # Components are only counted where there is already doubt: two digits side by side are
-        # far from any one digit (all the rendered pairs were), and counting costs a call per image.
-        for i in np.flatnonzero(far | unsure):
-            if side_by_side(digits[i]):
-                out[i] = SEVERAL_DIGITS
-            else:
-                out[i] = NOT_A_DIGIT if far[i] else LOW_CONFIDENCE
-        return out
+        several = side_by_side_batch(digits)
+        reasons = np.where(far, NOT_A_DIGIT, np.where(unsure, LOW_CONFIDENCE, ""))
+        return [str(r) for r in np.where(several, SEVERAL_DIGITS, reasons)]
 
 
 def fit(
@@ -169,15 +177,15 @@ def fit(
     shape = model.shape_distances(held_images)
     residual_limit, shape_limit = float(np.quantile(residual, quantile)), float(np.quantile(shape, quantile))
     flagged = (residual > residual_limit) | (shape > shape_limit)
-    pairs = np.array([side_by_side(d) for d in held_images[flagged]])
+    pairs = side_by_side_batch(held_images)
     fitted = {
         **source,
         "fit_images": len(images),
         "held_out_images": len(held_images),
         "components_per_class": components,
         "quantile": quantile,
-        "held_out_flagged": float(flagged.mean()),
-        "held_out_flagged_several_digits": float(pairs.sum() / len(held_images)),
+        "held_out_flagged": float((flagged | pairs).mean()),
+        "held_out_flagged_several_digits": float(pairs.mean()),
         "shape_features": list(SHAPE_FEATURES),
     }
     return ReviewModel(
