@@ -46,7 +46,7 @@ def main() -> None:
         "--scanned", type=int, default=10_000, help="Training images rendered as scans, per side."
     )
     parser.add_argument("--components", type=int, default=40)
-    parser.add_argument("--quantile", type=float, default=0.985)
+    parser.add_argument("--quantile", type=float, default=0.99)
     parser.add_argument("--seed", type=int, default=2026)
     args = parser.parse_args()
     images, labels = data.load(data.Split.TRAIN)
