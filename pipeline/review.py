@@ -111,6 +111,19 @@ def side_by_side_batch(digits: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class Evidence:
+    """What the image alone says, for a batch: computed where the digits are made (classify's
+    decoding workers), so the process that runs the model only adds what needs its answer."""
+
+    shape: np.ndarray  # float64 [n, len(SHAPE_FEATURES)]
+    several: np.ndarray  # bool [n]: digits side by side
+
+
+def image_evidence(digits: np.ndarray) -> Evidence:
+    return Evidence(shape_features(digits), side_by_side_batch(digits))
+
+
+@dataclass(frozen=True)
 class ReviewModel:
     means: np.ndarray  # float32 [10, 784]: each class's mean training digit (pixels / 255)
     components: np.ndarray  # float32 [10, k, 784]: each class's principal directions
@@ -133,25 +146,35 @@ class ReviewModel:
             out[rows] = np.sqrt(np.maximum(np.square(z).sum(axis=1) - inside, 0))
         return out
 
+    def distance(self, digits: np.ndarray, probs: np.ndarray, shape: np.ndarray | None = None) -> np.ndarray:
+        """How far from a digit, as a multiple of the limits: over 1 is `not_a_digit` (a score to
+        rank by, for AUROC). `shape`: the digits' `shape_features`, if already computed."""
+        residual = self.residuals(digits, probs.argmax(axis=1)) / self.residual_limit
+        shape = shape_features(digits) if shape is None else shape
+        return np.maximum(residual, self._mahalanobis(shape) / self.shape_limit)
+
     def shape_distances(self, digits: np.ndarray) -> np.ndarray:
-        z = shape_features(digits) - self.shape_mean
+        return self._mahalanobis(shape_features(digits))
+
+    def _mahalanobis(self, shape: np.ndarray) -> np.ndarray:
+        z = shape - self.shape_mean
         return np.einsum("ij,jk,ik->i", z, self.shape_inverse_covariance, z)
 
-    def distance(self, digits: np.ndarray, probs: np.ndarray) -> np.ndarray:
-        """How far from a digit, as a multiple of the limits: over 1 is `not_a_digit` (a score to
-        rank by, for AUROC)."""
-        residual = self.residuals(digits, probs.argmax(axis=1)) / self.residual_limit
-        return np.maximum(residual, self.shape_distances(digits) / self.shape_limit)
-
-    def reasons(self, digits: np.ndarray, probs: np.ndarray, review_below: float = 0.0) -> list[str]:
+    def reasons(
+        self,
+        digits: np.ndarray,
+        probs: np.ndarray,
+        review_below: float = 0.0,
+        evidence: Evidence | None = None,
+    ) -> list[str]:
         """One reason per digit, the first that applies in REASONS order, "" for none."""
         if not len(digits):
             return []
-        far = self.distance(digits, probs) > 1
+        evidence = evidence or image_evidence(digits)
+        far = self.distance(digits, probs, evidence.shape) > 1
         unsure = probs.max(axis=1) < review_below
-        several = side_by_side_batch(digits)
         reasons = np.where(far, NOT_A_DIGIT, np.where(unsure, LOW_CONFIDENCE, ""))
-        return [str(r) for r in np.where(several, SEVERAL_DIGITS, reasons)]
+        return [str(r) for r in np.where(evidence.several, SEVERAL_DIGITS, reasons)]
 
 
 def fit(

@@ -159,7 +159,9 @@ def _run(
                 folder, todo, model, deskew, max_pixels, chunk_size, address, workers
             )
         else:
-            chunks = local_chunks(folder, todo, predictor, n_workers, chunk_size, deskew, max_pixels, summary)
+            chunks = local_chunks(
+                folder, todo, predictor, n_workers, chunk_size, deskew, max_pixels, summary, check is not None
+            )
         del predictor  # the local engine may swap in a session with more threads: free this one then
         for chunk in chunks:
             write_chunk(chunk, writer, summary, probabilities, check)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import defaults, preprocess, runtime
+from pipeline import defaults, preprocess, review, runtime
 from pipeline.errors import BlankImageError, ImageError
 
 
@@ -28,10 +28,14 @@ class ChunkResult:
     errors: list[str]
     probs: np.ndarray | None = None  # float32 [n_ok, 10], filled in by the engine's inference
     decode_seconds: float = 0.0  # CPU time the worker spent decoding and preprocessing the chunk
+    evidence: review.Evidence | None = None  # what the good digits' images say, for review
 
 
-def decode_chunk(root: str, paths: list[str], deskew: bool, max_pixels: int) -> ChunkResult:
-    """Decode and preprocess a chunk of files; runs in a worker process."""
+def decode_chunk(
+    root: str, paths: list[str], deskew: bool, max_pixels: int, evidence: bool = False
+) -> ChunkResult:
+    """Decode and preprocess a chunk of files; runs in a worker process. With `evidence`, the
+    review's image evidence is made here too, beside the decoding, off the inference process."""
     started = time.process_time()
     digits, status, errors = [], [], []
     for rel in paths:
@@ -52,7 +56,10 @@ def decode_chunk(root: str, paths: list[str], deskew: bool, max_pixels: int) -> 
             errors.append(f"{type(exc).__name__}: {exc}".replace("\n", " "))
     size = defaults.FIELD_SIZE
     array = np.stack(digits) if digits else np.zeros((0, size, size), np.uint8)
-    return ChunkResult(paths, array, status, errors, decode_seconds=time.process_time() - started)
+    found = review.image_evidence(array) if evidence else None
+    return ChunkResult(
+        paths, array, status, errors, decode_seconds=time.process_time() - started, evidence=found
+    )
 
 
 def predict_digits(predictor: runtime.Predictor, digits: np.ndarray) -> np.ndarray:

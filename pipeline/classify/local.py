@@ -31,21 +31,22 @@ def _chunks(paths: Iterator[str], size: int) -> Iterator[list[str]]:
 
 
 def decoded_chunks(
-    folder: Path, paths: Iterator[str], workers: int, chunk_size: int, deskew: bool, max_pixels: int
-) -> Iterator[ChunkResult]:
+    folder: Path, paths: Iterator[str], workers: int, chunk_size: int, deskew: bool, max_pixels: int,
+    evidence: bool = False,
+) -> Iterator[ChunkResult]:  # fmt: skip
     """Decode chunks in a process pool, yielding them in walk order with a bounded window."""
     root = os.fsdecode(folder)
     chunks = _chunks(paths, chunk_size)
     if workers <= 1:
         for chunk in chunks:
-            yield decode_chunk(root, chunk, deskew, max_pixels)
+            yield decode_chunk(root, chunk, deskew, max_pixels, evidence)
         return
     # fork: workers start instantly and inherit the imported modules; they only use PIL and numpy.
     ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
     with ctx.Pool(workers) as pool:
         window: deque[Any] = deque()
         for chunk in chunks:
-            window.append(pool.apply_async(decode_chunk, (root, chunk, deskew, max_pixels)))
+            window.append(pool.apply_async(decode_chunk, (root, chunk, deskew, max_pixels, evidence)))
             if len(window) >= 2 * workers:
                 yield window.popleft().get()
         while window:
@@ -54,9 +55,10 @@ def decoded_chunks(
 
 def local_chunks(
     folder: Path, paths: Iterator[str], predictor: runtime.Predictor, workers: int, chunk_size: int,
-    deskew: bool, max_pixels: int, summary: Summary,
+    deskew: bool, max_pixels: int, summary: Summary, evidence: bool = False,
 ) -> Iterator[ChunkResult]:  # fmt: skip
-    """The local engine: chunks decoded by the process pool, predicted here, in walk order.
+    """The local engine: chunks decoded by the process pool, predicted here, in walk order (with
+    `evidence`, the workers also make the review's image evidence).
 
     Inference starts on one thread. When it has one thread and the machine more than one core,
     the first chunks are timed (inference here, decoding in the workers, CPU seconds per image)
@@ -66,7 +68,7 @@ def local_chunks(
     probing = cores > 1 and _threads_of(predictor) == 1
     decode = infer = 0.0
     timed = images = 0
-    for chunk in decoded_chunks(folder, paths, workers, chunk_size, deskew, max_pixels):
+    for chunk in decoded_chunks(folder, paths, workers, chunk_size, deskew, max_pixels, evidence):
         started = time.perf_counter()
         chunk.probs = predict_digits(predictor, chunk.digits)
         if probing and len(chunk.digits):
