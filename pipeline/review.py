@@ -22,6 +22,7 @@ none).
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -234,5 +235,5 @@ def load(path: Path) -> ReviewModel:
                 f["shape_mean"], f["shape_inverse_covariance"], float(f["shape_limit"]),
                 json.loads(str(f["fitted"])),
             )  # fmt: skip
-    except (OSError, KeyError, ValueError) as exc:
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise ReviewError(f"{path}: cannot read the review model ({exc})") from exc

@@ -105,6 +105,11 @@ def test_the_review_model_round_trips(checker: review.ReviewModel, tmp_path: Pat
     assert again.fitted == checker.fitted and again.residual_limit == checker.residual_limit
     with pytest.raises(review.ReviewError):
         review.load(tmp_path / "missing.npz")
+    (tmp_path / "torn.npz").write_bytes((tmp_path / "r.npz").read_bytes()[:1000])  # a torn copy
+    (tmp_path / "text.npz").write_text("not a model")
+    for name in ("torn.npz", "text.npz"):
+        with pytest.raises(review.ReviewError, match="cannot read the review model"):
+            review.load(tmp_path / name)
 
 
 def _folder(tmp: Path, test_digits: tuple[np.ndarray, np.ndarray]) -> Path:
