@@ -364,14 +364,11 @@ def bench_review(
     """What classify sends to review: real single digits (MNIST test, as 28x28 and rendered as
     scans) against non-digits rendered as scans (two digits side by side, printed letters,
     scribbles) and Fashion-MNIST's test images; none of them was seen by the review model's fit."""
-    import io
-
-    from PIL import Image
 
     from pipeline import review
     from pipeline.classify import review_model_path
     from pipeline.errors import BlankImageError
-    from pipeline.samples import letter_ink, pair_ink, render_scan, scribble_ink
+    from pipeline.samples import letter_ink, pair_ink, scanned, scribble_ink
 
     checker = review.load(review_model_path())
     predictor = runtime.load(model)
@@ -381,10 +378,8 @@ def bench_review(
     def scans(make: Any) -> tuple[np.ndarray, int]:
         digits, blank = [], 0
         for _ in range(count):
-            buf = io.BytesIO()
-            render_scan(make(), rng).save(buf, format="JPEG", quality=int(rng.integers(60, 95)))
             try:
-                digits.append(preprocess.to_mnist(Image.open(buf)))
+                digits.append(scanned(make(), rng))
             except BlankImageError:
                 blank += 1
         return np.stack(digits), blank
@@ -393,7 +388,7 @@ def bench_review(
         return x[int(rng.integers(len(x)))]
 
     inputs: list[tuple[str, np.ndarray, int]] = [("MNIST test digits (28x28)", x[:count], 0)]
-    inputs.append(("MNIST test digits as scans", *scans(lambda: x[int(rng.integers(len(x)))])))
+    inputs.append(("MNIST test digits as scans", *scans(pick)))
     inputs.append(("two digits side by side", *scans(lambda: pair_ink(pick(), pick(), rng))))
     inputs.append(("printed letters", *scans(lambda: letter_ink(rng))))
     inputs.append(("scribbles", *scans(lambda: scribble_ink(rng))))

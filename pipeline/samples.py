@@ -9,6 +9,7 @@ well preprocessing undoes all of that.
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +44,17 @@ def render_scan(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
         grey = int(paper - rng.uniform(10, 30))
         draw.rectangle((2, 2, out.width - 3, out.height - 3), outline=grey, width=2)
     return out.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2) * factor / 3))
+
+
+def scanned(ink: np.ndarray, rng: np.random.Generator, quality: int | None = None) -> np.ndarray:
+    """`ink` rendered as a scan, saved as JPEG (quality 60-94 unless given) and preprocessed back
+    to the 28x28 digit classify would see; BlankImageError if none is left."""
+    from pipeline import preprocess
+
+    page = render_scan(ink, rng)
+    buf = io.BytesIO()
+    page.save(buf, format="JPEG", quality=int(rng.integers(60, 95)) if quality is None else quality)
+    return preprocess.to_mnist(Image.open(buf))
 
 
 # Non-digits, as forms hold them: for `pipeline bench review` and the tests of `pipeline.review`.

@@ -11,25 +11,21 @@ back, so the model knows what preprocessing does to a real digit.
 from __future__ import annotations
 
 import argparse
-import io
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from pipeline import data, preprocess, review
+from pipeline import data, review
 from pipeline.errors import BlankImageError
-from pipeline.samples import render_scan
+from pipeline.samples import scanned
 
 
 def _scanned(images: np.ndarray, labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     out, kept = [], []
     for image, label in zip(images, labels, strict=True):
-        buf = io.BytesIO()
-        render_scan(image, rng).save(buf, format="JPEG", quality=int(rng.integers(60, 95)))
         try:
-            out.append(preprocess.to_mnist(Image.open(buf)))
+            out.append(scanned(image, rng))
             kept.append(label)
         except BlankImageError:
             continue

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import io
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,7 @@ from PIL import Image
 
 from pipeline import manifest, preprocess, review, runtime
 from pipeline.classify import ENCODING, ERRORS, classify, review_model_path
-from pipeline.samples import letter_ink, pair_ink, render_scan, scribble_ink
+from pipeline.samples import letter_ink, pair_ink, render_scan, scanned, scribble_ink
 
 pytestmark = pytest.mark.skipif(manifest.release_dir() is None, reason="no release models in this checkout")
 
@@ -29,9 +28,7 @@ def light_model() -> runtime.Predictor:
 
 
 def _scan(ink: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    buf = io.BytesIO()
-    render_scan(ink, rng).save(buf, format="JPEG", quality=85)
-    return preprocess.to_mnist(Image.open(buf))
+    return scanned(ink, rng, quality=85)
 
 
 def _reasons(checker: review.ReviewModel, model: runtime.Predictor, digits: np.ndarray) -> list[str]:
