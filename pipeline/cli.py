@@ -442,6 +442,10 @@ def classify_cli(
     fail_on_error: Annotated[
         bool, typer.Option("--fail-on-error", help=f"Exit {FAILED_FILES_EXIT} if any file could not be read.")
     ] = False,
+    review_queue: Annotated[
+        Path | None,
+        typer.Option("--review-queue", help="Also write review.csv and review.html into this folder."),
+    ] = None,
 ) -> None:
     """Classify every digit image in a folder into a CSV (one row per file, bad files included)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
@@ -464,7 +468,7 @@ def classify_cli(
         summary = _run(
             classify.classify, folder, out, model, resume, probabilities, recursive, exts, workers,
             deskew=deskew, progress=progress, engine=engine, address=address, review_rows=review_rows,
-            review_below=review_below,
+            review_below=review_below, review_queue=review_queue,
         )  # fmt: skip
     reviewed = sum(summary.review.values())
     table = Table(title=f"classified {folder} -> {summary.out}", show_header=False)
@@ -494,6 +498,8 @@ def classify_cli(
     ):
         table.add_row(key, value)
     console.print(table)
+    if summary.queue is not None:
+        _print_queue(summary.queue)
     if fail_on_error and summary.errors:
         err_console.print(
             f"[bold red]error:[/] {summary.errors} file(s) could not be classified (see {escape(str(out))})"
@@ -502,6 +508,41 @@ def classify_cli(
     if fail_on_review and reviewed:
         err_console.print(f"[bold red]review:[/] {reviewed} row(s) need a person (see {escape(str(out))})")
         raise typer.Exit(code=REVIEW_ROWS_EXIT)
+
+
+def _print_queue(written: Any) -> None:
+    shown = f" ({written.shown:,} shown in the page)" if written.shown < written.rows else ""
+    console.print(
+        f"review queue: {written.rows:,} rows{shown} -> {escape(str(written.html))}", highlight=False
+    )
+
+
+@app.command("review")
+def review_cli(
+    results: Annotated[Path, typer.Argument(help="Results CSV written by pipeline classify.")],
+    folder: Annotated[
+        Path, typer.Argument(help="The folder classify ran on (the CSV's paths are relative).")
+    ],
+    out_dir: Annotated[
+        Path, typer.Option("--out-dir", "-o", help="Where review.csv and review.html go.")
+    ] = Path("review"),
+    below: Annotated[
+        float | None,
+        typer.Option(
+            "--below", min=0.0, max=1.0, help="Also queue rows whose top probability is under this."
+        ),
+    ] = None,
+    limit: Annotated[
+        int, typer.Option("--limit", min=0, help="Rows shown in review.html, least confident first.")
+    ] = defaults.REVIEW_PAGE_ROWS,
+    deskew: Annotated[
+        bool, typer.Option("--deskew/--no-deskew", help="As classify ran (the shipped models: no deskew).")
+    ] = False,
+) -> None:
+    """Write the review queue of a finished run: review.csv and a self-contained review.html."""
+    from pipeline.classify import queue
+
+    _print_queue(_run(queue.write_queue, results, folder, out_dir, below=below, limit=limit, deskew=deskew))
 
 
 # --- bench ------------------------------------------------------------------------------------

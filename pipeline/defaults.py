@@ -170,6 +170,14 @@ WORK_MIN_DIGIT = 48
 # low_confidence. 0.5: the model gives no digit even odds. The probabilities are not calibrated
 # yet, so this is a floor, not a dial (docs/classify.md, "Rows for review").
 REVIEW_BELOW = 0.5
+# review.html shows at most this many rows, the least confident first (review.csv has them all):
+# each row embeds two small PNGs (about 3 KB), so the page stays a few MB and opens at once.
+REVIEW_PAGE_ROWS = 500
+# The longer side of a file's thumbnail in review.html, px: large enough to read a form field's
+# surroundings, small enough for 500 of them in one page.
+REVIEW_THUMBNAIL_SIDE = 160
+# JPEG quality of those thumbnails: strokes stay sharp enough to judge, at about 4 KB each.
+REVIEW_THUMBNAIL_QUALITY = 80
 # Rows flushed to the partial CSV at a time; a kill loses at most the unflushed rows, which
 # --resume then recomputes.
 CLASSIFY_FLUSH_ROWS = 4096

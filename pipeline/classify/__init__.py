@@ -39,6 +39,7 @@ from pipeline.classify.csvout import (
     write_chunk,
 )
 from pipeline.classify.local import inference_threads, local_chunks
+from pipeline.classify.queue import write_queue
 from pipeline.classify.walk import walk
 from pipeline.errors import ClassifyError
 
@@ -78,13 +79,16 @@ def classify(
     address: str | None = None,
     review_rows: bool = True,
     review_below: float = defaults.REVIEW_BELOW,
+    review_queue: Path | None = None,
 ) -> Summary:
     """Classify every image under `folder` into the CSV `out`; see the module docstring.
 
     `engine="ray"` runs decoding and inference as a Ray Data job (`pipeline.classify.ray`), on a
     local Ray or the cluster at `address`; the CSV is the same, row for row. With `review_rows`,
     rows that are not one digit, or whose top probability is under `review_below`, get status
-    `review` and a reason (`pipeline.review`; the model ships with the release).
+    `review` and a reason (`pipeline.review`; the model ships with the release). With
+    `review_queue`, the finished CSV's review rows also go to review.csv and review.html there
+    (`pipeline.classify.queue`).
     """
     try:
         engine = Engine(engine)
@@ -115,10 +119,13 @@ def classify(
     # numpy's OpenBLAS (the review model's products) on one thread: its idle threads spin, and
     # took the decoding workers' cores (classify of 20,000 PNGs 1.46x slower with them).
     with threadpool_limits(limits=1, user_api="blas"), exclusive(out):
-        return _run(
+        summary = _run(
             folder, out, choice.path, predictor, resume, probabilities, recursive, extensions, n_workers,
             workers, chunk_size, use_deskew, max_pixels, progress, engine, address, check,
         )  # fmt: skip
+    if review_queue is not None:
+        summary.queue = write_queue(out, folder, review_queue, deskew=use_deskew, max_pixels=max_pixels)
+    return summary
 
 
 def review_model_path() -> Path:

@@ -11,11 +11,15 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipeline import defaults, preprocess, review, runtime
 from pipeline.errors import BlankImageError, ImageError
+
+if TYPE_CHECKING:
+    from pipeline.classify.queue import Queue
 
 
 @dataclass
@@ -83,6 +87,7 @@ class Summary:
     review: dict[str, int] = field(default_factory=dict)  # rows for a person, by reason
     seconds: float = 0.0
     inference_threads: int = 1  # what the local engine settled on (see inference_threads)
+    queue: Queue | None = None  # the review queue written after the run, if asked for
 
     @property
     def images_per_second(self) -> float:
