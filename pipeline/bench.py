@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import data, defaults, preprocess, runtime
+from pipeline import calibration, data, defaults, preprocess, runtime
 from pipeline.classify.walk import walk
 from pipeline.errors import PipelineError
 
@@ -209,6 +209,7 @@ class ClassifyRun:
         float | None
     )  # right answers / files (blank and unreadable count as wrong); None: not a classifier
     model: Path | None = None
+    ece: float | None = None  # of the CSV's confidence column, over the rows with a digit
 
     @property
     def share_of_ceiling(self) -> float:
@@ -245,11 +246,11 @@ def _classify_runs(
                 cmd += ["--workers", str(workers)]
             run = _measure(f"classify {model.name}", cmd, count)
             with open(out, encoding=ENCODING, errors=ERRORS, newline="") as f:
-                right = sum(
-                    r["status"] in ("ok", "review") and r["prediction"] == str(_label(r["path"]))
-                    for r in csv.DictReader(f)
-                )
-            runs.append(ClassifyRun(run, ceiling.per_second, right / count, model))
+                read = [r for r in csv.DictReader(f) if r["status"] in ("ok", "review")]
+            right = np.array([r["prediction"] == str(_label(r["path"])) for r in read], dtype=bool)
+            confidence = np.array([float(r["confidence"]) for r in read])
+            ece = calibration.ece_of(calibration.binned(confidence, right)) if read else None
+            runs.append(ClassifyRun(run, ceiling.per_second, int(right.sum()) / count, model, ece))
     return runs
 
 

@@ -140,6 +140,12 @@ def train_cli(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = defaults.BATCH_SIZE,
     learning_rate: Annotated[float, typer.Option("--learning-rate", min=0.0)] = defaults.LEARNING_RATE,
     seed: Annotated[int, typer.Option("--seed")] = defaults.SEED,
+    split_seed: Annotated[
+        int | None,
+        typer.Option(
+            "--split-seed", help="Which images are held out (default: --seed); share it across members."
+        ),
+    ] = None,
     limit: Annotated[
         int | None, typer.Option("--limit", min=20, help="Use only the first N training images.")
     ] = None,
@@ -182,7 +188,7 @@ def train_cli(
         model=model, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
         limit=limit, validation_split=validation_split, dataset=dataset, backend=backend.value,
         deskew=deskew, target_accuracy=target_accuracy, augment=augment, precision=precision.value,
-        fast=fast,
+        fast=fast, split_seed=split_seed,
     )  # fmt: skip
     if not resume:
         _run(config.check)
@@ -231,6 +237,26 @@ def ensemble_cli(
     )
 
 
+@app.command("calibrate")
+def calibrate_cli(
+    model: Annotated[Path, typer.Argument(help="A trained .keras (a run's model.keras or an ensemble's).")],
+    out: Annotated[Path, typer.Option("--out", help="Run folder for the calibrated model.")],
+    data_dir: DataDir = None,
+) -> None:
+    """Fit a temperature on the images the run held out and fold it into the model's weights, so
+    every artifact exported from it returns calibrated probabilities (not int8 calibration)."""
+    from pipeline.train.calibrate import calibrate
+
+    r = _run(calibrate, model, out, data_dir)
+    table = Table("test set", "ECE", "NLL", "accuracy", "mean confidence", title=f"T = {r.temperature:.4f}")
+    for name, s in (("before", r.before), ("after", r.after)):
+        table.add_row(
+            name, f"{s['ece']:.4f}", f"{s['nll']:.4f}", f"{s['accuracy']:.2%}", f"{s['mean_confidence']:.4f}"
+        )
+    console.print(table)
+    console.print(f"fitted on {r.held_out:,} held-out images; wrote {r.model} and {r.reliability_png}")
+
+
 # --- evaluate ---------------------------------------------------------------------------------
 
 
@@ -251,7 +277,7 @@ def evaluate_cli(
     dataset: DatasetOpt = defaults.DATASET,
     data_dir: DataDir = None,
 ) -> None:
-    """Test accuracy, per-class accuracy, confusion matrix and the examples figure."""
+    """Accuracy (overall, per class), calibration (ECE, reliability diagram), confusion, examples."""
     from pipeline.evaluate import evaluate
 
     ev = _run(evaluate, model, out, dataset, data_dir, limit, deskew)
@@ -267,7 +293,8 @@ def evaluate_cli(
         kept = "-" if r.accuracy_kept is None else f"{r.accuracy_kept:.2%}"
         review.add_row(f"{r.threshold:g}", f"{r.flagged:.2%}", f"{r.errors_flagged} of {r.errors}", kept)
     console.print(review)
-    console.print(f"wrote {ev.confusion_png}, {ev.examples_png}, {ev.metrics_json}")
+    console.print(f"expected calibration error (ECE, {defaults.ECE_BINS} bins): {ev.ece:.4f}")
+    console.print(f"wrote {ev.confusion_png}, {ev.examples_png}, {ev.reliability_png}, {ev.metrics_json}")
 
 
 # --- export and verify ------------------------------------------------------------------------
@@ -596,15 +623,16 @@ BenchModels = Annotated[
 
 
 def _print_classify_runs(runs: list[Any], title: str) -> None:
-    """The decode-only ceiling and each classify run, with their ratio, accuracy and memory."""
+    """The decode-only ceiling and each classify run: ratio, accuracy, calibration (ECE), memory."""
     table = Table(
-        "run", "images", "seconds", "images/s", "of ceiling", "accuracy", "peak memory", title=title
+        "run", "images", "seconds", "images/s", "of ceiling", "accuracy", "ECE", "peak memory", title=title
     )
     for r in runs:
         accuracy = f"{r.accuracy:.2%}" if r.accuracy is not None else "-"
+        ece = f"{r.ece:.4f}" if r.ece is not None else "-"
         table.add_row(
             r.run.name, f"{r.run.images:,}", f"{r.run.seconds:.2f}", f"{r.run.per_second:,.0f}",
-            f"{r.share_of_ceiling:.0%}", accuracy, f"{r.run.peak_mib:,.0f} MiB",
+            f"{r.share_of_ceiling:.0%}", accuracy, ece, f"{r.run.peak_mib:,.0f} MiB",
         )  # fmt: skip
     console.print(table)
 

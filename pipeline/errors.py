@@ -80,3 +80,7 @@ class BlankImageError(ImageError):
 
 class EnsembleError(TrainError):
     """Models cannot be combined (too few, missing, or disagreeing on data or output)."""
+
+
+class CalibrationError(TrainError):
+    """A model cannot be calibrated: no held-out images, or an output calibration cannot fold into."""

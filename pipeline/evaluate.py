@@ -1,4 +1,4 @@
-"""Evaluation of any model or artifact on a test set: accuracy, per-class accuracy, figures.
+"""Evaluation of any model or artifact on a test set: accuracy, per-class accuracy, calibration, figures.
 
 It runs through `pipeline.runtime`, so a `.keras` file and an int8 `.tflite` are evaluated the same
 way, and writes the seed's two figures: a confusion matrix and the examples figure.
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import data, defaults, manifest, preprocess, report, runtime
+from pipeline import calibration, data, defaults, manifest, preprocess, report, runtime
 from pipeline.files import write_json
 
 
@@ -36,6 +36,8 @@ class Evaluation:
     examples_png: Path
     metrics_json: Path
     review: list[ReviewRow]
+    ece: float  # expected calibration error of the top-1 confidence (calibration.ece)
+    reliability_png: Path
 
 
 def review_rows(
@@ -85,14 +87,23 @@ def evaluate(
     examples_png = report.plot_examples(images, labels, probs, out / f"{stem}.examples.png")
     metrics_json = out / f"{stem}.evaluation.json"
     review = review_rows(probs, labels)
+    bins = calibration.reliability(probs, labels)
+    ece = calibration.ece(probs, labels)
+    reliability_png = report.plot_reliability(
+        {f"{model_path.name} (ECE {ece:.4f})": bins},
+        out / f"{stem}.reliability.png",
+        title=f"{model_path.name} on {len(labels):,} test images",
+    )
     write_json(
         metrics_json,
         {
             "model": str(model_path), "dataset": dataset, "images": len(labels),
             "accuracy": accuracy, "per_class_accuracy": per_class,
             "confusion_matrix": matrix.tolist(), "review_thresholds": [asdict(r) for r in review],
+            "ece": ece, "reliability": [asdict(b) for b in bins],
         },
     )  # fmt: skip
     return Evaluation(
-        model_path, accuracy, per_class, len(labels), confusion_png, examples_png, metrics_json, review
-    )
+        model_path, accuracy, per_class, len(labels), confusion_png, examples_png, metrics_json, review, ece,
+        reliability_png,
+    )  # fmt: skip

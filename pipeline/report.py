@@ -159,8 +159,8 @@ def release_table(manifest_path: Path) -> str:
 
     rows = [
         "| model | parameters | epochs (best) | device | training time | Keras | ONNX float32 | ONNX int8 "
-        "| TFLite int8 | size float32 / int8 (ONNX) | int8 ONNX latency @1 / @256 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| TFLite int8 | ECE Keras / int8 ONNX | size float32 / int8 (ONNX) | int8 ONNX latency @1 / @256 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for model, entries in by_model.items():
         source = next(iter(entries.values())).source
@@ -173,11 +173,21 @@ def release_table(manifest_path: Path) -> str:
         sizes = " / ".join(f"{e.bytes / 1024:,.0f}" if e else "-" for e in (f32, i8)) + " KiB"
         epochs = f"{_cell(training.get('epochs'))} ({_cell(training.get('best_epoch'))})"
         accuracy = "-" if source.test_accuracy is None else f"{source.test_accuracy:.2%}"
+        keras_ece = next(
+            (
+                r["keras_ece"]
+                for e in entries.values()
+                if (r := parity.get(e.path)) and r.get("keras_ece") is not None
+            ),
+            None,
+        )
+        int8_ece = lat.get("ece") if lat else None
+        ece = " / ".join("-" if v is None else f"{v:.4f}" for v in (keras_ece, int8_ece))
         rows.append(
             f"| {model} | {source.parameters or 0:,} | {epochs} "
             f"| {training.get('device', '-')}, {training.get('backend', '-')} "
             f"| {training.get('train_seconds', 0) / 60:.0f} min | {accuracy} "
-            f"| {acc(f32)} | {acc(i8)} | {acc(t_i8)} | {sizes} | {latency} |"
+            f"| {acc(f32)} | {acc(i8)} | {acc(t_i8)} | {ece} | {sizes} | {latency} |"
         )
     micro = [e for e in release.entries if e.micro]
     if micro:
@@ -210,3 +220,29 @@ def _cell(value: Any) -> str:
     if isinstance(value, list):
         return "+".join(str(v) for v in value)
     return "-" if value is None else str(value)
+
+
+def plot_reliability(curves: dict[str, list[Any]], path: Path, title: str = "") -> Path:
+    """The reliability diagram: per confidence bin, accuracy against mean confidence (the
+    diagonal is calibrated), one line per labelled curve (`calibration.Bin` lists), and below
+    it how many answers each bin holds (log scale: nearly all sit in the top bins)."""
+    plt = _plt()
+    fig, (top, bottom) = plt.subplots(
+        2, 1, figsize=(5.5, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    top.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="calibrated")
+    for label, bins in curves.items():
+        full = [b for b in bins if b.count]
+        top.plot([b.confidence for b in full], [b.accuracy for b in full], marker="o", label=label)
+        bottom.step([b.upper for b in bins], [max(b.count, 0.5) for b in bins], where="pre", label=label)
+    top.set_ylabel("accuracy")
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1.02)
+    top.grid(alpha=0.3)
+    top.legend(loc="upper left", fontsize=8)
+    top.set_title(title, fontsize=9)
+    bottom.set_yscale("log")
+    bottom.set_xlabel("confidence (top-1 probability)")
+    bottom.set_ylabel("answers")
+    bottom.grid(alpha=0.3)
+    return _save(fig, path)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import data, defaults, manifest, preprocess, runtime
+from pipeline import calibration, data, defaults, manifest, preprocess, runtime
 from pipeline.carray import c_array_bytes
 from pipeline.errors import ArtifactError, ParityError
 from pipeline.files import sha256
@@ -51,6 +51,9 @@ class ArtifactResult:
     # not a limit: with label smoothing Keras' own second and third choices are often 1e-4 apart
     second_agreement: float | None = None
     max_abs_diff: float | None = None
+    # expected calibration error of the top-1 confidence (reported beside Keras', not a limit)
+    ece: float | None = None
+    keras_ece: float | None = None
     latency_ms_batch1: float | None = None
     latency_ms_batch256: float | None = None
     # the runtime it ran in: LiteRT or onnxruntime (or Keras), and TensorFlow Lite Micro for a
@@ -173,6 +176,8 @@ def verify(
         res.agreement = float((first == keras_first).mean())
         res.second_agreement = float((second == keras_second).mean())
         res.max_abs_diff = float(np.abs(probs - keras_probs).max())
+        res.ece = round(calibration.ece(probs, labels), 5)
+        res.keras_ece = round(calibration.ece(keras_probs, labels), 5)
         b1, b256 = defaults.LATENCY_BATCH_SIZES
         res.latency_ms_batch1 = measure_latency(predictor, x, b1, latency_repeats * 5)
         if not entry.micro:  # a microcontroller classifies one image at a time
@@ -236,7 +241,7 @@ def table_rows(report: ParityReport) -> list[list[str]]:
         [
             r.path, r.quantization, f"{r.bytes / 1024:.0f} KiB",
             _fmt(r.accuracy, ".2%"), _fmt(r.delta_points, "+.2f"), _fmt(r.agreement, ".2%"),
-            _fmt(r.second_agreement, ".2%"), _fmt(r.max_abs_diff, ".4f"),
+            _fmt(r.second_agreement, ".2%"), _fmt(r.max_abs_diff, ".4f"), _fmt(r.ece, ".4f"),
             _fmt(r.latency_ms_batch1, ".3f"), _fmt(r.latency_ms_batch256, ".2f"),
             r.runtime + ("" if r.arena_bytes is None else f", arena {r.arena_bytes:,} B"), r.status,
         ]
@@ -253,6 +258,7 @@ HEADERS = [
     "agreement",
     "2nd agreement",
     "max |Δp|",
+    "ECE",
     "ms @1",
     "ms @256",
     "runtime",

@@ -95,7 +95,7 @@ def one_clear_line(result: subprocess.CompletedProcess[str], expect: str) -> Non
 
 
 # Fixtures that train or convert a model: a test using one is `slow` (left out by `make test-fast`).
-TRAINING_FIXTURES = frozenset({"trained_conv2d", "exported", "int8_onnx"})
+TRAINING_FIXTURES = frozenset({"trained_conv2d", "exported", "int8_onnx", "calibrated_flat"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -67,6 +67,7 @@ def load_source(path: Path) -> Source:
             "dataset",
             "kind",
             "members",
+            "calibration",  # how the temperature in the weights was fitted (pipeline calibrate)
         )
         if key in metrics
     }

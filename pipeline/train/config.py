@@ -32,6 +32,21 @@ class TrainConfig:
     augment: bool | None = None  # None: the model's recipe decides (models.ModelSpec.augment)
     precision: str = defaults.PRECISION  # auto: mixed bfloat16 on a GPU, float32 on a CPU
     fast: bool = False  # the lean JAX loop (pipeline.fastfit) instead of Keras' fit
+    # Which images are held out for validation (None: `seed`). Runs that share it hold out the same
+    # images, so an ensemble of them has a held-out set to be calibrated on (pipeline calibrate).
+    split_seed: int | None = None
+
+    def split_order(self, n_images: int) -> np.ndarray:
+        """The training split's images in this run's order (at most `limit`); the last
+        `validation_split` of them are held out."""
+        seed = self.seed if self.split_seed is None else self.split_seed
+        order = np.random.default_rng(seed).permutation(n_images)
+        return order if self.limit is None else order[: self.limit]
+
+    def held_out(self, n_images: int) -> np.ndarray:
+        """Indices (into the training split) of the images this run held out for validation."""
+        order = self.split_order(n_images)
+        return np.sort(order[len(order) - round(len(order) * self.validation_split) :])
 
     def augments(self) -> bool:
         """Whether this run augments: --augment/--no-augment, else the model's recipe."""
@@ -87,10 +102,8 @@ def prepare_data(config: TrainConfig, data_dir: Path | None) -> Splits:
     loc = data.locate(config.dataset, data_dir)
     x, y = data.load(data.Split.TRAIN, location=loc)
     x_test, y_test = data.load(data.Split.TEST, location=loc)
-    order = np.random.default_rng(config.seed).permutation(len(x))
+    order = config.split_order(len(x))
     x, y = x[order], y[order]
-    if config.limit is not None:
-        x, y = x[: config.limit], y[: config.limit]
     n_val = round(len(x) * config.validation_split)
     x_val, y_val = x[len(x) - n_val :], y[len(x) - n_val :]
     x, y = x[: len(x) - n_val], y[: len(x) - n_val]
