@@ -241,13 +241,19 @@ def ensemble_cli(
 def calibrate_cli(
     model: Annotated[Path, typer.Argument(help="A trained .keras (a run's model.keras or an ensemble's).")],
     out: Annotated[Path, typer.Option("--out", help="Run folder for the calibrated model.")],
+    fit_on: Annotated[
+        Path | None,
+        typer.Option(
+            "--fit-on", help="Fit on this stand-in's held-out images (same recipe), fold into MODEL."
+        ),
+    ] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Fit a temperature on the images the run held out and fold it into the model's weights, so
     every artifact exported from it returns calibrated probabilities (not int8 calibration)."""
     from pipeline.train.calibrate import calibrate
 
-    r = _run(calibrate, model, out, data_dir)
+    r = _run(calibrate, model, out, data_dir, fit_on)
     table = Table("test set", "ECE", "NLL", "accuracy", "mean confidence", title=f"T = {r.temperature:.4f}")
     for name, s in (("before", r.before), ("after", r.after)):
         table.add_row(

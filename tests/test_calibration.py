@@ -150,3 +150,25 @@ def test_a_model_without_held_out_images_or_with_sigmoid_outputs_is_refused(
     if release is not None:  # the release ensemble's members trained on all 60,000 images
         with pytest.raises(CalibrationError, match="member"):
             calibrate(release / "bncnn-x4.keras", tmp_path / "b")
+
+
+def test_a_temperature_fitted_on_a_stand_in_is_folded_into_the_model(
+    calibrated_flat: dict[str, Any], tmp_path: Path
+) -> None:
+    """--fit-on: the stand-in's held-out images fix T, which then goes into another model of the
+    same recipe (for a model trained on every image)."""
+    from pipeline.train.calibrate import calibrate
+
+    stand_in = calibrated_flat["root"] / "flat-x2" / "model.keras"
+    target = calibrated_flat["members"][0] / "model.keras"
+    result = calibrate(target, tmp_path / "cal", fit_on=stand_in)
+    assert result.temperature == pytest.approx(calibrated_flat["result"].temperature, rel=1e-6)
+    record = json.loads((tmp_path / "cal" / "metrics.json").read_text())["calibration"]
+    assert record["fit_on"] == str(stand_in) and "stand-in" in record["fitted_on"]
+    x, _ = data.load(data.Split.TEST, limit=500)
+    before = runtime.load(target).predict(preprocess.scale(x))
+    after = runtime.load(result.model).predict(preprocess.scale(x))
+    logits = np.log(np.maximum(before, 1e-30))  # a softmax member: its log-probabilities are its logits
+    expected = np.exp(logits / result.temperature)
+    expected /= expected.sum(axis=1, keepdims=True)
+    assert np.abs(after - expected).max() < 1e-4

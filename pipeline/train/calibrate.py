@@ -181,35 +181,53 @@ def _summary(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     }
 
 
-def calibrate(model_path: Path, out: Path, data_dir: Path | None = None) -> CalibrationResult:
+def _load_softmax(path: Path) -> tuple[runtime.Predictor, Any, list[Any]]:
+    predictor = runtime.load(path)
+    model = predictor.model  # type: ignore[attr-defined]
+    return predictor, model, output_layers(model)
+
+
+def calibrate(
+    model_path: Path, out: Path, data_dir: Path | None = None, fit_on: Path | None = None
+) -> CalibrationResult:
     """Fit T on the held-out images, write the calibrated model as the run folder `out`
-    (model.keras, config.json, metrics.json with a `calibration` record, reliability.png)."""
+    (model.keras, config.json, metrics.json with a `calibration` record, reliability.png).
+
+    `fit_on` fits T on another model's held-out images and folds it into this one: for a model
+    trained on every training image (the release ensemble), a stand-in of the same recipe whose
+    members held images out (docs/release.md says which, and why the temperature carries over)."""
     if (out / "model.keras").exists():
         raise CalibrationError(f"{out} already holds a model; choose another --out")
     report.require_matplotlib()
-    predictor = runtime.load(model_path)
-    model = predictor.model  # type: ignore[attr-defined]
-    denses = output_layers(model)
+    source = fit_on or model_path
+    source_predictor, source_model, source_denses = _load_softmax(source)
     saved = sidecar_json(model_path, "config.json")
     dataset, deskew = saved.get("dataset", defaults.DATASET), bool(saved.get("deskew", False))
     x_train, y_train = data.load(data.Split.TRAIN, dataset, data_dir)
-    index, where = held_out_indices(model_path, len(x_train))
+    index, where = held_out_indices(source, len(x_train))
+    if fit_on is not None:
+        where = f"{where}, of the stand-in {fit_on}"
     x = preprocess.model_input(x_train[index], deskew)
     y = y_train[index].astype(np.int64)
-    head = Head(model, denses, x)
+    head = Head(source_model, source_denses, x)
     temperature = fit_temperature(head, y)
     before_probs, after_probs = head.probs(1.0), head.probs(temperature)
+    if fit_on is None:
+        predictor, model, denses, target_head = source_predictor, source_model, source_denses, head
+    else:
+        predictor, model, denses = _load_softmax(model_path)
+        target_head = Head(model, denses, x)
     # The test set, once T is fixed: only for the record (before and after).
     x_test, y_test = data.load(data.Split.TEST, dataset, data_dir)
     test_head = Head(model, denses, preprocess.model_input(x_test, deskew))
     before_test, after_test = test_head.probs(1.0), test_head.probs(temperature)
     for dense in denses:  # fold T into the weights: logits / T, no new operator
         dense.set_weights([w / np.float32(temperature) for w in dense.get_weights()])
-    folded = predictor.predict(x)
-    if not np.allclose(folded, after_probs, atol=defaults.TEMPERATURE_FOLD_ATOL):
+    folded, expected = predictor.predict(x), target_head.probs(temperature)
+    if not np.allclose(folded, expected, atol=defaults.TEMPERATURE_FOLD_ATOL):
         raise CalibrationError(
             f"{model_path}: its output is not the average of its output layers' softmax (max difference "
-            f"{np.abs(folded - after_probs).max():.2g}); calibration cannot fold T into it"
+            f"{np.abs(folded - expected).max():.2g}); calibration cannot fold T into it"
         )
 
     out.mkdir(parents=True, exist_ok=True)
@@ -226,6 +244,7 @@ def calibrate(model_path: Path, out: Path, data_dir: Path | None = None) -> Cali
         "fitted_on": where,
         "objective": "negative log-likelihood of the held-out labels",
         "source": str(model_path),
+        "fit_on": str(fit_on) if fit_on is not None else None,
         **summaries,
     }
     metrics = sidecar_json(model_path, "metrics.json")
