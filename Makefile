@@ -64,8 +64,9 @@ demo: setup
 	$(PIPELINE) export --model demo/run/model.keras --format all --quantize all --out demo/exported
 	$(PIPELINE) verify --manifest demo/exported/manifest.json
 	$(PIPELINE) data samples demo/scans --count 2000 --style scan
-	$(PIPELINE) classify demo/scans --out demo/results.csv --model demo/exported/conv2d.int8.onnx
-	@echo "demo outputs are in ./demo (run, exported, scans, results.csv)"
+	$(PIPELINE) classify demo/scans --out demo/results.csv --model demo/exported/conv2d.int8.onnx \
+		--review-queue demo/review
+	@echo "demo outputs are in ./demo (run, exported, scans, results.csv, review/review.html)"
 
 train: setup
 	$(PIPELINE) train --model $(MODEL) --epochs $(EPOCHS) --out $(RUN)
