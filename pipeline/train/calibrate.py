@@ -230,8 +230,6 @@ def calibrate(
             f"{np.abs(folded - expected).max():.2g}); calibration cannot fold T into it"
         )
 
-    out.mkdir(parents=True, exist_ok=True)
-    save_model_file(model, out / "model.keras", include_optimizer=False)
     summaries = {
         "held_out_before": _summary(before_probs, y),
         "held_out_after": _summary(after_probs, y),
@@ -253,14 +251,15 @@ def calibrate(
         test_loss=summaries["test_after"]["nll"],
         calibration=record,
     )
+    out.mkdir(parents=True, exist_ok=True)
     write_json(out / "metrics.json", metrics)
     write_json(out / "config.json", saved)
     for name in ("curves.png", "history.json"):
-        source = model_path.with_name(f"{model_path.stem}.{name}")
-        if not source.is_file():
-            source = model_path.parent / name
-        if source.is_file():
-            shutil.copyfile(source, out / name)
+        sidecar = model_path.with_name(f"{model_path.stem}.{name}")
+        if not sidecar.is_file():
+            sidecar = model_path.parent / name
+        if sidecar.is_file():
+            shutil.copyfile(sidecar, out / name)
     before_ece, after_ece = summaries["held_out_before"]["ece"], summaries["held_out_after"]["ece"]
     png = report.plot_reliability(
         {
@@ -270,6 +269,8 @@ def calibrate(
         out / "reliability.png",
         title=f"{metrics.get('model', model.name)}: {len(y):,} held-out images",
     )
+    # Last: a folder with model.keras is a finished calibration (a second run refuses it).
+    save_model_file(model, out / "model.keras", include_optimizer=False)
     return CalibrationResult(
         out / "model.keras", temperature, len(y), summaries["test_before"], summaries["test_after"], png
     )
