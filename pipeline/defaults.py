@@ -177,9 +177,10 @@ WORK_MAX_REDUCTION = 8
 # strokes. Over twice the 20 px box, so the reduced copy still has more detail than the output.
 WORK_MIN_DIGIT = 48
 # classify --review-below: rows whose top probability is under this go to review as
-# low_confidence. 0.5: the model gives no digit even odds. The probabilities are not calibrated
-# yet, so this is a floor, not a dial (docs/classify.md, "Rows for review").
-REVIEW_BELOW = 0.5
+# low_confidence. 0.9: a person looks at every answer the model gives at least a 1-in-10 chance of
+# being wrong. The release's probabilities are calibrated (pipeline calibrate), so the number
+# means what it says (docs/classify.md, "Confidence").
+REVIEW_BELOW = 0.9
 # review.html shows at most this many rows, the least confident first (review.csv has them all):
 # each row embeds two small PNGs (about 3 KB), so the page stays a few MB and opens at once.
 REVIEW_PAGE_ROWS = 500
