@@ -194,14 +194,15 @@ def release_table(manifest_path: Path) -> str:
         rows += [
             "",
             "| microcontroller model | parameters | MACs per image | flash | tensor arena | Keras "
-            "| TFLite Micro (int8 in and out) | agreement with Keras | operators |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| TFLite Micro (int8 in and out) | agreement with Keras | ECE (TFLite Micro) | operators |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
     for entry in micro:
         m, result = entry.micro or {}, parity.get(entry.path, {})
         keras = "-" if entry.source.test_accuracy is None else f"{entry.source.test_accuracy:.2%}"
         tflm = f"{result['accuracy']:.2%}" if result.get("accuracy") is not None else "-"
         agree = f"{result['agreement']:.2%}" if result.get("agreement") is not None else "-"
+        micro_ece = f"{result['ece']:.4f}" if result.get("ece") is not None else "-"
         arena = result.get("arena_bytes") or m.get("arena_bytes", 0)
         flash, ops = (
             m.get("flash_bytes", 0) / 1024,
@@ -210,7 +211,7 @@ def release_table(manifest_path: Path) -> str:
         label = f"{entry.source.model} ({entry.path})"
         rows.append(
             f"| {label} | {entry.source.parameters or 0:,} | {m.get('macs', 0):,} "
-            f"| {flash:.1f} KiB | {arena / 1024:.1f} KiB | {keras} | {tflm} | {agree} | {ops} |"
+            f"| {flash:.1f} KiB | {arena / 1024:.1f} KiB | {keras} | {tflm} | {agree} | {micro_ece} | {ops} |"
         )
     return "\n".join(rows)
 

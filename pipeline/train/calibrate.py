@@ -267,7 +267,8 @@ def calibrate(
             f"T={temperature:.3f} (ECE {after_ece:.4f})": calibration.reliability(after_probs, y),
         },
         out / "reliability.png",
-        title=f"{metrics.get('model', model.name)}: {len(y):,} held-out images",
+        title=f"{metrics.get('model', model.name)}: {len(y):,} held-out images"
+        + (f" of the stand-in {fit_on.parent.name}" if fit_on is not None else ""),
     )
     # Last: a folder with model.keras is a finished calibration (a second run refuses it).
     save_model_file(model, out / "model.keras", include_optimizer=False)
