@@ -98,7 +98,8 @@ class Splits:
 
 
 def prepare_data(config: TrainConfig, data_dir: Path | None) -> Splits:
-    """Load, shuffle with the run's seed, split off validation, deskew if asked, scale to [0, 1]."""
+    """Load, shuffle with the split seed (default: the run's seed), split off validation, deskew if asked,
+    scale to [0, 1]."""
     loc = data.locate(config.dataset, data_dir)
     x, y = data.load(data.Split.TRAIN, location=loc)
     x_test, y_test = data.load(data.Split.TEST, location=loc)
