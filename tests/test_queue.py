@@ -194,3 +194,13 @@ def test_page_in_a_real_browser_shows_every_image_and_hostile_names_as_text(run:
             assert f"sub/{name}" in shown, (name, shown)
     finally:
         browser.quit()  # type: ignore[attr-defined]
+
+
+def test_classify_cli_writes_the_queue_with_its_run(run: Path, tmp_path: Path) -> None:
+    result = run_cli(
+        "classify", str(run / "scans"), "--out", str(tmp_path / "results.csv"), "--workers", "1",
+        "--review-queue", str(tmp_path / "queue"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "review queue:" in result.stdout
+    assert _rows(tmp_path / "queue" / "review.csv") == _rows(run / "review" / "review.csv")
