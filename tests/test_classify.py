@@ -98,7 +98,10 @@ def test_bad_files_become_error_rows_and_the_run_goes_on(
         row = rows[name]
         assert row["status"] == ("blank" if name == "blank.png" else "error"), row
         assert words in row["error"] and "\n" not in row["error"] and row["prediction"] == ""
-    assert all(rows[n]["status"] == "ok" for n in ("a.png", "b.png", "c.png"))
+    # read as digits (the small test model is unsure of some: `review` keeps the digit)
+    assert all(
+        rows[n]["status"] in ("ok", "review") and rows[n]["prediction"] for n in ("a.png", "b.png", "c.png")
+    )
     assert summary.errors == 8 and summary.blank == 1 and summary.classified == 3
 
 
@@ -128,7 +131,7 @@ def test_csv_quoting_and_odd_names_round_trip(
     classify(folder, tmp_path / "out.csv", model=int8_onnx, workers=1)
     rows = _rows(tmp_path / "out.csv")
     assert sorted(r["path"] for r in rows) == sorted([*names, raw_name])
-    assert all(r["status"] == "ok" for r in rows)
+    assert all(r["status"] in ("ok", "review") and r["prediction"] for r in rows)  # every file read
     assert b"latin1-\xe9\xff.png" in (tmp_path / "out.csv").read_bytes()  # the name's own bytes
     assert b'"comma,name.png"' in (tmp_path / "out.csv").read_bytes()
 

@@ -134,9 +134,10 @@ def test_bench_classify_prints_the_ceiling_ratio_accuracy_and_memory(exported: P
     ]
     assert [r[0] for r in rows] == ["decode only (ceiling)", f"classify {int8_onnx.name}"]
     ceiling, run = rows
-    assert ceiling[4] == "100%" and ceiling[5] == "-"
+    assert ceiling[4] == "100%" and ceiling[5] == "-" and ceiling[6] == "-"
     share = float(run[3].replace(",", "")) / float(ceiling[3].replace(",", ""))
-    assert run[4] == f"{share:.0%}" and float(run[5].rstrip("%")) > 80 and run[6].endswith("MiB")
+    assert run[4] == f"{share:.0%}" and float(run[5].rstrip("%")) > 80
+    assert 0 <= float(run[6]) <= 1 and run[7].endswith("MiB")  # ECE of the confidence column, memory
 
 
 def test_bench_photo_compares_preprocessing_with_the_decode() -> None:
