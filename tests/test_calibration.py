@@ -146,6 +146,12 @@ def test_a_model_without_held_out_images_or_with_sigmoid_outputs_is_refused(
 
     with pytest.raises(CalibrationError, match="not softmax"):
         calibrate(trained_conv2d / "model.keras", tmp_path / "a")
+    with pytest.raises(CalibrationError, match="takes a Keras model"):
+        calibrate(trained_conv2d / "model.onnx", tmp_path / "c")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(CalibrationError, match="cannot create it"):
+        calibrate(trained_conv2d / "model.keras", blocker / "d")
     release = manifest.release_dir()
     if release is not None:  # the release ensemble's members trained on all 60,000 images
         with pytest.raises(CalibrationError, match="member"):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import one_clear_line, run_cli
 from PIL import Image
 
 from pipeline import manifest
@@ -204,3 +204,18 @@ def test_classify_cli_writes_the_queue_with_its_run(run: Path, tmp_path: Path) -
     assert result.returncode == 0, result.stderr
     assert "review queue:" in result.stdout
     assert _rows(tmp_path / "queue" / "review.csv") == _rows(run / "review" / "review.csv")
+
+
+def test_bad_queue_inputs_are_one_clear_line(run: Path, tmp_path: Path) -> None:
+    """A folder given as the results CSV, or a queue folder that cannot be made: one line, no
+    traceback; classify refuses the queue folder before it classifies anything."""
+    one_clear_line(
+        run_cli("review", str(run), str(run / "scans"), "-o", str(tmp_path / "q")), "cannot read it"
+    )
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = run_cli(
+        "classify", str(run / "scans"), "--out", str(tmp_path / "r.csv"), "--review-queue", str(blocker / "q")
+    )
+    one_clear_line(result, "cannot create the review queue folder")
+    assert not (tmp_path / "r.csv").exists() and not (tmp_path / "r.csv.partial").exists()

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from pipeline import defaults, manifest, review, runtime
 from pipeline.choices import Engine
+from pipeline.classify import queue
 from pipeline.classify.chunks import ChunkResult, Summary, decode_chunk, predict_digits
 from pipeline.classify.csvout import (
     ENCODING,
@@ -39,7 +40,6 @@ from pipeline.classify.csvout import (
     write_chunk,
 )
 from pipeline.classify.local import inference_threads, local_chunks
-from pipeline.classify.queue import write_queue
 from pipeline.classify.walk import walk
 from pipeline.errors import ClassifyError
 
@@ -101,6 +101,8 @@ def classify(
     if not folder.is_dir():
         raise ClassifyError(f"{folder}: no such folder")
     check_output(out)
+    if review_queue is not None:
+        queue.prepare(review_queue)
     if chunk_size < 1:
         raise ClassifyError("--chunk-size must be at least 1")
     choice = manifest.choose_model(model)
@@ -124,7 +126,7 @@ def classify(
             workers, chunk_size, use_deskew, max_pixels, progress, engine, address, check,
         )  # fmt: skip
     if review_queue is not None:
-        summary.queue = write_queue(out, folder, review_queue, deskew=use_deskew, max_pixels=max_pixels)
+        summary.queue = queue.write_queue(out, folder, review_queue, deskew=use_deskew, max_pixels=max_pixels)
     return summary
 
 

@@ -92,6 +92,8 @@ def read_queue(results: Path, below: float | None = None) -> tuple[list[QueueRow
                     rows.append(QueueRow(row[0], int(row[1]), confidence, int(row[3]), float(row[4]), reason))
     except FileNotFoundError:
         raise ClassifyError(f"{results}: no such file") from None
+    except OSError as exc:
+        raise ClassifyError(f"{results}: cannot read it ({exc.strerror or exc})") from None
     except ValueError as exc:
         raise ClassifyError(f"{results}: unreadable row ({exc})") from None
     rows.sort(key=lambda r: (r.confidence, r.path))
@@ -116,7 +118,7 @@ def write_queue(
     if limit < 0:
         raise ClassifyError("--limit must be 0 or more")
     rows, errors = read_queue(results, below)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    prepare(out_dir)
     queue = Queue(csv=out_dir / "review.csv", html=out_dir / "review.html", rows=len(rows), errors=errors)
     for row in rows:
         queue.reasons[row.reason] = queue.reasons.get(row.reason, 0) + 1
@@ -132,6 +134,19 @@ def write_queue(
     with files.atomic_open(queue.html, "w", encoding="utf-8", errors="replace") as f:
         f.write(page)
     return queue
+
+
+def prepare(out_dir: Path) -> None:
+    """Create the queue's folder, or say in one line why it cannot be: classify calls this before
+    its run, so a bad --review-queue fails before hours of work, not after."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ClassifyError(
+            f"{out_dir}: cannot create the review queue folder ({exc.strerror or exc})"
+        ) from None
+    if not os.access(out_dir, os.W_OK):
+        raise ClassifyError(f"{out_dir}: the review queue folder is not writable")
 
 
 def _data_uri(gray: np.ndarray, jpeg: bool = False) -> str:

@@ -196,8 +196,17 @@ def calibrate(
     `fit_on` fits T on another model's held-out images and folds it into this one: for a model
     trained on every training image (the release ensemble), a stand-in of the same recipe whose
     members held images out (docs/release.md says which, and why the temperature carries over)."""
+    for path in (model_path, *([fit_on] if fit_on is not None else [])):
+        if path.suffix != ".keras":
+            raise CalibrationError(
+                f"{path}: calibrate takes a Keras model (.keras); export after calibrating"
+            )
     if (out / "model.keras").exists():
         raise CalibrationError(f"{out} already holds a model; choose another --out")
+    try:  # before the work: an --out that cannot be written fails at once
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CalibrationError(f"{out}: cannot create it ({exc.strerror or exc})") from None
     report.require_matplotlib()
     source = fit_on or model_path
     source_predictor, source_model, source_denses = _load_softmax(source)
