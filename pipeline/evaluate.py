@@ -88,7 +88,7 @@ def evaluate(
     metrics_json = out / f"{stem}.evaluation.json"
     review = review_rows(probs, labels)
     bins = calibration.reliability(probs, labels)
-    ece = calibration.ece(probs, labels)
+    ece = calibration.ece_of(bins)
     reliability_png = report.plot_reliability(
         {f"{model_path.name} (ECE {ece:.4f})": bins},
         out / f"{stem}.reliability.png",

@@ -222,17 +222,18 @@ def calibrate(
     temperature = fit_temperature(head, y)
     before_probs, after_probs = head.probs(1.0), head.probs(temperature)
     if fit_on is None:
-        predictor, model, denses, target_head = source_predictor, source_model, source_denses, head
+        predictor, model, denses = source_predictor, source_model, source_denses
     else:
         predictor, model, denses = _load_softmax(model_path)
-        target_head = Head(model, denses, x)
-    # The test set, once T is fixed: only for the record (before and after).
+    # The test set, once T is fixed: for the record (before and after), and to check the fold.
     x_test, y_test = data.load(data.Split.TEST, dataset, data_dir)
-    test_head = Head(model, denses, preprocess.model_input(x_test, deskew))
+    test_x = preprocess.model_input(x_test, deskew)
+    test_head = Head(model, denses, test_x)
     before_test, after_test = test_head.probs(1.0), test_head.probs(temperature)
     for dense in denses:  # fold T into the weights: logits / T, no new operator
         dense.set_weights([w / np.float32(temperature) for w in dense.get_weights()])
-    folded, expected = predictor.predict(x), target_head.probs(temperature)
+    check = slice(0, defaults.TEMPERATURE_FOLD_CHECK)
+    folded, expected = predictor.predict(test_x[check]), after_test[check]
     if not np.allclose(folded, expected, atol=defaults.TEMPERATURE_FOLD_ATOL):
         raise CalibrationError(
             f"{model_path}: its output is not the average of its output layers' softmax (max difference "
