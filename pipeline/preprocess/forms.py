@@ -91,10 +91,16 @@ def _fit(m: np.ndarray, lo: int, hi: int, start: int, end: int, vertical: bool) 
     clean = inked & (counts <= thickness + 1)
     centres = (band * np.arange(lo, hi)[:, None]).sum(axis=0) / np.maximum(counts, 1)
     if np.count_nonzero(clean) >= 3:
-        # np.polyfit, not the closed form: printed lines are exactly level, their centres sit on
-        # half pixels, and the last bits of the fit decide which row `_strip` rounds them to.
-        slope, intercept = np.polyfit(columns[clean], centres[clean], 1)
-        wobble = float(np.sqrt(np.mean((centres[clean] - (intercept + slope * columns[clean])) ** 2)))
+        # Least squares in closed form about the mean column (np.polyfit's SVD costs ten times
+        # more): an exactly level printed line gets slope 0 and its centre row exactly, so
+        # `_strip` rounds it the same way at every column.
+        x, y = columns[clean].astype(np.float64), centres[clean]
+        dx = x - x.mean()
+        y_mean = y.mean()
+        slope = float(dx @ (y - y_mean)) / float(dx @ dx)
+        intercept = y_mean - slope * x.mean()
+        residual = y - (intercept + slope * x)
+        wobble = math.sqrt(float(residual @ residual) / residual.size)
     else:
         slope, intercept, wobble = 0.0, (lo + hi - 1) / 2, 0.0
     return FormLine(vertical, lo, hi, start, end, (float(intercept), float(slope)), thickness, wobble)
@@ -117,8 +123,9 @@ def _strip(line: FormLine, height: int) -> tuple[np.ndarray, np.ndarray]:
     intercept, slope = line.centre
     centre = intercept + slope * np.arange(line.start, line.end)
     half = line.thickness / 2 + 1.0
-    first = np.clip(np.floor(centre - half + 0.5), 0, height).astype(int)
-    last = np.clip(np.floor(centre + half + 0.5), 0, height).astype(int)
+    # np.minimum/np.maximum: np.clip's Python wrapper costs more than the arithmetic here
+    first = np.minimum(np.maximum(np.floor(centre - half + 0.5), 0), height).astype(int)
+    last = np.minimum(np.maximum(np.floor(centre + half + 0.5), 0), height).astype(int)
     return first, np.maximum(last, first + 1)
 
 
@@ -138,19 +145,36 @@ def _line_pixels(mask: np.ndarray, line: FormLine, extent: int) -> np.ndarray:
     widest, longest = max(3, line.hi - line.lo), int(0.4 * extent)
     columns = np.arange(line.start, line.end)
     steps = np.arange(longest + 3)[:, None]
+    # The mask with `steps` rows of paper above and below, so every column's walk away from the
+    # strip is a plain slice: a line holds a few runs of columns with one origin each (a tilted
+    # line steps a row at a time), far cheaper than gathering each pixel by index.
+    reach = len(steps)
+    padded = cv2.copyMakeBorder(
+        np.ascontiguousarray(m).view(np.uint8), reach, reach, 0, 0, cv2.BORDER_CONSTANT, value=0
+    ).view(np.bool_)
     for origin, direction in ((first - 1, -1), (last, 1)):
         # side[k, x]: the pixel k steps away from the strip in column x (False off the image)
-        at = origin[None, :] + direction * steps
-        inside = (at >= 0) & (at < m.shape[0])
-        side = np.where(inside, m[np.clip(at, 0, m.shape[0] - 1), columns[None, :]], False)
+        side = np.empty((reach, columns.size), dtype=np.bool_)
+        cuts = np.flatnonzero(np.diff(origin)) + 1
+        for lo, hi in zip([0, *cuts.tolist()], [*cuts.tolist(), columns.size], strict=True):
+            o = int(origin[lo]) + reach
+            end = o + direction * reach
+            walk = slice(o, end if end >= 0 else None, direction)
+            side[:, lo:hi] = padded[walk, line.start + lo : line.start + hi]
         run = np.where(side.all(axis=0), side.shape[0], side.argmin(axis=0))
         standing = np.flatnonzero(run > 0)
-        for seg in np.split(standing, np.flatnonzero(np.diff(standing) > 1) + 1):
-            if seg.size == 0:
-                continue
-            a, b, height = int(seg[0]), int(seg[-1]) + 1, int(run[seg].max())
-            if b - a > widest or height < 2 * (b - a) or height > longest:
-                continue
+        if standing.size == 0:
+            continue
+        # Runs of adjacent standing columns, each a candidate tick: its width and height first,
+        # in one pass, so only the few that could be ticks reach the ring test below.
+        breaks = np.flatnonzero(np.diff(standing) > 1) + 1
+        starts = np.concatenate(([0], breaks))
+        a_all, b_all = standing[starts], standing[np.concatenate((breaks - 1, [standing.size - 1]))] + 1
+        heights = np.maximum.reduceat(run[standing], starts)
+        width = b_all - a_all
+        possible = (width <= widest) & (heights >= 2 * width) & (heights <= longest)
+        a_s, b_s, h_s = a_all[possible].tolist(), b_all[possible].tolist(), heights[possible].tolist()
+        for a, b, height in zip(a_s, b_s, h_s, strict=True):
             # A clear ring 2 px wide around its rectangle: ink further off may be the digit beside it.
             ring = side[: height + 2, max(0, a - 2) : b + 2].copy()
             ring[:height, a - max(0, a - 2) : b - max(0, a - 2)] = False
@@ -158,8 +182,9 @@ def _line_pixels(mask: np.ndarray, line: FormLine, extent: int) -> np.ndarray:
                 continue
             # The tick, one pixel wider on each side for its blurred edges.
             block = (slice(0, height + 1), slice(max(0, a - 1), min(len(columns), b + 1)))
-            on = inside[block]
-            out[at[block][on], np.broadcast_to(columns[block[1]], on.shape)[on]] = True
+            at = origin[None, block[1]] + direction * steps[block[0]]
+            on = (at >= 0) & (at < m.shape[0])
+            out[at[on], np.broadcast_to(columns[block[1]], on.shape)[on]] = True
     return pixels
 
 

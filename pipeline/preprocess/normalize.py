@@ -60,6 +60,8 @@ def _local_level(gray: np.ndarray, light_paper: bool) -> np.ndarray:
 
 # The paper level's working size, in pixels.
 _LEVEL_SIDE = 64
+# The least paper level divided by (a 1x1 array: cv2.max broadcasts it).
+_ONE = np.ones((1, 1), np.uint8)
 
 
 def _ink_values(gray: np.ndarray) -> np.ndarray:
@@ -81,7 +83,7 @@ def _ink_values(gray: np.ndarray) -> np.ndarray:
         paper = _local_level(gray, light_paper)
         if light_paper:  # 255 * (paper - pixel) / paper, negatives (paper darker than ink) to 0
             values = cv2.divide(
-                cv2.subtract(paper, gray), np.maximum(paper, np.uint8(1)), scale=255.0, dtype=cv2.CV_32F
+                cv2.subtract(paper, gray), cv2.max(paper, _ONE), scale=255.0, dtype=cv2.CV_32F
             )
         else:
             values = cv2.subtract(gray, paper)
