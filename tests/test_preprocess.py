@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from pipeline import preprocess
 from pipeline.errors import BlankImageError, ImageError
-from pipeline.preprocess import normalize
+from pipeline.preprocess import decode, normalize
 from pipeline.preprocess.masks import bbox, erode3, max_filter, min_filter
 from pipeline.samples import render_scan
 from pipeline.train import augment
@@ -444,3 +445,87 @@ def test_a_large_png_is_worked_on_reduced(test_digits: tuple[np.ndarray, np.ndar
         assert to_working_size(np.asarray(page)).shape == (300, 400)
         full = normalize._scan_at(np.asarray(page), erase_lines=True, check=False)
         assert _similar_within_a_pixel(preprocess.to_mnist(page), full) > 0.9
+
+
+def _pil_gray(path: Path, reduce: bool = False) -> tuple[np.ndarray, int]:
+    """What PIL's way (open_image, to_gray) makes of a file: the reference for read_gray."""
+    with preprocess.open_image(path, reduce=reduce) as img:
+        return preprocess.to_gray(img), img.info.get(decode.REDUCTION_INFO, 1)
+
+
+def _blotches(size: tuple[int, int], seed: int) -> Image.Image:
+    """Smooth colour blotches: a JPEG of them has every kind of block (flat, edges, colour)."""
+    rng = np.random.default_rng(seed)
+    small = Image.fromarray(rng.integers(0, 256, (size[1] // 16, size[0] // 16, 3), dtype=np.uint8))
+    return small.resize(size, Image.Resampling.BICUBIC)
+
+
+@pytest.mark.parametrize(
+    ("name", "make"),
+    [
+        ("digit.png", lambda: Image.fromarray(np.arange(28 * 28, dtype=np.uint8).reshape(28, 28))),
+        ("gray.jpg", lambda: _blotches((333, 221), 1).convert("L")),
+        ("colour.jpg", lambda: _blotches((301, 405), 2)),
+        ("progressive.jpg", lambda: _blotches((640, 480), 3)),
+        ("large.jpg", lambda: _blotches((2000, 1600), 4)),
+    ],
+)
+def test_read_gray_takes_the_short_way_with_pils_pixels(
+    name: str, make: Callable[[], Image.Image], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / name
+    make().save(path, quality=80, progressive=name.startswith("progressive"))
+    expected = {reduce: _pil_gray(path, reduce) for reduce in (False, True)}
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the short way fell back to PIL")
+
+    monkeypatch.setattr(decode, "open_image", refuse)
+    for reduce in (False, True):
+        gray, factor = decode.read_gray(path, reduce=reduce)
+        np.testing.assert_array_equal(gray, expected[reduce][0])
+        assert factor == expected[reduce][1]
+    with Image.open(path) as img:
+        reduced = decode.reduction(*img.size)
+    assert expected[True][1] == (reduced if name.endswith(".jpg") else 1)
+    assert name not in ("large.jpg", "progressive.jpg") or reduced > 1  # both sizes are tried
+
+
+def _save_exif_rotated(path: Path) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    _blotches((120, 90), 5).save(path, exif=exif)
+
+
+@pytest.mark.parametrize(
+    ("name", "save"),
+    [
+        ("transparent.png", lambda p: Image.new("L", (50, 40), 200).save(p, transparency=200)),
+        ("sixteen.png", lambda p: Image.fromarray(np.full((40, 50), 999, np.uint16)).save(p)),
+        ("palette.png", lambda p: _blotches((60, 50), 6).convert("P").save(p)),
+        ("colour.png", lambda p: _blotches((60, 50), 7).save(p)),
+        ("rotated.jpg", _save_exif_rotated),
+        ("cmyk.jpg", lambda p: _blotches((60, 50), 8).convert("CMYK").save(p)),
+        ("picture.bmp", lambda p: _blotches((60, 50), 9).save(p)),
+    ],
+)
+def test_read_gray_leaves_the_rest_to_pil(name: str, save: Callable[[Path], None], tmp_path: Path) -> None:
+    path = tmp_path / name
+    save(path)
+    gray, factor = decode.read_gray(path)
+    reference, _ = _pil_gray(path)
+    np.testing.assert_array_equal(gray, reference)
+    assert factor == 1
+
+
+def test_read_gray_reports_cut_files_as_pil_does(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    for name, fmt in (("cut.png", "PNG"), ("cut.jpg", "JPEG")):
+        buf = io.BytesIO()
+        _blotches((200, 150), 10).convert("L").save(buf, format=fmt)
+        (tmp_path / name).write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+        with pytest.raises(ImageError, match="truncated"):
+            decode.read_gray(tmp_path / name)
+    Image.new("L", (9000, 8000)).save(tmp_path / "bomb.png")
+    with pytest.raises(ImageError, match="exceeds the limit"):
+        decode.read_gray(tmp_path / "bomb.png")
+    assert capfd.readouterr().err == ""  # OpenCV's warnings stay off the terminal

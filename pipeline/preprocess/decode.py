@@ -7,8 +7,10 @@ as 8-bit grayscale with transparency over white paper.
 
 from __future__ import annotations
 
+import io
 import os
 import stat
+import struct
 from pathlib import Path
 
 import cv2
@@ -34,6 +36,12 @@ def open_image(
     With `reduce`, a large JPEG is decoded at the size `reduction` says (DCT scaling: the decoder
     skips the work) and `img.info[REDUCTION_INFO]` holds the factor.
     """
+    _check_regular(path)
+    return _decode(_open_header(path), max_pixels, reduce)
+
+
+def _check_regular(path: Path | str) -> None:
+    """Refuse anything but a regular file: a FIFO or device named `x.png` would block or never end."""
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):
             raise ImageError("not a regular file")
@@ -41,6 +49,18 @@ def open_image(
         raise ImageError("unreadable: file not found (dangling link or removed)") from exc
     except OSError as exc:
         raise ImageError(f"unreadable: {exc.strerror or exc}") from exc
+
+
+def _check_size(width: int, height: int, max_pixels: int) -> None:
+    """The decompression-bomb guard and the smallest image that can hold a digit, from the header."""
+    if width * height > max_pixels:
+        raise ImageError(f"refused: {width}x{height} pixels exceeds the limit of {max_pixels}")
+    if min(width, height) < defaults.MIN_IMAGE_SIDE:
+        raise ImageError(f"too small to hold a digit: {width}x{height}")
+
+
+def _open_header(path: Path | str) -> Image.Image:
+    """PIL's `Image.open`: the header only, its failures as ImageError."""
     try:
         img = Image.open(path)
     except FileNotFoundError as exc:
@@ -51,12 +71,14 @@ def open_image(
         raise ImageError("not an image (unrecognised format)") from exc
     except OSError as exc:
         raise ImageError(f"cannot open: {exc}") from exc
+    return img
+
+
+def _decode(img: Image.Image, max_pixels: int, reduce: bool) -> Image.Image:
+    """Decode an opened image (see `open_image`), closing it if that fails."""
     try:
         width, height = img.size
-        if width * height > max_pixels:
-            raise ImageError(f"refused: {width}x{height} pixels exceeds the limit of {max_pixels}")
-        if min(width, height) < defaults.MIN_IMAGE_SIDE:
-            raise ImageError(f"too small to hold a digit: {width}x{height}")
+        _check_size(width, height, max_pixels)
         if img.format in ("JPEG", "MPO"):
             # Decode straight to gray (JPEG's own luma, the same weights as convert("L")) and,
             # for a large photo, at reduced size: both cost the decoder less, not more.
@@ -80,6 +102,117 @@ def open_image(
 
 # Where `open_image(reduce=True)` notes how much smaller than the file it decoded a JPEG.
 REDUCTION_INFO = "pipeline.reduction"
+
+
+def read_gray(
+    path: Path | str, max_pixels: int = defaults.MAX_IMAGE_PIXELS, reduce: bool = False
+) -> tuple[np.ndarray, int]:
+    """A file's pixels as 8-bit grayscale, and how much smaller than the file they were decoded
+    (1, or the `reduction` of a large JPEG with `reduce`): what `open_image` and `to_gray` give,
+    by a shorter way for the files batch jobs are made of.
+
+    An 8-bit grayscale PNG with nothing to apply (no transparency, palette or EXIF block) has its
+    header read here and its pixels decoded by OpenCV from the bytes already read; a JPEG in gray
+    or YCbCr that ends where JPEGs end, with no rotation to apply, has its header read by PIL (the
+    same guards, messages and luma) and is decoded by OpenCV, reduced by the same DCT scaling.
+    Both decoders are the ones PIL uses (zlib, libjpeg-turbo), so the pixels are the same, and
+    PIL's per-image Python work is what is saved. Anything else, or anything OpenCV declines
+    (a truncated PNG), takes `open_image`, whose errors say what is wrong with the file.
+    """
+    _check_regular(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_PNG_HEAD)
+            data = head + f.read() if head.startswith((_PNG_SIGNATURE, _JPEG_START)) else b""
+    except PermissionError as exc:
+        raise ImageError("permission denied") from exc
+    except OSError as exc:
+        raise ImageError(f"unreadable: {exc.strerror or exc}") from exc
+    if data.startswith(_PNG_SIGNATURE):
+        gray = _png_gray(data, max_pixels)
+        if gray is not None:
+            return gray, 1
+    elif data:
+        found = _jpeg_gray(data, max_pixels, reduce)
+        if found is not None:
+            return found
+    with open_image(path, max_pixels, reduce) as img:
+        return to_gray(img), img.info.get(REDUCTION_INFO, 1)
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# JPEG's start-of-image marker and the first byte of the next marker.
+_JPEG_START = b"\xff\xd8\xff"
+# The signature and the IHDR chunk: where a PNG's size, bit depth and colour type are.
+_PNG_HEAD = 33
+# Chunks that change what PIL makes of an 8-bit gray PNG: transparency, a palette, an EXIF block.
+_PNG_CHANGES = frozenset({b"tRNS", b"PLTE", b"eXIf"})
+
+
+def _png_gray(data: bytes, max_pixels: int) -> np.ndarray | None:
+    """An 8-bit grayscale PNG's pixels (see `read_gray`), or None for any other PNG."""
+    if len(data) < _PNG_HEAD or data[12:16] != b"IHDR":
+        return None
+    width, height, depth, colour = struct.unpack_from(">IIBB", data, 16)
+    _check_size(width, height, max_pixels)
+    if depth != 8 or colour != 0:
+        return None
+    at = 8
+    while True:  # every chunk's header, to IEND: a file cut short has none and goes to PIL
+        if at + 8 > len(data):
+            return None
+        length, kind = struct.unpack_from(">I4s", data, at)
+        if kind in _PNG_CHANGES:
+            return None
+        if kind == b"IEND":
+            break
+        at += 12 + length
+    gray = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if gray is None or gray.dtype != np.uint8 or gray.shape != (height, width):
+        return None
+    return gray
+
+
+# OpenCV's grayscale JPEG decoding at 1/1, 1/2, 1/4 and 1/8 size, EXIF rotation left to PIL.
+_JPEG_FLAGS = {
+    1: cv2.IMREAD_GRAYSCALE,
+    2: cv2.IMREAD_REDUCED_GRAYSCALE_2,
+    4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
+    8: cv2.IMREAD_REDUCED_GRAYSCALE_8,
+}
+
+
+def _jpeg_gray(data: bytes, max_pixels: int, reduce: bool) -> tuple[np.ndarray, int] | None:
+    """A gray or YCbCr JPEG's luma and its reduction (see `read_gray`), or None where PIL should
+    decode it: another mode, a rotation to apply, a file that does not end with JPEG's end-of-image
+    marker (truncated: OpenCV would fill the missing part with grey where PIL fails)."""
+    if not data.endswith(b"\xff\xd9"):
+        return None
+    try:
+        img = Image.open(io.BytesIO(data))
+    except Exception:  # not something PIL reads either: open_image says why
+        return None
+    with img:
+        if img.format != "JPEG" or img.mode not in ("L", "RGB"):
+            return None
+        width, height = img.size
+        _check_size(width, height, max_pixels)
+        if "exif" in img.info:
+            try:
+                if img.getexif().get(_ORIENTATION, 1) != 1:
+                    return None
+            except Exception:  # a malformed EXIF block: PIL's way decides
+                return None
+    factor = reduction(width, height) if reduce else 1
+    flags = _JPEG_FLAGS[factor] | cv2.IMREAD_IGNORE_ORIENTATION
+    gray = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    if gray is None or gray.shape != (-(-height // factor), -(-width // factor)):
+        return None
+    return gray, factor
+
+
+# The EXIF tag of the image's orientation.
+_ORIENTATION = 0x0112
 
 
 def reduction(width: int, height: int) -> int:

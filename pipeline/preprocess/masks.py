@@ -8,6 +8,9 @@ import numpy as np
 # One thread: classify runs one decoding process per core already, and an OpenCV thread pool
 # started in a process that later forks its workers could leave them waiting on it.
 cv2.setNumThreads(1)
+# OpenCV's warnings (a PNG it declines to decode, which PIL then decodes or reports) would print a
+# line per file on a batch job's terminal: errors only.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
 
 def bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:

@@ -20,7 +20,7 @@ from PIL import Image, ImageFilter
 
 from pipeline import defaults
 from pipeline.errors import BlankImageError, ImageError
-from pipeline.preprocess.decode import REDUCTION_INFO, open_image, to_gray, to_working_size
+from pipeline.preprocess.decode import REDUCTION_INFO, read_gray, to_gray, to_working_size
 from pipeline.preprocess.forms import erase_form_lines
 from pipeline.preprocess.masks import bbox, max_filter, min_filter, stroke_width
 
@@ -241,7 +241,11 @@ def to_mnist(img: Image.Image, *, deskew_digit: bool = False, erase_lines: bool 
     is for measuring what that step is worth. Raises BlankImageError when there is no ink: a
     blank form field must be reported, not guessed.
     """
-    gray = to_gray(img)
+    return _gray_to_mnist(to_gray(img), img.info.get(REDUCTION_INFO, 1) > 1, deskew_digit, erase_lines)
+
+
+def _gray_to_mnist(gray: np.ndarray, drafted: bool, deskew_digit: bool, erase_lines: bool) -> np.ndarray:
+    """`to_mnist` of decoded pixels; `drafted`: a JPEG decoded at reduced size (see `_scan`)."""
     if gray.ndim != 2:
         raise ImageError(f"unsupported image layout {gray.shape}")
     field = defaults.FIELD_SIZE
@@ -255,7 +259,7 @@ def to_mnist(img: Image.Image, *, deskew_digit: bool = False, erase_lines: bool 
             raise BlankImageError("blank: no ink found")
         digit = np.ascontiguousarray(gray)
     else:
-        digit = _scan(gray, erase_lines, drafted=img.info.get(REDUCTION_INFO, 1) > 1)
+        digit = _scan(gray, erase_lines, drafted=drafted)
     return deskew(digit) if deskew_digit else digit
 
 
@@ -303,13 +307,13 @@ def load_digit(
 ) -> np.ndarray:
     """Open, decode and preprocess one file: what each classify worker does per image. A large
     JPEG is decoded at reduced size, and again at full size in the rare case that loses the digit."""
-    with open_image(path, max_pixels, reduce=True) as img:
-        try:
-            return to_mnist(img, deskew_digit=deskew_digit, erase_lines=erase_lines)
-        except _FullSizeNeeded:
-            pass
-    with open_image(path, max_pixels) as img:
-        return to_mnist(img, deskew_digit=deskew_digit, erase_lines=erase_lines)
+    gray, factor = read_gray(path, max_pixels, reduce=True)
+    try:
+        return _gray_to_mnist(gray, factor > 1, deskew_digit, erase_lines)
+    except _FullSizeNeeded:
+        pass
+    gray, _ = read_gray(path, max_pixels)
+    return _gray_to_mnist(gray, False, deskew_digit, erase_lines)
 
 
 def scale(images: np.ndarray) -> np.ndarray:
