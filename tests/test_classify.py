@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from conftest import kill_when
 from PIL import Image
 from typer.testing import CliRunner
 
-from pipeline import runtime
+from pipeline import review, runtime
 from pipeline.classify import ENCODING, ERRORS, HEADER, classify, walk
 from pipeline.cli import app
 from pipeline.errors import ClassifyError
@@ -306,8 +307,8 @@ def test_a_wider_inference_session_takes_over_after_the_probe(
     int8_onnx: Path, test_digits: tuple[np.ndarray, np.ndarray], tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch, threads: int,
 ) -> None:  # fmt: skip
-    """After the timed chunks the local engine switches to the thread count inference_threads
-    gives, and the CSV is the same whichever it is (one thread or several, same numbers)."""
+    """Predicting in this process (one worker), after the timed chunks the local engine switches
+    to the thread count inference_threads gives, and the CSV is the same whichever it is."""
     import pipeline.classify.local as local_engine
 
     monkeypatch.setattr(local_engine.os, "cpu_count", lambda: 2)
@@ -319,12 +320,45 @@ def test_a_wider_inference_session_takes_over_after_the_probe(
 
     monkeypatch.setattr(local_engine, "inference_threads", decide)
     _write_digits(tmp_path / "digits", test_digits[0][:400])
-    summary = classify(tmp_path / "digits", tmp_path / "out.csv", model=int8_onnx, workers=2, chunk_size=40)
+    summary = classify(tmp_path / "digits", tmp_path / "out.csv", model=int8_onnx, workers=1, chunk_size=40)
     assert summary.inference_threads == threads and len(asked) == 1
     assert asked[0][0] > 0 and asked[0][1] > 0  # CPU seconds per image, decoding and inference
     reference = runtime.load(int8_onnx, threads=1).predict(scale(test_digits[0][:400]))
     rows = _rows(tmp_path / "out.csv")
     assert [float(r["confidence"]) for r in rows] == [float(f"{p:.6f}") for p in reference.max(axis=1)]
+
+
+def test_workers_predict_and_write_the_same_rows(
+    int8_onnx: Path, test_digits: tuple[np.ndarray, np.ndarray], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """With two workers an ONNX model runs in them, reasons included, and this process predicts
+    nothing; the CSV is byte for byte the one that predicting here writes."""
+    import pipeline.classify.local as local_engine
+
+    digits = test_digits[0][:300].copy()
+    digits[::7] = np.roll(digits[::7], 9, axis=2)  # some off-centre, for review reasons
+    _write_digits(tmp_path / "digits", digits)
+    here = classify(tmp_path / "digits", tmp_path / "here.csv", model=int8_onnx, workers=1, chunk_size=32)
+    assert local_engine.predicts_in_workers(int8_onnx, 2) and not local_engine.predicts_in_workers(
+        int8_onnx, 1
+    )
+
+    writer = os.getpid()
+
+    def only_in_workers(original: Any) -> Any:
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            assert os.getpid() != writer, f"{original.__name__} ran in the writing process"
+            return original(*args, **kwargs)
+
+        return guarded
+
+    # The workers fork after this and run the originals; the writing process must not call them.
+    monkeypatch.setattr(local_engine, "predict_digits", only_in_workers(local_engine.predict_digits))
+    monkeypatch.setattr(review.ReviewModel, "reasons", only_in_workers(review.ReviewModel.reasons))
+    there = classify(tmp_path / "digits", tmp_path / "there.csv", model=int8_onnx, workers=2, chunk_size=32)
+    assert (tmp_path / "there.csv").read_bytes() == (tmp_path / "here.csv").read_bytes()
+    assert there.review == here.review and sum(here.review.values()) > 0
 
 
 def test_one_writer_per_out(tmp_path: Path, test_digits: tuple[np.ndarray, np.ndarray]) -> None:

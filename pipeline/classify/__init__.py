@@ -169,7 +169,7 @@ def _run(
             )
         else:
             chunks = local_chunks(
-                folder, todo, predictor, n_workers, chunk_size, deskew, max_pixels, summary, check is not None
+                folder, todo, predictor, n_workers, chunk_size, deskew, max_pixels, summary, check
             )
         del predictor  # the local engine may swap in a session with more threads: free this one then
         for chunk in chunks:

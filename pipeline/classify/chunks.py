@@ -33,6 +33,7 @@ class ChunkResult:
     probs: np.ndarray | None = None  # float32 [n_ok, 10], filled in by the engine's inference
     decode_seconds: float = 0.0  # CPU time the worker spent decoding and preprocessing the chunk
     evidence: review.Evidence | None = None  # what the good digits' images say, for review
+    reasons: list[str] | None = None  # each good digit's review reason, where a worker gave them
 
 
 def decode_chunk(

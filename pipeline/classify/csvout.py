@@ -142,9 +142,12 @@ def write_chunk(
     the reason (`pipeline.review`)."""
     probs = chunk.probs if chunk.probs is not None else np.zeros((0, 10), np.float32)
     first, conf, second, second_conf = runtime.top2(probs)
-    reasons = (
-        check.model.reasons(chunk.digits, probs, check.below, chunk.evidence) if check else [""] * len(probs)
-    )
+    if chunk.reasons is not None:
+        reasons = chunk.reasons
+    elif check:
+        reasons = check.model.reasons(chunk.digits, probs, check.below, chunk.evidence)
+    else:
+        reasons = [""] * len(probs)
     k = 0
     for path, status, error in zip(chunk.paths, chunk.status, chunk.errors, strict=True):
         if status == "ok":

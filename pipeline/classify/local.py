@@ -1,8 +1,13 @@
-"""The local engine: worker processes decode, this process predicts, chunks come back in walk order.
+"""The local engine: worker processes decode (and, for ONNX and TFLite models, predict), chunks
+come back in walk order.
 
 - At most `2 x workers` chunks are in flight, so memory does not grow with the folder.
 - Rows come out in the deterministic walk order whatever the worker timing, so two runs over the
   same folder write identical files, and a resumed run continues exactly where the first stopped.
+- Each worker runs its own one-thread session of an ONNX or TFLite model on the chunk it decoded,
+  and the review's reasons beside it: this process only writes rows, so no serial step bounds a
+  run whose files are quick to decode. A Keras model (TensorFlow in every worker would cost a
+  process's worth of memory each) and `--workers 1` predict here instead.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from typing import Any
 
 from pipeline import defaults, runtime
 from pipeline.classify.chunks import ChunkResult, Summary, decode_chunk, predict_digits
+from pipeline.classify.csvout import Review
+from pipeline.formats import Format
 
 
 def _chunks(paths: Iterator[str], size: int) -> Iterator[list[str]]:
@@ -32,42 +39,81 @@ def _chunks(paths: Iterator[str], size: int) -> Iterator[list[str]]:
 
 def decoded_chunks(
     folder: Path, paths: Iterator[str], workers: int, chunk_size: int, deskew: bool, max_pixels: int,
-    evidence: bool = False,
+    evidence: bool = False, predict: tuple[Path, Review | None] | None = None,
 ) -> Iterator[ChunkResult]:  # fmt: skip
-    """Decode chunks in a process pool, yielding them in walk order with a bounded window."""
+    """Decode chunks in a process pool, yielding them in walk order with a bounded window. With
+    `predict` (a model and the review check), each worker also predicts its chunk and gives its
+    rows their reasons (`_predicted_chunk`)."""
     root = os.fsdecode(folder)
     chunks = _chunks(paths, chunk_size)
     if workers <= 1:
         for chunk in chunks:
             yield decode_chunk(root, chunk, deskew, max_pixels, evidence)
         return
-    # fork: workers start instantly and inherit the imported modules; they only use PIL and numpy.
+    # fork: workers start instantly and inherit the imported modules (and the review model).
     ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
-    with ctx.Pool(workers) as pool:
+    task: Any = decode_chunk if predict is None else _predicted_chunk
+    with ctx.Pool(workers, _start_worker, (predict,)) as pool:
         window: deque[Any] = deque()
         for chunk in chunks:
-            window.append(pool.apply_async(decode_chunk, (root, chunk, deskew, max_pixels, evidence)))
+            window.append(pool.apply_async(task, (root, chunk, deskew, max_pixels, evidence)))
             if len(window) >= 2 * workers:
                 yield window.popleft().get()
         while window:
             yield window.popleft().get()
 
 
+# What a worker process predicts with: its own session of the model, and the review check.
+_WORKER: dict[str, Any] = {}
+
+
+def _start_worker(predict: tuple[Path, Review | None] | None) -> None:
+    """Pool initializer: load the model once per worker, on one thread (a worker per core)."""
+    if predict is not None:
+        model, check = predict
+        _WORKER["predictor"] = runtime.load(model, threads=1)
+        _WORKER["check"] = check
+
+
+def _predicted_chunk(
+    root: str, paths: list[str], deskew: bool, max_pixels: int, evidence: bool
+) -> ChunkResult:
+    """A worker's task when it predicts too: decode, predict, and give each row its reason."""
+    chunk = decode_chunk(root, paths, deskew, max_pixels, evidence)
+    chunk.probs = predict_digits(_WORKER["predictor"], chunk.digits)
+    check: Review | None = _WORKER["check"]
+    if check is not None:
+        chunk.reasons = check.model.reasons(chunk.digits, chunk.probs, check.below, chunk.evidence)
+    return chunk
+
+
+def predicts_in_workers(model: Path, workers: int) -> bool:
+    """Whether the workers predict (see the module docstring): ONNX and TFLite, two workers or more."""
+    return workers > 1 and runtime.format_of(model) in (Format.ONNX, Format.TFLITE)
+
+
 def local_chunks(
     folder: Path, paths: Iterator[str], predictor: runtime.Predictor, workers: int, chunk_size: int,
-    deskew: bool, max_pixels: int, summary: Summary, evidence: bool = False,
+    deskew: bool, max_pixels: int, summary: Summary, check: Review | None = None,
 ) -> Iterator[ChunkResult]:  # fmt: skip
-    """The local engine: chunks decoded by the process pool, predicted here, in walk order (with
-    `evidence`, the workers also make the review's image evidence).
+    """The local engine: chunks decoded by the process pool and predicted there (ONNX, TFLite) or
+    here, in walk order (with `check`, the workers also make the review's image evidence).
 
-    Inference starts on one thread. When it has one thread and the machine more than one core,
-    the first chunks are timed (inference here, decoding in the workers, CPU seconds per image)
-    and `inference_threads` decides whether a session with more threads takes over.
+    Predicting here, inference starts on one thread. When it has one thread and the machine more
+    than one core, the first chunks are timed (inference here, decoding in the workers, CPU
+    seconds per image) and `inference_threads` decides whether a session with more threads takes
+    over.
     """
+    if predicts_in_workers(predictor.path, workers):
+        yield from decoded_chunks(
+            folder, paths, workers, chunk_size, deskew, max_pixels, check is not None, (predictor.path, check)
+        )
+        return
     cores = os.cpu_count() or 1
     probing = cores > 1 and _threads_of(predictor) == 1
     decode = infer = 0.0
     timed = images = 0
+    evidence = check is not None
     for chunk in decoded_chunks(folder, paths, workers, chunk_size, deskew, max_pixels, evidence):
         started = time.perf_counter()
         chunk.probs = predict_digits(predictor, chunk.digits)
