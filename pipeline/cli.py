@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -21,6 +21,9 @@ from rich.table import Table
 from pipeline import __version__, defaults
 from pipeline.choices import Backend, Engine, Precision, Style
 from pipeline.errors import PipelineError
+
+if TYPE_CHECKING:
+    from pipeline.classify import Summary
 
 app = typer.Typer(
     name="pipeline",
@@ -527,7 +530,7 @@ def classify_cli(
         ("per digit", "  ".join(f"{d}:{n}" for d, n in enumerate(summary.per_digit))),
         ("elapsed", f"{summary.seconds:.1f} s"),
         ("images / s", f"{summary.images_per_second:,.0f}"),
-        *([("inference threads", str(summary.inference_threads))] if engine is Engine.LOCAL else []),
+        *([("inference", _inference_line(summary))] if engine is Engine.LOCAL else []),
     ):
         table.add_row(key, value)
     console.print(table)
@@ -541,6 +544,13 @@ def classify_cli(
     if fail_on_review and reviewed:
         err_console.print(f"[bold red]review:[/] {reviewed} row(s) need a person (see {escape(str(out))})")
         raise typer.Exit(code=REVIEW_ROWS_EXIT)
+
+
+def _inference_line(summary: Summary) -> str:
+    """Where the local engine ran the model: in its workers, or here on some threads."""
+    if summary.inference_workers:
+        return f"in {summary.inference_workers} workers, 1 thread each"
+    return f"here, {summary.inference_threads} thread{'s' if summary.inference_threads > 1 else ''}"
 
 
 def _print_queue(written: Any) -> None:

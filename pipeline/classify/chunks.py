@@ -88,6 +88,7 @@ class Summary:
     review: dict[str, int] = field(default_factory=dict)  # rows for a person, by reason
     seconds: float = 0.0
     inference_threads: int = 1  # what the local engine settled on (see inference_threads)
+    inference_workers: int = 0  # the local engine's workers that predicted (0: this process did)
     queue: Queue | None = None  # the review queue written after the run, if asked for
 
     @property

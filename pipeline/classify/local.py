@@ -105,6 +105,7 @@ def local_chunks(
     over.
     """
     if predicts_in_workers(predictor.path, workers):
+        summary.inference_workers = workers
         yield from decoded_chunks(
             folder, paths, workers, chunk_size, deskew, max_pixels, check is not None, (predictor.path, check)
         )
