@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -529,3 +530,22 @@ def test_read_gray_reports_cut_files_as_pil_does(tmp_path: Path, capfd: pytest.C
     with pytest.raises(ImageError, match="exceeds the limit"):
         decode.read_gray(tmp_path / "bomb.png")
     assert capfd.readouterr().err == ""  # OpenCV's warnings stay off the terminal
+
+
+def test_read_gray_leaves_large_files_to_pil(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the size cap the whole file is not read first: PIL reads the header, then decodes."""
+    path = tmp_path / "scan.jpg"
+    _blotches((300, 200), 11).save(path)
+    calls: list[object] = []
+    original = decode.open_image
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(decode, "open_image", counted)
+    small = decode.read_gray(path)
+    assert not calls
+    monkeypatch.setattr(decode, "_SHORT_MAX_BYTES", path.stat().st_size - 1)
+    np.testing.assert_array_equal(decode.read_gray(path)[0], small[0])
+    assert len(calls) == 1

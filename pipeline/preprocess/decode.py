@@ -123,7 +123,13 @@ def read_gray(
     try:
         with open(path, "rb") as f:
             head = f.read(_PNG_HEAD)
-            data = head + f.read() if head.startswith((_PNG_SIGNATURE, _JPEG_START)) else b""
+            short = (
+                head.startswith((_PNG_SIGNATURE, _JPEG_START))
+                and os.fstat(f.fileno()).st_size <= _SHORT_MAX_BYTES
+            )
+            if short and head.startswith(_PNG_SIGNATURE):
+                _png_size_check(head, max_pixels)  # before the rest is read
+            data = head + f.read() if short else b""
     except PermissionError as exc:
         raise ImageError("permission denied") from exc
     except OSError as exc:
@@ -141,12 +147,22 @@ def read_gray(
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Files larger than this take PIL's way, which reads only the header before the bomb guard: the
+# shorter way reads the whole file first (digit scans and photos are far smaller).
+_SHORT_MAX_BYTES = 32 * 1024 * 1024
 # JPEG's start-of-image marker and the first byte of the next marker.
 _JPEG_START = b"\xff\xd8\xff"
 # The signature and the IHDR chunk: where a PNG's size, bit depth and colour type are.
 _PNG_HEAD = 33
 # Chunks that change what PIL makes of an 8-bit gray PNG: transparency, a palette, an EXIF block.
 _PNG_CHANGES = frozenset({b"tRNS", b"PLTE", b"eXIf"})
+
+
+def _png_size_check(head: bytes, max_pixels: int) -> None:
+    """The bomb guard from a PNG's IHDR chunk (a header PIL would not read passes silently)."""
+    if len(head) >= _PNG_HEAD and head[12:16] == b"IHDR":
+        width, height = struct.unpack_from(">II", head, 16)
+        _check_size(width, height, max_pixels)
 
 
 def _png_gray(data: bytes, max_pixels: int) -> np.ndarray | None:
