@@ -361,6 +361,29 @@ def test_workers_predict_and_write_the_same_rows(
     assert there.review == here.review and sum(here.review.values()) > 0
 
 
+def test_a_worker_that_cannot_load_the_model_ends_the_run(
+    int8_onnx: Path, test_digits: tuple[np.ndarray, np.ndarray], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """A worker whose model fails to load (memory, a file changed under the run) ends the run with
+    the error: it is raised by the worker's first chunk, not by the pool's initializer, which would
+    start new workers forever."""
+    from pipeline.errors import ArtifactError
+
+    writer, load = os.getpid(), runtime.load
+
+    def fails_in_workers(path: Path, threads: int | None = None) -> runtime.Predictor:
+        if os.getpid() != writer:
+            raise ArtifactError(f"{path}: cannot load it here")
+        return load(path, threads)
+
+    monkeypatch.setattr(runtime, "load", fails_in_workers)
+    _write_digits(tmp_path / "digits", test_digits[0][:50])
+    with pytest.raises(ArtifactError, match="cannot load it here"):
+        classify(tmp_path / "digits", tmp_path / "out.csv", model=int8_onnx, workers=2, chunk_size=10)
+    assert not (tmp_path / "out.csv").exists()
+
+
 def test_one_writer_per_out(tmp_path: Path, test_digits: tuple[np.ndarray, np.ndarray]) -> None:
     """A second run on the same --out refuses in one line while the first holds it; a killed
     holder (kill -9) releases it, and the next run goes ahead."""

@@ -73,14 +73,19 @@ def _start_worker(predict: tuple[Path, Review | None] | None) -> None:
     """Pool initializer: load the model once per worker, on one thread (a worker per core)."""
     if predict is not None:
         model, check = predict
-        _WORKER["predictor"] = runtime.load(model, threads=1)
         _WORKER["check"] = check
+        try:
+            _WORKER["predictor"] = runtime.load(model, threads=1)
+        except Exception as exc:  # raised by the worker's first task: a pool whose initializer
+            _WORKER["failed"] = exc  # fails starts new workers forever
 
 
 def _predicted_chunk(
     root: str, paths: list[str], deskew: bool, max_pixels: int, evidence: bool
 ) -> ChunkResult:
     """A worker's task when it predicts too: decode, predict, and give each row its reason."""
+    if "failed" in _WORKER:
+        raise _WORKER["failed"]
     chunk = decode_chunk(root, paths, deskew, max_pixels, evidence)
     step = defaults.CLASSIFY_WORKER_BATCH
     digits = chunk.digits
