@@ -226,20 +226,26 @@ def _classify_runs(
 ) -> list[ClassifyRun]:
     """The decode-only ceiling, then `pipeline classify` with each model, on the same files, in the
     page cache; each classify run is timed as a whole process (start-up included, as a user pays
-    it), the ceiling without its start-up."""
+    it), the ceiling without its start-up.
+
+    The ceiling is measured again just before each classify run after the first, and each run's
+    share is of the ceiling measured next to it: a machine whose speed drifts by a third within
+    minutes (this project's) would otherwise move a later run's share with the drift."""
     from pipeline.classify import ENCODING, ERRORS
 
     warm_cache(folder)
     count = sum(1 for _ in walk(folder, defaults.IMAGE_EXTENSIONS))
     n_workers = workers or os.cpu_count() or 1
     py = sys.executable
-    ceiling = _measure("decode only (ceiling)", [py, "-c", _DECODE_ONLY, str(folder), str(n_workers)], count)
+    decode_only = [py, "-c", _DECODE_ONLY, str(folder), str(n_workers)]
+    ceiling = _measure("decode only (ceiling)", decode_only, count)
     runs = [ClassifyRun(ceiling, ceiling.per_second, None)]
     if naive is not None:
         run = _measure("naive loop", [py, "-c", _NAIVE, str(folder), str(naive)], count)
         runs.append(ClassifyRun(run, ceiling.per_second, None, naive))
     with tempfile.TemporaryDirectory() as tmp:
-        for model in models:
+        for i, model in enumerate(models):
+            beside = ceiling if i == 0 and naive is None else _measure("decode only", decode_only, count)
             out = Path(tmp) / "results.csv"
             cmd = [py, "-m", "pipeline", "classify", str(folder), "--out", str(out), "--model", str(model)]
             if workers:
@@ -250,7 +256,7 @@ def _classify_runs(
             right = np.array([r["prediction"] == str(_label(r["path"])) for r in read], dtype=bool)
             confidence = np.array([float(r["confidence"]) for r in read])
             ece = calibration.ece_of(calibration.binned(confidence, right)) if read else None
-            runs.append(ClassifyRun(run, ceiling.per_second, int(right.sum()) / count, model, ece))
+            runs.append(ClassifyRun(run, beside.per_second, int(right.sum()) / count, model, ece))
     return runs
 
 

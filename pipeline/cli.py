@@ -651,6 +651,13 @@ def _print_classify_runs(runs: list[Any], title: str) -> None:
             f"{r.share_of_ceiling:.0%}", accuracy, ece, f"{r.run.peak_mib:,.0f} MiB",
         )  # fmt: skip
     console.print(table)
+    ceilings = [r.ceiling for r in runs if r.model is not None and r.accuracy is not None]
+    if len(ceilings) > 1:
+        console.print(
+            "the ceiling, measured again before each classify run (each share is of the one before it): "
+            + ", ".join(f"{c:,.0f}" for c in ceilings)
+            + " images/s"
+        )
 
 
 def _bench_models(models: list[Path] | None) -> list[Path]:
