@@ -154,11 +154,11 @@ LATENCY_REPEATS = 20
 
 # Extensions classify picks up (case-insensitive): what scanners and phones write.
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "bmp", "gif", "tif", "tiff", "webp")
-# Images per model call in a classify worker (a chunk is predicted in slices this size). The
-# session's memory grows with the batch, its speed does not: bncnn-x4 int8 on one thread took
-# 796/838/846 us per image at 64/128/256 (conv2d int8 92/86/87, in turns), its session and
-# activations 50 against 136 MiB at 256, and each worker holds one.
-CLASSIFY_WORKER_BATCH = 64
+# Images per model call in classify (a chunk is predicted in slices this size). The session's
+# memory grows with the batch, its speed does not: bncnn-x4 int8 on one thread took 796/838/846 us
+# per image at 64/128/256 (conv2d int8 92/86/87, in turns), its session and activations 50
+# against 136 MiB at 256, and each classify worker holds one.
+CLASSIFY_INFERENCE_BATCH = 64
 # Files handed to a worker process at once: amortises inter-process overhead on 28x28 PNGs.
 CLASSIFY_CHUNK_SIZE = 256
 # Chunks classify times with a one-thread inference session (after the first, which warms the

@@ -69,10 +69,13 @@ def decode_chunk(
 
 def predict_digits(predictor: runtime.Predictor, digits: np.ndarray) -> np.ndarray:
     """Probabilities for a uint8 [n, 28, 28] batch (n may be 0): the one inference call of both
-    engines."""
+    engines, made in slices of CLASSIFY_INFERENCE_BATCH (a session's memory grows with its batch)."""
     if not len(digits):
         return np.zeros((0, 10), np.float32)
-    return predictor.predict(preprocess.scale(digits))
+    step = defaults.CLASSIFY_INFERENCE_BATCH
+    return np.concatenate(
+        [predictor.predict(preprocess.scale(digits[i : i + step])) for i in range(0, len(digits), step)]
+    )
 
 
 @dataclass

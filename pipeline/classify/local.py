@@ -20,8 +20,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from pipeline import defaults, runtime
 from pipeline.classify.chunks import ChunkResult, Summary, decode_chunk, predict_digits
 from pipeline.classify.csvout import Review
@@ -87,10 +85,7 @@ def _predicted_chunk(
     if "failed" in _WORKER:
         raise _WORKER["failed"]
     chunk = decode_chunk(root, paths, deskew, max_pixels, evidence)
-    step = defaults.CLASSIFY_WORKER_BATCH
-    digits = chunk.digits
-    parts = [predict_digits(_WORKER["predictor"], digits[i : i + step]) for i in range(0, len(digits), step)]
-    chunk.probs = np.concatenate(parts) if parts else predict_digits(_WORKER["predictor"], digits)
+    chunk.probs = predict_digits(_WORKER["predictor"], chunk.digits)
     check: Review | None = _WORKER["check"]
     if check is not None:
         chunk.reasons = check.model.reasons(chunk.digits, chunk.probs, check.below, chunk.evidence)

@@ -135,7 +135,7 @@ def read_gray(
     except OSError as exc:
         raise ImageError(f"unreadable: {exc.strerror or exc}") from exc
     if data.startswith(_PNG_SIGNATURE):
-        gray = _png_gray(data, max_pixels)
+        gray = _png_gray(data)
         if gray is not None:
             return gray, 1
     elif data:
@@ -165,12 +165,12 @@ def _png_size_check(head: bytes, max_pixels: int) -> None:
         _check_size(width, height, max_pixels)
 
 
-def _png_gray(data: bytes, max_pixels: int) -> np.ndarray | None:
-    """An 8-bit grayscale PNG's pixels (see `read_gray`), or None for any other PNG."""
+def _png_gray(data: bytes) -> np.ndarray | None:
+    """An 8-bit grayscale PNG's pixels (see `read_gray`, which has checked its size), or None for
+    any other PNG."""
     if len(data) < _PNG_HEAD or data[12:16] != b"IHDR":
         return None
     width, height, depth, colour = struct.unpack_from(">IIBB", data, 16)
-    _check_size(width, height, max_pixels)
     if depth != 8 or colour != 0:
         return None
     at = 8
