@@ -18,7 +18,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pipeline import review, runtime
-from pipeline.classify import ENCODING, ERRORS, HEADER, classify, walk
+from pipeline.classify import ENCODING, ERRORS, HEADER, classify, local, walk
 from pipeline.cli import app
 from pipeline.errors import ClassifyError
 from pipeline.manifest import choose_model
@@ -367,8 +367,8 @@ def test_a_worker_that_cannot_load_the_model_ends_the_run(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     """A worker whose model fails to load (memory, a file changed under the run) ends the run with
-    the error: it is raised by the worker's first chunk, not by the pool's initializer, which would
-    start new workers forever."""
+    the error: it is raised by the worker's first chunk, not by the pool's initializer, where it
+    would only say that a worker died."""
     from pipeline.errors import ArtifactError
 
     writer, load = os.getpid(), runtime.load
@@ -383,6 +383,45 @@ def test_a_worker_that_cannot_load_the_model_ends_the_run(
     with pytest.raises(ArtifactError, match="cannot load it here"):
         classify(tmp_path / "digits", tmp_path / "out.csv", model=int8_onnx, workers=2, chunk_size=10)
     assert not (tmp_path / "out.csv").exists()
+
+
+def test_a_killed_worker_ends_the_run_and_resume_finishes_it(
+    int8_onnx: Path, test_digits: tuple[np.ndarray, np.ndarray], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """A worker killed mid-run (the OOM killer's SIGKILL) ends the run with one clear error instead
+    of waiting for its chunk forever; the rows written so far are kept, and --resume writes the
+    same file as a run that was never interrupted. Both pools: workers that predict (an ONNX
+    model) and workers that only decode (what a Keras model gets)."""
+    import signal
+
+    from pipeline.classify import chunks
+
+    writer, load_digit, killed = os.getpid(), chunks.preprocess.load_digit, tmp_path / "killed"
+
+    def killed_once(path: str, **kwargs: object) -> np.ndarray:
+        if os.getpid() != writer and path.endswith("00034.png") and not killed.exists():
+            killed.touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return load_digit(path, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(chunks.preprocess, "load_digit", killed_once)
+    _write_digits(tmp_path / "digits", test_digits[0][:60])
+    clean = classify(tmp_path / "digits", tmp_path / "clean.csv", model=int8_onnx, workers=1, chunk_size=10)
+    assert clean.classified == 60
+    for predict_in_workers in (True, False):
+        killed.unlink(missing_ok=True)
+        out = tmp_path / f"out-{predict_in_workers}.csv"
+        if not predict_in_workers:
+            monkeypatch.setattr(local, "predicts_in_workers", lambda model, workers: False)
+        with pytest.raises(ClassifyError, match=r"a worker process died.*--resume"):
+            classify(tmp_path / "digits", out, model=int8_onnx, workers=2, chunk_size=10)
+        assert killed.exists() and not out.exists()
+        kept = len(_rows(out.with_name(out.name + ".partial")))
+        assert kept < 60
+        summary = classify(tmp_path / "digits", out, model=int8_onnx, workers=2, chunk_size=10, resume=True)
+        assert summary.resumed == kept
+        assert out.read_bytes() == (tmp_path / "clean.csv").read_bytes()
 
 
 def test_one_writer_per_out(tmp_path: Path, test_digits: tuple[np.ndarray, np.ndarray]) -> None:

@@ -17,12 +17,15 @@ import os
 import time
 from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
 from pipeline import defaults, runtime
 from pipeline.classify.chunks import ChunkResult, Summary, decode_chunk, predict_digits
 from pipeline.classify.csvout import Review
+from pipeline.errors import ClassifyError
 from pipeline.formats import Format
 
 
@@ -53,14 +56,31 @@ def decoded_chunks(
     # fork: workers start instantly and inherit the imported modules (and the review model).
     ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
     task: Any = decode_chunk if predict is None else _predicted_chunk
-    with ctx.Pool(workers, _start_worker, (predict,)) as pool:
-        window: deque[Any] = deque()
+    # concurrent.futures, not multiprocessing.Pool: a worker that dies (the OOM killer, a crash
+    # in a decoder) breaks the pool and ends the run with an error, where Pool waits for its task
+    # forever; and leaving early waits for the chunks in flight, where Pool.terminate kills workers
+    # that may hold the result queue's lock and can then hang its own task thread.
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_start_worker, initargs=(predict,))
+    window: deque[Future[ChunkResult]] = deque()
+    try:
         for chunk in chunks:
-            window.append(pool.apply_async(task, (root, chunk, deskew, max_pixels, evidence)))
+            window.append(pool.submit(task, root, chunk, deskew, max_pixels, evidence))
             if len(window) >= 2 * workers:
-                yield window.popleft().get()
+                yield _result(window.popleft())
         while window:
-            yield window.popleft().get()
+            yield _result(window.popleft())
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _result(future: Future[ChunkResult]) -> ChunkResult:
+    try:
+        return future.result()
+    except BrokenProcessPool as exc:
+        raise ClassifyError(
+            "a worker process died (killed, or out of memory); the rows written so far are kept: "
+            "run again with --resume to go on"
+        ) from exc
 
 
 # What a worker process predicts with: its own session of the model, and the review check.
@@ -74,8 +94,8 @@ def _start_worker(predict: tuple[Path, Review | None] | None) -> None:
         _WORKER["check"] = check
         try:
             _WORKER["predictor"] = runtime.load(model, threads=1)
-        except Exception as exc:  # raised by the worker's first task: a pool whose initializer
-            _WORKER["failed"] = exc  # fails starts new workers forever
+        except Exception as exc:  # raised by the worker's first task, with its message: a pool
+            _WORKER["failed"] = exc  # whose initializer fails only says that a worker died
 
 
 def _predicted_chunk(
