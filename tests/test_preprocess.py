@@ -281,6 +281,47 @@ def test_digits_without_lines_are_left_alone(test_digits: tuple[np.ndarray, np.n
     assert preprocess.erase_form_lines(stem) is None
 
 
+def test_a_lone_line_left_untraced_is_what_the_full_rules_decide(
+    test_digits: tuple[np.ndarray, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A line found alone that the rules would surely keep is not traced (`forms._stays_alone`):
+    on plain scans and form fields, and on tight crops of them, the answer is the full analysis's,
+    and the shortcut is taken on both kinds of lone line."""
+    from pipeline.preprocess import forms
+    from pipeline.samples import render_form
+
+    rng = np.random.default_rng(21)
+    inks = []
+    for i in range(5000, 5100):
+        page = render_scan(test_digits[0][i], rng) if i % 2 else render_form(test_digits[0][i], rng)
+        ink = normalize._ink_values(preprocess.to_gray(page))
+        top, bottom, left, right = bbox(ink > 64) or (0, 0, 0, 0)
+        inks += [ink, ink[max(0, top - 2) : bottom + 2, max(0, left - 2) : right + 2]]
+    inks += [_seven(), _framed(_seven(), 24, "underline", 0.0)]
+
+    def outcome(ink: np.ndarray) -> object:
+        try:
+            erased = preprocess.erase_form_lines(ink)
+        except BlankImageError:
+            return "blank"
+        return None if erased is None else erased.tobytes()
+
+    skipped: set[bool] = set()  # orientations of the lone lines left untraced
+    alone = forms._stays_alone
+
+    def spy(line: forms.FormLine, mask: np.ndarray, total: int) -> bool:
+        if alone(line, mask, total):
+            skipped.add(line.vertical)
+            return True
+        return False
+
+    monkeypatch.setattr(forms, "_stays_alone", spy)
+    quick = [outcome(ink) for ink in inks]
+    assert skipped == {False, True}
+    monkeypatch.setattr(forms, "_stays_alone", lambda line, mask, total: False)
+    assert quick == [outcome(ink) for ink in inks]
+
+
 @pytest.mark.parametrize(
     ("field", "tilt"), [("box", 0.0), ("box", 2.0), ("underline", 0.0), ("underline", -2.5)]
 )

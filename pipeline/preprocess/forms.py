@@ -369,6 +369,23 @@ def _accept(lines: list[FormLine], pixels: dict[FormLine, np.ndarray], mask: np.
     return accepted
 
 
+def _stays_alone(line: FormLine, mask: np.ndarray, total: int) -> bool:
+    """Whether the only line found is certainly left alone, so its pixels need not be traced.
+
+    Most plain scans hold one straight stroke that `_find_lines` offers as a line (a 1's stem, a
+    7's bar). An upright alone is never erased: `_accept` wants it to meet an accepted line or
+    face another upright, and when it holds nearly all the ink it is taken for a 1. A flat line's
+    pixels lie within its columns, so ink beyond either end is the digit's; if there are
+    FORM_LINE_MIN_DIGIT of the ink there (3%, over the 1% `_ends` leaves out as specks), the
+    digit reaches past that end and `_accept` keeps the line.
+    """
+    if line.vertical:
+        return True
+    per_column = mask.sum(axis=0)
+    beyond = max(int(per_column[: line.start].sum()), int(per_column[line.end :].sum()))
+    return beyond >= defaults.FORM_LINE_MIN_DIGIT * total
+
+
 def erase_form_lines(values: np.ndarray) -> np.ndarray | None:
     """Which pixels of a located-ink map are printed form lines, or None if there are none.
 
@@ -392,6 +409,8 @@ def erase_form_lines(values: np.ndarray) -> np.ndarray | None:
     mask = full[top:bottom, left:right]
     lines = _find_lines(mask, False, extent) + _find_lines(mask, True, extent)
     total = int(mask.sum())
+    if len(lines) == 1 and _stays_alone(lines[0], mask, total):
+        return None
     pixels = {line: _line_pixels(mask, line, extent) for line in lines}  # each line's, once
     while lines:
         on_lines = np.logical_or.reduce([pixels[line] for line in lines])
