@@ -202,6 +202,43 @@ def test_resume_after_kill_loses_and_duplicates_nothing(
     assert not state.exists() and not (tmp_path / "results.csv.partial").exists()
 
 
+def test_a_full_disk_ends_the_run_in_one_error_and_resume_finishes_it(
+    int8_onnx: Path, test_digits: tuple[np.ndarray, np.ndarray], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """A write that fails mid-run (the disk fills up: ENOSPC from the third block's write) is one
+    ClassifyError naming the file and the cause, not a traceback; the blocks committed before it
+    are kept, and after room is made --resume writes the same file as an uninterrupted run."""
+    import errno
+
+    from pipeline import defaults
+    from pipeline.classify import csvout
+
+    _write_digits(tmp_path / "digits", test_digits[0][:100])
+    reference = tmp_path / "reference.csv"
+    classify(tmp_path / "digits", reference, model=int8_onnx, workers=1)
+    monkeypatch.setattr(defaults, "CLASSIFY_FLUSH_ROWS", 20)
+    syncs, fsync = [], os.fsync
+
+    def full_disk(fd: int) -> None:
+        syncs.append(fd)
+        if len(syncs) == 4:  # the header, two blocks of 20 rows, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        fsync(fd)
+
+    monkeypatch.setattr(csvout.os, "fsync", full_disk)
+    out = tmp_path / "out.csv"
+    with pytest.raises(
+        ClassifyError, match=r"out.csv.partial: cannot write \(No space left on device\).*--resume"
+    ):
+        classify(tmp_path / "digits", out, model=int8_onnx, workers=1, chunk_size=10)
+    assert not out.exists() and json.loads((tmp_path / "out.csv.partial.json").read_text())["rows"] == 40
+    monkeypatch.setattr(csvout.os, "fsync", fsync)
+    summary = classify(tmp_path / "digits", out, model=int8_onnx, workers=1, chunk_size=10, resume=True)
+    assert summary.resumed == 40
+    assert out.read_bytes() == reference.read_bytes()
+
+
 def test_resume_refuses_a_changed_folder(
     int8_onnx: Path, tmp_path: Path, test_digits: tuple[np.ndarray, np.ndarray]
 ) -> None:

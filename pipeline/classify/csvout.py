@@ -52,6 +52,7 @@ class Writer:
         self.buffer = io.StringIO()
         self.writer = csv.writer(self.buffer)
         self.pending = 0
+        self.failed = False
         self.commit()
 
     def write(self, row: list[Any]) -> None:
@@ -61,20 +62,39 @@ class Writer:
             self.commit()
 
     def commit(self) -> None:
-        self.file.write(self.buffer.getvalue())
-        self.buffer.seek(0)
-        self.buffer.truncate()
-        self.file.flush()
-        os.fsync(self.file.fileno())
+        """Write the buffered rows and record them as committed. A write that fails (a full disk,
+        a quota) is a ClassifyError: the sidecar still holds the last committed size, so
+        `--resume` drops whatever part of the block reached the file and goes on from there."""
+        try:
+            self.file.write(self.buffer.getvalue())
+            self.buffer.seek(0)
+            self.buffer.truncate()
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            tmp = self.state.with_name(self.state.name + ".tmp")
+            tmp.write_text(json.dumps({"rows": self.rows + self.pending, "bytes": self.file.tell()}))
+            os.replace(tmp, self.state)
+        except OSError as exc:
+            self.failed = True
+            raise ClassifyError(
+                f"{self.partial}: cannot write ({exc.strerror or exc}); the rows committed so far "
+                "are kept: make room and run again with --resume"
+            ) from exc
         self.rows += self.pending
         self.pending = 0
-        tmp = self.state.with_name(self.state.name + ".tmp")
-        tmp.write_text(json.dumps({"rows": self.rows, "bytes": self.file.tell()}))
-        os.replace(tmp, self.state)
 
     def close(self) -> None:
-        self.commit()
-        self.file.close()
+        """Commit the last rows and close the file; after a failed write, only close it (what
+        the failed block left in the file's buffer may fail again, and is not needed)."""
+        if self.failed:
+            with suppress(OSError):
+                self.file.close()
+            return
+        try:
+            self.commit()
+        finally:
+            with suppress(OSError):
+                self.file.close()
 
 
 def done_paths(partial: Path, state: Path, header: list[str]) -> tuple[int, Iterator[str]]:
