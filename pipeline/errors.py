@@ -66,6 +66,13 @@ class ManifestError(PipelineError):
     exit_code = 11
 
 
+class OutputError(PipelineError):
+    """An output could not be written: the disk or the quota is full, the folder is read-only or
+    missing. Nothing half-written is left under the output's name (`pipeline.files`)."""
+
+    exit_code = 13
+
+
 class ClassifyBusyError(ClassifyError):
     """Another classify run holds the lock on the same --out."""
 

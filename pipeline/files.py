@@ -6,6 +6,7 @@ file system, so the final `os.replace` is atomic) and is renamed once complete.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -15,15 +16,31 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from pipeline.errors import OutputError
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+# Errors that only writing raises: inside a block that writes an output they are that output's
+# failure (an OSError of another kind there, a file the block reads, is left as it is).
+WRITE_FAILURES = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
+
+
+def cannot_write(path: Path, exc: OSError) -> OutputError:
+    """The one line a failed write of `path` gives the user."""
+    return OutputError(f"{path}: cannot write ({exc.strerror or exc})")
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
+    A full disk, a quota or a read-only or unwritable folder is an OutputError naming `path`."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    except OSError as exc:
+        raise cannot_write(path, exc) from exc
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -31,6 +48,10 @@ def atomic_path(path: Path) -> Iterator[Path]:
         if tmp.exists():
             os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno in WRITE_FAILURES:
+            raise cannot_write(path, exc) from exc
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()

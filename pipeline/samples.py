@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from pipeline import data, defaults
 from pipeline.choices import Style
 from pipeline.errors import DataError
-from pipeline.files import atomic_open
+from pipeline.files import atomic_open, atomic_path
 
 
 def render_scan(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
@@ -208,13 +208,16 @@ def write_samples(
     rng = np.random.default_rng(seed)
     rows = []
     for i in range(start, start + count):
+        # Each image under a temporary name until complete: a full disk leaves no cut file.
         if style is Style.MNIST:
             name = f"{i:05d}_{labels[i]}.png"
-            Image.fromarray(images[i]).save(out / name, optimize=False)
+            with atomic_path(out / name) as tmp:
+                Image.fromarray(images[i]).save(tmp, format="PNG", optimize=False)
         else:
             name = f"{i:05d}_{labels[i]}.jpg"
             render = render_scan if style is Style.SCAN else render_form
-            render(images[i], rng).save(out / name, quality=int(rng.integers(60, 92)))
+            with atomic_path(out / name) as tmp:
+                render(images[i], rng).save(tmp, format="JPEG", quality=int(rng.integers(60, 92)))
         rows.append((name, int(labels[i])))
     labels_csv = out / "labels.csv"
     with atomic_open(labels_csv, "w", newline="") as f:

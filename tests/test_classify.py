@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from pipeline import review, runtime
 from pipeline.classify import ENCODING, ERRORS, HEADER, classify, local, walk
 from pipeline.cli import app
-from pipeline.errors import ClassifyError
+from pipeline.errors import ClassifyError, OutputError
 from pipeline.manifest import choose_model
 from pipeline.preprocess import scale
 
@@ -229,7 +229,7 @@ def test_a_full_disk_ends_the_run_in_one_error_and_resume_finishes_it(
     monkeypatch.setattr(csvout.os, "fsync", full_disk)
     out = tmp_path / "out.csv"
     with pytest.raises(
-        ClassifyError, match=r"out.csv.partial: cannot write \(No space left on device\).*--resume"
+        OutputError, match=r"out.csv.partial: cannot write \(No space left on device\).*--resume"
     ):
         classify(tmp_path / "digits", out, model=int8_onnx, workers=1, chunk_size=10)
     assert not out.exists() and json.loads((tmp_path / "out.csv.partial.json").read_text())["rows"] == 40

@@ -26,7 +26,7 @@ import numpy as np
 
 from pipeline import defaults, review, runtime
 from pipeline.classify.chunks import ChunkResult, Summary
-from pipeline.errors import ClassifyBusyError, ClassifyError
+from pipeline.errors import ClassifyBusyError, ClassifyError, OutputError
 
 HEADER = ["path", "prediction", "confidence", "second", "second_confidence", "status", "reason", "error"]
 PROB_COLUMNS = [f"p{d}" for d in range(10)]
@@ -63,7 +63,7 @@ class Writer:
 
     def commit(self) -> None:
         """Write the buffered rows and record them as committed. A write that fails (a full disk,
-        a quota) is a ClassifyError: the sidecar still holds the last committed size, so
+        a quota) is an OutputError: the sidecar still holds the last committed size, so
         `--resume` drops whatever part of the block reached the file and goes on from there."""
         try:
             self.file.write(self.buffer.getvalue())
@@ -76,7 +76,7 @@ class Writer:
             os.replace(tmp, self.state)
         except OSError as exc:
             self.failed = True
-            raise ClassifyError(
+            raise OutputError(
                 f"{self.partial}: cannot write ({exc.strerror or exc}); the rows committed so far "
                 "are kept: make room and run again with --resume"
             ) from exc
