@@ -33,12 +33,13 @@ def cannot_write(path: Path, exc: OSError) -> OutputError:
 
 
 @contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
+def atomic_path(path: Path, suffix: str = ".part") -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
-    A full disk, a quota or a read-only or unwritable folder is an OutputError naming `path`."""
+    A full disk, a quota or a read-only or unwritable folder is an OutputError naming `path`.
+    `suffix` ends the temporary name, for writers that choose the format by it (Keras, matplotlib)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     except OSError as exc:
         raise cannot_write(path, exc) from exc
     os.close(fd)

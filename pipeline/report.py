@@ -7,13 +7,13 @@ needs a display and the CLI does not pay for the import unless it draws.
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipeline.errors import PipelineError
+from pipeline.files import atomic_path
 
 
 def require_matplotlib() -> None:
@@ -35,10 +35,11 @@ def _plt() -> Any:
 
 def _save(fig: Any, path: Path) -> Path:
     """Write a figure atomically: a reader never sees a half-written PNG."""
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    _plt().close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    finally:
+        _plt().close(fig)
     return path
 
 

@@ -57,3 +57,29 @@ def test_samples_leave_no_cut_image_when_the_disk_fills(
     with pytest.raises(OutputError, match=r"00002_1.png: cannot write \(No space left on device\)"):
         write_samples(tmp_path / "s", 5)
     assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["00000_7.png", "00001_2.png"]
+
+
+class _FullDisk:
+    """A model or figure whose writer fills the disk halfway through its file."""
+
+    def _write(self, path: Any, *args: Any, **kwargs: Any) -> None:
+        Path(path).write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    save = savefig = _write
+
+
+def test_a_model_or_figure_that_fills_the_disk_leaves_nothing(tmp_path: Path) -> None:
+    """Training's model files and the reports' PNGs: one OutputError naming the file, and neither
+    it nor a temporary file left behind (the optimizer-free copy goes the same way)."""
+    from pipeline.report import _save
+    from pipeline.train.rundir import save_model_file
+
+    with pytest.raises(OutputError, match=r"model\.keras: cannot write \(No space left on device\)"):
+        save_model_file(_FullDisk(), tmp_path / "model.keras", include_optimizer=True)
+    pyplot = pytest.importorskip("matplotlib.pyplot")
+    figure = pyplot.figure()
+    figure.savefig = _FullDisk().savefig
+    with pytest.raises(OutputError, match=r"curves\.png: cannot write"):
+        _save(figure, tmp_path / "curves.png")
+    assert list(tmp_path.iterdir()) == []

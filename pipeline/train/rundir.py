@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import defaults
-from pipeline.files import atomic_open, write_json
+from pipeline.files import atomic_open, atomic_path, write_json
 from pipeline.train.backend import Backend, library_versions
 from pipeline.train.config import Splits, TrainConfig, one_hot
 
@@ -34,14 +33,13 @@ def save_model_file(model: Any, path: Path, include_optimizer: bool) -> None:
     state too), so the optimizer-free file is saved from a copy rebuilt from the architecture
     alone, with the same weights: a third of the size for Adam.
     """
-    tmp = path.with_name(f".{path.stem}.tmp.keras")
-    if include_optimizer:
-        model.save(tmp)
-    else:
-        clone = type(model).from_config(model.get_config())
-        clone.set_weights(model.get_weights())
-        clone.save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".keras") as tmp:
+        if include_optimizer:
+            model.save(tmp)
+        else:
+            clone = type(model).from_config(model.get_config())
+            clone.set_weights(model.get_weights())
+            clone.save(tmp)
 
 
 def _history_rows(history: dict[str, list[float]]) -> list[dict[str, float]]:
