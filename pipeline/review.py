@@ -138,7 +138,8 @@ class ReviewModel:
         """Distance of each digit (pixels / 255) from the principal subspace of its class."""
         x = digits.reshape(len(digits), -1).astype(np.float32) / 255
         out = np.zeros(len(x), np.float32)
-        for c in np.unique(classes):
+        # bincount, not np.unique: np.unique imports numpy.ma (50 ms in every classify worker)
+        for c in np.flatnonzero(np.bincount(classes, minlength=len(self.means))):
             rows = classes == c
             z = x[rows] - self.means[c]
             # The directions are orthonormal: what lies off the subspace is what its projection

@@ -22,7 +22,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
-from pipeline import defaults, runtime
+from pipeline import defaults, preprocess, runtime
 from pipeline.classify.chunks import ChunkResult, Summary, decode_chunk, predict_digits
 from pipeline.classify.csvout import Review
 from pipeline.errors import ClassifyError
@@ -55,6 +55,7 @@ def decoded_chunks(
         return
     # fork: workers start instantly and inherit the imported modules (and the review model).
     ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
+    preprocess.load_decoders()
     task: Any = decode_chunk if predict is None else _predicted_chunk
     # concurrent.futures, not multiprocessing.Pool: a worker that dies (the OOM killer, a crash
     # in a decoder) breaks the pool and ends the run with an error, where Pool waits for its task

@@ -13,7 +13,7 @@ It may import `pipeline.defaults`, `pipeline.errors`, numpy, PIL and OpenCV, not
 classify's worker processes import it.
 """
 
-from pipeline.preprocess.decode import open_image, to_gray
+from pipeline.preprocess.decode import load_decoders, open_image, to_gray
 from pipeline.preprocess.forms import erase_form_lines
 from pipeline.preprocess.masks import stroke_width
 from pipeline.preprocess.normalize import (
@@ -31,6 +31,7 @@ __all__ = [
     "deskew",
     "deskew_batch",
     "erase_form_lines",
+    "load_decoders",
     "load_digit",
     "model_input",
     "open_image",

@@ -25,6 +25,13 @@ from pipeline.errors import ImageError
 Image.MAX_IMAGE_PIXELS = None
 
 
+def load_decoders() -> None:
+    """Import PIL's format plugins now (PNG, JPEG, BMP, GIF, PPM), which PIL otherwise does on
+    the first file it opens: a process that forks decoding workers calls this first, so the
+    workers inherit them instead of each importing them again."""
+    Image.preinit()
+
+
 def open_image(
     path: Path | str, max_pixels: int = defaults.MAX_IMAGE_PIXELS, reduce: bool = False
 ) -> Image.Image:
