@@ -503,7 +503,8 @@ def classify_cli(
 
         summary = _run(
             classify.classify, folder, out, model, resume, probabilities, recursive, exts, workers,
-            deskew=deskew, progress=progress, engine=engine, address=address, review_rows=review_rows,
+            deskew=deskew, progress=progress if err_console.is_terminal else None, engine=engine,
+            address=address, review_rows=review_rows,
             review_below=review_below, review_queue=review_queue,
         )  # fmt: skip
     reviewed = sum(summary.review.values())

@@ -235,8 +235,27 @@ def test_a_full_disk_ends_the_run_in_one_error_and_resume_finishes_it(
     assert not out.exists() and json.loads((tmp_path / "out.csv.partial.json").read_text())["rows"] == 40
     monkeypatch.setattr(csvout.os, "fsync", fsync)
     summary = classify(tmp_path / "digits", out, model=int8_onnx, workers=1, chunk_size=10, resume=True)
-    assert summary.resumed == 40
+    assert summary.resumed == 40 and summary.files == 100  # counted as written: no progress walk
     assert out.read_bytes() == reference.read_bytes()
+
+
+def test_progress_gets_the_count_first_and_every_file(
+    int8_onnx: Path, test_digits: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    """With a progress display the folder is counted first and every file is reported once, bad
+    ones included; without one (a batch job) nothing is counted up front and the summary's count
+    is what was written."""
+    _write_digits(tmp_path / "digits", test_digits[0][:45])
+    (tmp_path / "digits" / "bad.png").write_bytes(b"not an image")
+    calls: list[tuple[int, int]] = []
+    summary = classify(
+        tmp_path / "digits", tmp_path / "a.csv", model=int8_onnx, workers=2, chunk_size=10,
+        progress=lambda done, total: calls.append((done, total)),
+    )  # fmt: skip
+    assert {total for _, total in calls} == {46} and sum(done for done, _ in calls) == 46
+    assert summary.files == 46 and summary.errors == 1
+    quiet = classify(tmp_path / "digits", tmp_path / "b.csv", model=int8_onnx, workers=2, chunk_size=10)
+    assert quiet.files == 46 and (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
 
 
 def test_resume_refuses_a_changed_folder(

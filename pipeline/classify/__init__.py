@@ -88,7 +88,8 @@ def classify(
     rows that are not one digit, or whose top probability is under `review_below`, get status
     `review` and a reason (`pipeline.review`; the model ships with the release). With
     `review_queue`, the finished CSV's review rows also go to review.csv and review.html there
-    (`pipeline.classify.queue`).
+    (`pipeline.classify.queue`). `progress(done, total)` is called after each chunk; with it the
+    folder is walked once more first, to count its files.
     """
     try:
         engine = Engine(engine)
@@ -152,13 +153,15 @@ def _run(
     resume_bytes: int | None = None
     if resume and partial.is_file() and state.is_file():
         resume_bytes, done = done_paths(partial, state, header)
-    total = sum(1 for _ in walk(folder, extensions, recursive))
-    summary = Summary(out=out, model=model, files=total)
+    # The progress display needs the count up front: a walk of its own. Without one (a batch job,
+    # no terminal) the files are counted as they are written, and the work starts at once.
+    total = sum(1 for _ in walk(folder, extensions, recursive)) if progress else None
+    summary = Summary(out=out, model=model, files=total or 0)
     started = time.perf_counter()
     writer = Writer(partial, state, header, resume_bytes)
     try:
         todo = skip_done(walk(folder, extensions, recursive), done, summary)
-        if progress:
+        if progress and total is not None:
             progress(summary.resumed, total)
         chunks: Iterator[ChunkResult]
         if engine is Engine.RAY:
@@ -174,10 +177,12 @@ def _run(
         del predictor  # the local engine may swap in a session with more threads: free this one then
         for chunk in chunks:
             write_chunk(chunk, writer, summary, probabilities, check)
-            if progress:
+            if progress and total is not None:
                 progress(len(chunk.paths), total)
     finally:
         writer.close()
+    if total is None:
+        summary.files = summary.resumed + summary.classified + summary.blank + summary.errors
     summary.seconds = time.perf_counter() - started
     os.replace(partial, out)
     state.unlink(missing_ok=True)
