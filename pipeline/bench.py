@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import calibration, data, defaults, preprocess, runtime
+from pipeline import calibration, data, defaults, manifest, preprocess, runtime
 from pipeline.classify.walk import walk
 from pipeline.errors import PipelineError
 
@@ -377,7 +377,7 @@ def bench_review(
     from pipeline.errors import BlankImageError
     from pipeline.samples import letter_ink, pair_ink, scanned, scribble_ink
 
-    checker = review.load(review_model_path())
+    checker = review.load(review_model_path()).for_model(manifest.source_sha256(model))
     predictor = runtime.load(model)
     x, _ = data.load(data.Split.TEST)
     rng = np.random.default_rng(seed)
@@ -407,13 +407,13 @@ def bench_review(
         inputs.append(("Fashion-MNIST test (28x28)", fashion, 0))
     sets, distances = [], {}
     for name, digits, blank in inputs:
-        probs = predictor.predict(preprocess.scale(digits))
+        probs, features = predictor.run(preprocess.scale(digits))
         counts = {"blank": blank} if blank else {}
-        for reason in checker.reasons(digits, probs, review_below):
+        for reason in checker.reasons(digits, probs, review_below, features=features):
             if reason:
                 counts[reason] = counts.get(reason, 0) + 1
         sets.append(ReviewSet(name, len(digits) + blank, counts))
-        distances[name] = checker.distance(digits, probs)
+        distances[name] = checker.distance(digits, probs, features=features)
     auroc = fpr = None
     if fashion is not None:
         digit_scores, other = distances["MNIST test digits (28x28)"], distances["Fashion-MNIST test (28x28)"]

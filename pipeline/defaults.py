@@ -118,6 +118,12 @@ CALIBRATION_SAMPLES = 500
 # Names of the model's input and output in every artifact.
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
+# The second output of models that have one: their penultimate features, which the review's
+# "not a digit" evidence measures (pipeline.review). bncnn's last block (the layer named here,
+# 4x4x128) averaged over its positions; an ensemble's members' side by side (4 x 128 for
+# bncnn-x4). Models without such a block (conv2d, flat, micro) have no features output.
+FEATURES_NAME = "features"
+FEATURE_LAYER = "head_relu"
 
 # --- evaluate ---------------------------------------------------------------------------------
 # calibrate: the fewest held-out images a temperature is fitted on. A 99.6% model makes about
@@ -186,6 +192,10 @@ WORK_MIN_DIGIT = 48
 # being wrong. The release's probabilities are calibrated (pipeline calibrate), so the number
 # means what it says (docs/classify.md, "Confidence").
 REVIEW_BELOW = 0.9
+# verify: an artifact with features must give the same "not a digit" flag as the Keras model on
+# at least this share of the test images. int8 features differ from Keras' by about 1.3% (mean
+# relative), which moves only images at the limit's edge across it.
+REVIEW_MIN_AGREEMENT = 0.99
 # review.html shows at most this many rows, the least confident first (review.csv has them all):
 # each row embeds two small PNGs (about 3 KB), so the page stays a few MB and opens at once.
 REVIEW_PAGE_ROWS = 500

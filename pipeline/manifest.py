@@ -26,7 +26,7 @@ from typing import Any
 
 from pipeline import __version__, defaults
 from pipeline.errors import ManifestError
-from pipeline.files import atomic_open, sidecar_json, write_json
+from pipeline.files import atomic_open, sha256, sidecar_json, write_json
 from pipeline.formats import Format, Quantization, format_of
 
 PARITY_JSON = "parity.json"
@@ -280,6 +280,14 @@ def expected_deskew(path: Path) -> bool:
         metrics = sidecar_json(path, "metrics.json")
         return bool(sidecar_json(path, "config.json").get("deskew", metrics.get("deskew", False)))
     return False
+
+
+def source_sha256(path: Path) -> str | None:
+    """The SHA-256 of the Keras file an artifact was exported from (written into it by export),
+    or of the file itself for a Keras model; None where neither is known."""
+    if format_of(path) is Format.KERAS:
+        return sha256(path) if path.is_file() else None
+    return artifact_metadata(path).get("source_sha256")
 
 
 def artifact_metadata(path: Path) -> dict[str, str]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +133,36 @@ class ReviewModel:
     shape_inverse_covariance: np.ndarray  # float64 [F, F]
     shape_limit: float  # squared Mahalanobis distance above which: not a digit
     fitted: dict[str, Any]  # how: data, sizes, quantile, what the limits flag on held-out digits
+    # The model's own evidence, for a model whose artifacts return features (runtime.run): each
+    # class's mean feature vector, a whitening of their shared covariance (the squared length of
+    # (features - mean) @ whitening is the Mahalanobis distance), and the limit. None: not fitted.
+    feature_means: np.ndarray | None = None  # float32 [10, D]
+    feature_whitening: np.ndarray | None = None  # float32 [D, D]
+    feature_limit: float = 0.0
+
+    def for_model(self, source_sha256: str | None) -> ReviewModel:
+        """This review for a model whose artifacts come from the Keras file with `source_sha256`:
+        its feature evidence only where that is the model it was fitted on (another model's
+        features mean something else), else the image evidence alone."""
+        fitted = self.fitted.get("features", {}).get("source_sha256")
+        if self.feature_means is None or (source_sha256 is not None and source_sha256 == fitted):
+            return self
+        return replace(self, feature_means=None, feature_whitening=None, feature_limit=0.0)
+
+    def uses_features(self, features: np.ndarray | None) -> bool:
+        """Whether `features` (from the model being run) are what the feature limit was fitted on."""
+        return (
+            features is not None
+            and self.feature_means is not None
+            and features.ndim == 2
+            and features.shape[1] == self.feature_means.shape[1]
+        )
+
+    def feature_distances(self, features: np.ndarray, classes: np.ndarray) -> np.ndarray:
+        """Squared Mahalanobis distance of each feature vector from its class's mean."""
+        assert self.feature_means is not None and self.feature_whitening is not None
+        z = (features.astype(np.float32) - self.feature_means[classes]) @ self.feature_whitening
+        return np.square(z).sum(axis=1)
 
     def residuals(self, digits: np.ndarray, classes: np.ndarray) -> np.ndarray:
         """Distance of each digit (pixels / 255) from the principal subspace of its class."""
@@ -148,9 +178,16 @@ class ReviewModel:
             out[rows] = np.sqrt(np.maximum(np.square(z).sum(axis=1) - inside, 0))
         return out
 
-    def distance(self, digits: np.ndarray, probs: np.ndarray, shape: np.ndarray | None = None) -> np.ndarray:
+    def distance(
+        self, digits: np.ndarray, probs: np.ndarray, shape: np.ndarray | None = None,
+        features: np.ndarray | None = None,
+    ) -> np.ndarray:  # fmt: skip
         """How far from a digit, as a multiple of the limits: over 1 is `not_a_digit` (a score to
-        rank by, for AUROC). `shape`: the digits' `shape_features`, if already computed."""
+        rank by, for AUROC). `shape`: the digits' `shape_features`, if already computed. With the
+        model's `features` (what the limit was fitted on), the distance is theirs alone: the
+        network's view of a digit separates letters and scribbles far better than pixels do."""
+        if features is not None and self.uses_features(features):
+            return self.feature_distances(features, probs.argmax(axis=1)) / self.feature_limit
         residual = self.residuals(digits, probs.argmax(axis=1)) / self.residual_limit
         shape = shape_features(digits) if shape is None else shape
         return np.maximum(residual, self._mahalanobis(shape) / self.shape_limit)
@@ -168,12 +205,13 @@ class ReviewModel:
         probs: np.ndarray,
         review_below: float = 0.0,
         evidence: Evidence | None = None,
+        features: np.ndarray | None = None,
     ) -> list[str]:
         """One reason per digit, the first that applies in REASONS order, "" for none."""
         if not len(digits):
             return []
         evidence = evidence or image_evidence(digits)
-        far = self.distance(digits, probs, evidence.shape) > 1
+        far = self.distance(digits, probs, evidence.shape, features) > 1
         unsure = probs.max(axis=1) < review_below
         reasons = np.where(far, NOT_A_DIGIT, np.where(unsure, LOW_CONFIDENCE, ""))
         return [str(r) for r in np.where(evidence.several, SEVERAL_DIGITS, reasons)]
@@ -218,23 +256,70 @@ def fit(
     )
 
 
+def fit_features(
+    model: ReviewModel, features: np.ndarray, labels: np.ndarray, held_features: np.ndarray,
+    held_classes: np.ndarray, quantile: float, source: dict[str, Any],
+) -> ReviewModel:  # fmt: skip
+    """Add the model's own evidence: class means and a shared covariance of training-side
+    digits' features, and the limit at `quantile` of other training-side digits' distances from
+    the mean of the class the model gave them (as classify measures it)."""
+    feats = features.astype(np.float64)
+    means = np.stack([feats[labels == c].mean(axis=0) for c in range(10)])
+    centred = feats - means[labels]
+    cov = centred.T @ centred / len(feats)
+    # A little ridge: some feature channels are (near) constant among digits and would make
+    # the inverse explode on anything else; 1e-3 of the mean variance keeps them finite.
+    cov += 1e-3 * np.trace(cov) / len(cov) * np.eye(len(cov))
+    # (x - m) @ L with L L^T the inverse covariance: L is triangular, so half of it is zeros,
+    # which the saved file compresses away (the release's size budget)
+    whitening = np.linalg.cholesky(np.linalg.inv(cov)).astype(np.float32)
+    with_features = replace(
+        model, feature_means=means.astype(np.float32), feature_whitening=whitening, feature_limit=1.0
+    )
+    held = with_features.feature_distances(held_features, held_classes)
+    limit = float(np.quantile(held, quantile))
+    fitted = {
+        **model.fitted,
+        "features": {
+            **source,
+            "fit_images": len(features),
+            "held_out_images": len(held_features),
+            "dimensions": int(features.shape[1]),
+            "quantile": quantile,
+        },
+    }
+    return replace(with_features, feature_limit=limit, fitted=fitted)
+
+
 def save(model: ReviewModel, path: Path) -> None:
+    extra: dict[str, Any] = {}
+    if model.feature_means is not None and model.feature_whitening is not None:
+        # float16 whitening, as for the components: distances move by 2e-4 of themselves
+        extra = {
+            "feature_means": model.feature_means,
+            "feature_whitening": model.feature_whitening.astype(np.float16),
+            "feature_limit": model.feature_limit,
+        }
     with atomic_open(path, "wb") as f:
         np.savez_compressed(
         f, means=model.means, components=model.components.astype(np.float16),
         residual_limit=model.residual_limit, shape_mean=model.shape_mean,
         shape_inverse_covariance=model.shape_inverse_covariance, shape_limit=model.shape_limit,
-        fitted=json.dumps(model.fitted),
+        fitted=json.dumps(model.fitted), **extra,
     )  # fmt: skip
 
 
 def load(path: Path) -> ReviewModel:
     try:
         with np.load(path) as f:
+            features = "feature_means" in f.files
             return ReviewModel(
                 f["means"], f["components"].astype(np.float32), float(f["residual_limit"]),
                 f["shape_mean"], f["shape_inverse_covariance"], float(f["shape_limit"]),
                 json.loads(str(f["fitted"])),
+                f["feature_means"] if features else None,
+                f["feature_whitening"].astype(np.float32) if features else None,
+                float(f["feature_limit"]) if features else 0.0,
             )  # fmt: skip
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise ReviewError(f"{path}: cannot read the review model ({exc})") from exc

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import calibration, data, defaults, manifest, preprocess, runtime
+from pipeline import calibration, data, defaults, manifest, preprocess, review, runtime
 from pipeline.carray import c_array_bytes
 from pipeline.errors import ArtifactError, ParityError
 from pipeline.files import sha256
@@ -33,6 +33,7 @@ class Tolerances:
     float_min_agreement: float = defaults.FLOAT_MIN_AGREEMENT
     float_max_delta: float = defaults.FLOAT_MAX_ACCURACY_DELTA  # percentage points
     quant_max_delta: float = defaults.QUANT_MAX_ACCURACY_DELTA  # percentage points
+    review_min_agreement: float = defaults.REVIEW_MIN_AGREEMENT  # "not a digit": artifact vs Keras
 
 
 @dataclass
@@ -51,6 +52,11 @@ class ArtifactResult:
     # not a limit: with label smoothing Keras' own second and third choices are often 1e-4 apart
     second_agreement: float | None = None
     max_abs_diff: float | None = None
+    # for an artifact with a features output that the release's review was fitted on: the share
+    # of test images given the same "not a digit" flag as from Keras' features (a limit), and
+    # the features' mean relative difference from Keras'
+    review_agreement: float | None = None
+    features_rel_diff: float | None = None
     # expected calibration error of the top-1 confidence (reported beside Keras', not a limit)
     ece: float | None = None
     keras_ece: float | None = None
@@ -91,6 +97,10 @@ def measure_latency(predictor: runtime.Predictor, images: np.ndarray, batch: int
 
 def _check(result: ArtifactResult, kind: str, tol: Tolerances) -> None:
     assert result.delta_points is not None and result.agreement is not None
+    if result.review_agreement is not None and result.review_agreement < tol.review_min_agreement:
+        result.problems.append(
+            f"'not a digit' flag agreement {result.review_agreement:.4%} below {tol.review_min_agreement:.2%}"
+        )
     if is_lossy(kind):
         if abs(result.delta_points) > tol.quant_max_delta:
             result.problems.append(
@@ -128,7 +138,8 @@ def verify(
     base = recorded.folder
     images, labels = data.load(data.Split.TEST, data_dir=data_dir, limit=limit)
     results: list[ArtifactResult] = []
-    keras_cache: dict[str, tuple[np.ndarray, float] | str] = {}
+    keras_cache: dict[str, _Reference | str] = {}
+    checker = _release_review()
     inputs: dict[bool, np.ndarray] = {}
     for entry in recorded.entries:
         res = ArtifactResult(
@@ -153,7 +164,7 @@ def verify(
             res.status = "error"
             res.problems.append(ref)
             continue
-        keras_probs, keras_acc = ref
+        keras_probs, keras_features, keras_acc = ref
         try:
             if entry.micro:
                 _check_c_files(res, recorded.folder, file, entry.micro)
@@ -163,7 +174,7 @@ def verify(
             else:
                 predictor = runtime.load(file)
                 res.runtime = FORMATS[entry.format].runtime
-            probs = predictor.predict(x)
+            probs, features = predictor.run(x)
         except ArtifactError as exc:
             res.status = "error"
             res.problems.append(str(exc))
@@ -177,6 +188,7 @@ def verify(
         res.second_agreement = float((second == keras_second).mean())
         res.max_abs_diff = float(np.abs(probs - keras_probs).max())
         res.ece = round(calibration.ece(probs, labels), 5)
+        _review_parity(res, checker, entry.source.sha256, probs, features, keras_probs, keras_features)
         res.keras_ece = round(calibration.ece(keras_probs, labels), 5)
         b1, b256 = defaults.LATENCY_BATCH_SIZES
         res.latency_ms_batch1 = measure_latency(predictor, x, b1, latency_repeats * 5)
@@ -197,6 +209,17 @@ def verify(
     return report
 
 
+def _release_review() -> review.ReviewModel | None:
+    """The review model shipped with the release, if there is one (its feature evidence is
+    checked on the artifacts of the model it was fitted on)."""
+    from pipeline.classify import review_model_path
+
+    try:
+        return review.load(review_model_path())
+    except review.ReviewError:  # no release, or no review model in it
+        return None
+
+
 def _check_c_files(res: ArtifactResult, folder: Path, model: Path, micro: dict[str, Any]) -> None:
     """The C source and header are as exported, and the array in the source is the model's bytes:
     what firmware links is what this report measured."""
@@ -213,9 +236,10 @@ def _check_c_files(res: ArtifactResult, folder: Path, model: Path, micro: dict[s
 
 def _keras_reference(
     path: Path, expected_sha: str | None, x: np.ndarray, labels: np.ndarray,
-    cache: dict[str, tuple[np.ndarray, float] | str], deskew: bool,
-) -> tuple[np.ndarray, float] | str:  # fmt: skip
-    """Keras probabilities and accuracy for a source model, once per model; a str is a problem."""
+    cache: dict[str, _Reference | str], deskew: bool,
+) -> _Reference | str:  # fmt: skip
+    """Keras probabilities, features and accuracy for a source model, once per model; a str is
+    a problem."""
     key = f"{path.resolve()}|{deskew}"
     if key not in cache:
         if not path.is_file():
@@ -224,11 +248,32 @@ def _keras_reference(
             cache[key] = f"source model {path} changed after export (SHA-256 differs)"
         else:
             try:
-                probs = runtime.load(path).predict(x)
-                cache[key] = (probs, float((probs.argmax(axis=1) == labels).mean()))
+                probs, features = runtime.load(path).run(x)
+                cache[key] = (probs, features, float((probs.argmax(axis=1) == labels).mean()))
             except ArtifactError as exc:
                 cache[key] = str(exc)
     return cache[key]
+
+
+_Reference = tuple[np.ndarray, np.ndarray | None, float]
+
+
+def _review_parity(
+    res: ArtifactResult, checker: review.ReviewModel | None, source_sha: str | None, probs: np.ndarray,
+    features: np.ndarray | None, keras_probs: np.ndarray, keras_features: np.ndarray | None,
+) -> None:  # fmt: skip
+    """The "not a digit" flag from the artifact's features against the flag from Keras', where
+    the release's review was fitted on this model's features (`review.ReviewModel.for_model`)."""
+    if checker is None or features is None or keras_features is None:
+        return
+    fitted = checker.for_model(source_sha)
+    if not fitted.uses_features(features):
+        return
+    limit = fitted.feature_limit
+    mine = fitted.feature_distances(features, probs.argmax(axis=1)) > limit
+    theirs = fitted.feature_distances(keras_features, keras_probs.argmax(axis=1)) > limit
+    res.review_agreement = float((mine == theirs).mean())
+    res.features_rel_diff = float(np.abs(features - keras_features).mean() / np.abs(keras_features).mean())
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -242,6 +287,7 @@ def table_rows(report: ParityReport) -> list[list[str]]:
             r.path, r.quantization, f"{r.bytes / 1024:.0f} KiB",
             _fmt(r.accuracy, ".2%"), _fmt(r.delta_points, "+.2f"), _fmt(r.agreement, ".2%"),
             _fmt(r.second_agreement, ".2%"), _fmt(r.max_abs_diff, ".4f"), _fmt(r.ece, ".4f"),
+            _fmt(r.review_agreement, ".2%"),
             _fmt(r.latency_ms_batch1, ".3f"), _fmt(r.latency_ms_batch256, ".2f"),
             r.runtime + ("" if r.arena_bytes is None else f", arena {r.arena_bytes:,} B"), r.status,
         ]
@@ -259,6 +305,7 @@ HEADERS = [
     "2nd agreement",
     "max |Δp|",
     "ECE",
+    "not-a-digit agreement",
     "ms @1",
     "ms @256",
     "runtime",
@@ -280,7 +327,9 @@ def _write(report: ParityReport, folder: Path) -> tuple[Path, Path]:
         "",
         f"Limits: float32/float16 agreement >= {report.tolerances.float_min_agreement:.2%} and "
         f"|Δ| <= {report.tolerances.float_max_delta} points; dynamic/int8 |Δ| <= "
-        f"{report.tolerances.quant_max_delta} points. Latency: median ms per call on this machine.",
+        f"{report.tolerances.quant_max_delta} points; the review's 'not a digit' flag from an artifact's "
+        f"features the same as from Keras' on >= {report.tolerances.review_min_agreement:.2%} of the images. "
+        "Latency: median ms per call on this machine.",
         "",
         "| " + " | ".join(HEADERS) + " |",
         "|" + "---|" * len(HEADERS),

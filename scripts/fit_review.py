@@ -6,6 +6,11 @@ release models:
 The last 10,000 training images are held out to set the limits; the test set is not read. Each
 side also gets training images rendered as scans (`samples.render_scan`, JPEG) and preprocessed
 back, so the model knows what preprocessing does to a real digit.
+
+With `--features-model` (default: the Keras source of the release's default model), the review
+also gets that model's own evidence (`review.fit_features`): its features of the first
+`--feature-images` training images and their scans, the limit at `--feature-quantile` of the
+held-out side's distances. Needs the `train` extra (Keras).
 """
 
 from __future__ import annotations
@@ -15,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import data, review
+from pipeline import data, manifest, preprocess, review, runtime
 from pipeline.errors import BlankImageError
+from pipeline.files import sha256
 from pipeline.samples import scanned
 
 
@@ -44,6 +50,12 @@ def main() -> None:
     parser.add_argument("--components", type=int, default=40)
     parser.add_argument("--quantile", type=float, default=0.99)
     parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--features-model", type=Path, default=None)
+    parser.add_argument("--feature-images", type=int, default=20_000)
+    # 2.5% of the training side: the members trained on these images, so new digits sit further
+    # out (0.97 on training images was 0.956 on test digits: scripts/review_features.py).
+    parser.add_argument("--feature-quantile", type=float, default=0.975)
+    parser.add_argument("--no-features", action="store_true")
     args = parser.parse_args()
     images, labels = data.load(data.Split.TRAIN)
     fit_x, fit_y = images[: -args.held_out], labels[: -args.held_out]
@@ -56,8 +68,45 @@ def main() -> None:
         args.components, args.quantile,
         {"data": "MNIST train (test set not read)", "rendered_as_scans": args.scanned, "seed": args.seed},
     )  # fmt: skip
+    if not args.no_features:
+        model = _with_features(model, args, fit_x, fit_y, held_x, scan_fit, scan_held)
     review.save(model, args.out)
     print(f"{args.out}: {model.fitted}")
+
+
+def _with_features(
+    model: review.ReviewModel, args: argparse.Namespace, fit_x: np.ndarray, fit_y: np.ndarray,
+    held_x: np.ndarray, scan_fit: tuple[np.ndarray, np.ndarray], scan_held: tuple[np.ndarray, np.ndarray],
+) -> review.ReviewModel:  # fmt: skip
+    source = args.features_model or _default_source()
+    predictor = runtime.load(source)
+
+    def run(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        parts = [predictor.run(preprocess.scale(images[i : i + 1000])) for i in range(0, len(images), 1000)]
+        if parts[0][1] is None:
+            raise SystemExit(f"{source}: this model has no features output (runtime.feature_view)")
+        return np.concatenate([p for p, _ in parts]), np.concatenate([f for _, f in parts if f is not None])
+
+    n = args.feature_images
+    _, fit_feats = run(np.concatenate([fit_x[:n], scan_fit[0]]))
+    held_probs, held_feats = run(np.concatenate([held_x, scan_held[0]]))
+    about = {
+        "model": source.name, "source_sha256": sha256(source),
+        "images": "MNIST train and their scans (test set not read)",
+    }  # fmt: skip
+    return review.fit_features(
+        model, fit_feats, np.concatenate([fit_y[:n], scan_fit[1]]), held_feats, held_probs.argmax(axis=1),
+        args.feature_quantile, about,
+    )  # fmt: skip
+
+
+def _default_source() -> Path:
+    """The Keras file the release's default model was exported from."""
+    choice = manifest.choose_model(None)
+    recorded = manifest.read(choice.path.parent / "manifest.json")
+    entry = next(e for e in recorded.entries if recorded.file(e) == choice.path)
+    assert entry.source.path is not None
+    return choice.path.parent / entry.source.path
 
 
 if __name__ == "__main__":

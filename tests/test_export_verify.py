@@ -287,6 +287,10 @@ def test_shipped_release_models_verify() -> None:
     """The committed exports pass verify from a fresh clone (reports are not rewritten)."""
     report = verify(SHIPPED, latency_repeats=1, write=False)
     assert all(r.status == "ok" for r in report.results) and len(report.results) >= 4
+    # the default model's files also give the review's "not a digit" flag as Keras does
+    default = [r for r in report.results if r.source == "bncnn-x4.keras"]
+    assert len(default) == 4 and all(r.review_agreement is not None for r in default)
+    assert all(r.review_agreement is None for r in report.results if r not in default)
     shipped = json.loads(SHIPPED.read_text())["artifacts"]
     assert {(a["format"], a["quantization"]) for a in shipped} >= {
         ("onnx", "none"),

@@ -116,7 +116,11 @@ def classify(
     predictor = runtime.load(choice.path, threads=max(1, cores - n_workers))  # fails before any work
     if not 0.0 <= review_below <= 1.0:
         raise ClassifyError("--review-below takes a probability, 0 to 1")
-    check = Review(review.load(review_model_path()), review_below) if review_rows else None
+    check = None
+    if review_rows:
+        check = Review(
+            review.load(review_model_path()).for_model(manifest.source_sha256(choice.path)), review_below
+        )
     from threadpoolctl import threadpool_limits
 
     # numpy's OpenBLAS (the review model's products) on one thread: its idle threads spin, and

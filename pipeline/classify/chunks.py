@@ -34,6 +34,7 @@ class ChunkResult:
     decode_seconds: float = 0.0  # CPU time the worker spent decoding and preprocessing the chunk
     evidence: review.Evidence | None = None  # what the good digits' images say, for review
     reasons: list[str] | None = None  # each good digit's review reason, where a worker gave them
+    features: np.ndarray | None = None  # the model's features of the good digits, where it has them
 
 
 def decode_chunk(
@@ -67,15 +68,17 @@ def decode_chunk(
     )
 
 
-def predict_digits(predictor: runtime.Predictor, digits: np.ndarray) -> np.ndarray:
-    """Probabilities for a uint8 [n, 28, 28] batch (n may be 0): the one inference call of both
-    engines, made in slices of CLASSIFY_INFERENCE_BATCH (a session's memory grows with its batch)."""
+def predict_digits(predictor: runtime.Predictor, digits: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Probabilities, and the model's features where it has them (for the review), for a uint8
+    [n, 28, 28] batch (n may be 0): the one inference call of both engines, made in slices of
+    CLASSIFY_INFERENCE_BATCH (a session's memory grows with its batch)."""
     if not len(digits):
-        return np.zeros((0, 10), np.float32)
+        return np.zeros((0, 10), np.float32), None
     step = defaults.CLASSIFY_INFERENCE_BATCH
-    return np.concatenate(
-        [predictor.predict(preprocess.scale(digits[i : i + step])) for i in range(0, len(digits), step)]
-    )
+    parts = [predictor.run(preprocess.scale(digits[i : i + step])) for i in range(0, len(digits), step)]
+    probs = np.concatenate([p for p, _ in parts])
+    features = [f for _, f in parts if f is not None]
+    return probs, (np.concatenate(features) if len(features) == len(parts) else None)
 
 
 @dataclass

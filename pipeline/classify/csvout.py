@@ -165,7 +165,7 @@ def write_chunk(
     if chunk.reasons is not None:
         reasons = chunk.reasons
     elif check:
-        reasons = check.model.reasons(chunk.digits, probs, check.below, chunk.evidence)
+        reasons = check.model.reasons(chunk.digits, probs, check.below, chunk.evidence, chunk.features)
     else:
         reasons = [""] * len(probs)
     k = 0

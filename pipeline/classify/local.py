@@ -106,11 +106,11 @@ def _predicted_chunk(
     if "failed" in _WORKER:
         raise _WORKER["failed"]
     chunk = decode_chunk(root, paths, deskew, max_pixels, evidence)
-    chunk.probs = predict_digits(_WORKER["predictor"], chunk.digits)
+    chunk.probs, features = predict_digits(_WORKER["predictor"], chunk.digits)
     check: Review | None = _WORKER["check"]
     if check is not None:
-        chunk.reasons = check.model.reasons(chunk.digits, chunk.probs, check.below, chunk.evidence)
-    return chunk
+        chunk.reasons = check.model.reasons(chunk.digits, chunk.probs, check.below, chunk.evidence, features)
+    return chunk  # without the features: the reasons are all the writer needs of them
 
 
 def predicts_in_workers(model: Path, workers: int) -> bool:
@@ -143,7 +143,7 @@ def local_chunks(
     evidence = check is not None
     for chunk in decoded_chunks(folder, paths, workers, chunk_size, deskew, max_pixels, evidence):
         started = time.perf_counter()
-        chunk.probs = predict_digits(predictor, chunk.digits)
+        chunk.probs, chunk.features = predict_digits(predictor, chunk.digits)
         if probing and len(chunk.digits):
             if timed:  # the first call pays for the session's warm-up
                 decode += chunk.decode_seconds

@@ -67,11 +67,15 @@ class _Predict:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ok = np.array([s == "ok" for s in batch["status"]], dtype=bool)
         probs = np.zeros((len(ok), 10), np.float32)
-        probs[ok] = predict_digits(self.predictor, batch["digit"][ok])
-        return {
+        probs[ok], features = predict_digits(self.predictor, batch["digit"][ok])
+        out = {
             "path": batch["path"], "digit": batch["digit"], "status": batch["status"],
             "error": batch["error"], "probs": probs,
         }  # fmt: skip
+        if features is not None:  # for the review's reasons, given by the driver as by the local engine
+            out["features"] = np.zeros((len(ok), features.shape[1]), np.float32)
+            out["features"][ok] = features
+        return out
 
 
 def _init(address: str | None) -> bool:
@@ -143,4 +147,5 @@ def _to_chunk(batch: dict[str, Any]) -> ChunkResult:
         status=status,
         errors=[str(e) for e in batch["error"]],
         probs=np.asarray(batch["probs"], np.float32)[ok],
+        features=np.asarray(batch["features"], np.float32)[ok] if "features" in batch else None,
     )

@@ -12,20 +12,24 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import defaults, quiet
+from pipeline import defaults, quiet, runtime
 from pipeline.export.head import Op, classifier_head
 from pipeline.export.source import Source, metadata
 from pipeline.formats import Quantization
 
 
 def _serving_function(model: Any) -> Any:
-    """A tf.function with a dynamic batch, named input `image` and output `probabilities`."""
+    """A tf.function with a dynamic batch, named input `image` and output `probabilities`, and
+    `features` where the model has them (`runtime.feature_view`)."""
     tf = quiet.load("tensorflow")
     size = defaults.FIELD_SIZE
     spec = (tf.TensorSpec((None, size, size, 1), tf.float32, name=defaults.INPUT_NAME),)
+    view = runtime.feature_view(model)
 
     @tf.function(input_signature=spec)  # type: ignore[misc]
     def serve(image: Any) -> dict[str, Any]:
+        if view is not None:
+            return dict(view(image, training=False))
         return {defaults.OUTPUT_NAME: model(image, training=False)}
 
     return serve
@@ -206,13 +210,15 @@ ONNX_WEIGHTED = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
 
 
 def onnx_head(graph: Any) -> tuple[list[str], list[str]]:
-    """`classifier_head` of an ONNX graph, by node name."""
+    """`classifier_head` of an ONNX graph, by node name: behind the probabilities only (the
+    features output is the last block's activations, which stay integer up to it)."""
     producer = {
         out: Op(node.name, node.op_type in ONNX_WEIGHTED, tuple(node.input))
         for node in graph.node
         for out in node.output
     }
-    return classifier_head([o.name for o in graph.output], producer)
+    names = [o.name for o in graph.output]
+    return classifier_head([defaults.OUTPUT_NAME] if defaults.OUTPUT_NAME in names else names, producer)
 
 
 def float_outputs(model: Any, nodes: set[str]) -> Any:
@@ -273,11 +279,12 @@ def _onnx_metadata(path: Path, source: Source, quant: Quantization) -> None:
 
 
 def describe_io(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Names, dtypes and shapes of the file's input and output, as onnxruntime sees them."""
+    """Names, dtypes and shapes of the file's input and probabilities output, as onnxruntime sees them."""
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    i, o = sess.get_inputs()[0], sess.get_outputs()[0]
+    outputs = sess.get_outputs()
+    i, o = sess.get_inputs()[0], next((o for o in outputs if o.name == defaults.OUTPUT_NAME), outputs[0])
 
     def onnx_io(t: Any) -> dict[str, Any]:
         dtype = t.type.replace("tensor(", "").replace(")", "").replace("float", "float32")

@@ -11,14 +11,15 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import defaults, quiet
+from pipeline import defaults, quiet, runtime
 from pipeline.export.head import Op, classifier_head
 from pipeline.export.source import Source, metadata
 from pipeline.formats import Quantization
 
 
-def _saved_model(source: Source, folder: Path) -> Path:
-    """Write the model as a SavedModel with one `serve` endpoint (`image` -> `probabilities`).
+def _saved_model(source: Source, folder: Path, features: bool) -> Path:
+    """Write the model as a SavedModel with one `serve` endpoint (`image` -> `probabilities`, and
+    `features` where asked and the model has them: `runtime.feature_view`).
 
     LiteRT's converter reads weights as constants from a SavedModel; converting the concrete
     function of a live Keras 3 model instead leaves them as resource variables, which produces
@@ -27,11 +28,14 @@ def _saved_model(source: Source, folder: Path) -> Path:
     if not (folder / "saved_model.pb").is_file():
         tf, keras = quiet.load("tensorflow"), quiet.load("keras")
         size = defaults.FIELD_SIZE
+        view = runtime.feature_view(source.model) if features else None
         archive = keras.export.ExportArchive()
-        archive.track(source.model)
+        archive.track(source.model if view is None else view)
         archive.add_endpoint(
             "serve",
-            lambda image: {defaults.OUTPUT_NAME: source.model(image, training=False)},
+            (lambda image: {defaults.OUTPUT_NAME: source.model(image, training=False)})
+            if view is None
+            else (lambda image: dict(view(image, training=False))),
             input_signature=[tf.TensorSpec((None, size, size, 1), tf.float32, name=defaults.INPUT_NAME)],
         )
         with quiet.stderr_silenced():
@@ -89,6 +93,15 @@ def tflite_head(float_model: bytes) -> list[str]:
 
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(float_model))
     graph = model.subgraphs[0]
+    # behind the probabilities only, by the signature's name for them (as `onnx_head`)
+    named = {
+        (t.name.decode() if isinstance(t.name, bytes) else t.name): int(t.tensorIndex)
+        for sig in (model.signatureDefs or [])
+        for t in sig.outputs
+    }
+    outputs = (
+        [named[defaults.OUTPUT_NAME]] if defaults.OUTPUT_NAME in named else [int(o) for o in graph.outputs]
+    )
     builtin = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
     producer = {}
     for op in graph.operators:
@@ -97,7 +110,7 @@ def tflite_head(float_model: bytes) -> list[str]:
         name = graph.tensors[op.outputs[0]].name.decode()
         for out in op.outputs:
             producer[int(out)] = Op(name, kind in TFLITE_WEIGHTED, tuple(int(i) for i in op.inputs))
-    last, after = classifier_head([int(o) for o in graph.outputs], producer)
+    last, after = classifier_head(outputs, producer)
     return [*last, *after]
 
 
@@ -122,10 +135,13 @@ def _tflite_metadata(path: Path, source: Source, quant: Quantization) -> None:
 
 
 def describe_io(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Names, dtypes, shapes and quantization parameters of the file's input and output."""
+    """Names, dtypes, shapes and quantization parameters of the file's input and probabilities output."""
     from ai_edge_litert.interpreter import Interpreter
 
     it = Interpreter(model_path=str(path))
+    output_index, _ = runtime.tflite_outputs(it)
+    outputs = it.get_output_details()
+    out = next((d for d in outputs if d["index"] == output_index), outputs[0])
 
     def tfl_io(d: dict[str, Any]) -> dict[str, Any]:
         scale, zero = d["quantization"]
@@ -135,13 +151,15 @@ def describe_io(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
             "quantization": {"scale": float(scale), "zero_point": int(zero)} if scale else None,
         }  # fmt: skip
 
-    return tfl_io(it.get_input_details()[0]), tfl_io(it.get_output_details()[0])
+    return tfl_io(it.get_input_details()[0]), tfl_io(out)
 
 
 def write(
     source: Source, quant: Quantization, out: Path, work: Path, calib: Callable[[], np.ndarray],
     integer_io: bool = False,
 ) -> None:  # fmt: skip
-    """Write `source` as TFLite with `quant` to `out`, through one SavedModel per export in `work`."""
-    _tflite(_saved_model(source, work / "saved_model"), quant, out, calib, integer_io)
+    """Write `source` as TFLite with `quant` to `out`, through one SavedModel per export in `work`
+    (a microcontroller's integer file has the probabilities only: its interpreter reads output 0)."""
+    folder = work / ("saved_model_probabilities" if integer_io else "saved_model")
+    _tflite(_saved_model(source, folder, features=not integer_io), quant, out, calib, integer_io)
     _tflite_metadata(out, source, quant)
