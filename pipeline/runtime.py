@@ -46,10 +46,9 @@ def feature_view(model: Any) -> Any | None:
     """A Keras model with the features as a second output, or None where it has no FEATURE_LAYER.
 
     A single network (bncnn) gets its last block (FEATURE_LAYER, where its `flatten` layer takes
-    it) averaged over positions; an ensemble (an
-    `Average` named OUTPUT_NAME over nested members, `pipeline.train.ensemble`) is rebuilt from
-    the same members and the same averaging layer, each member also giving its features, side by
-    side: the probabilities are the model's own.
+    it) averaged over positions; an ensemble (an `Average` named OUTPUT_NAME over nested members,
+    `pipeline.train.ensemble`) is rebuilt from the same members and the same averaging layer, each
+    member also giving its features, side by side: the probabilities are the model's own.
     """
     keras = _keras()
 
