@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import calibration, data, defaults, manifest, preprocess, runtime
+from pipeline import calibration, data, defaults, preprocess, runtime
 from pipeline.classify.walk import walk
 from pipeline.errors import PipelineError
 
@@ -372,12 +372,11 @@ def bench_review(
     scans) against non-digits rendered as scans (two digits side by side, printed letters,
     scribbles) and Fashion-MNIST's test images; none of them was seen by the review model's fit."""
 
-    from pipeline import review
-    from pipeline.classify import review_model_path
+    from pipeline.classify import review_for
     from pipeline.errors import BlankImageError
     from pipeline.samples import letter_ink, pair_ink, scanned, scribble_ink
 
-    checker = review.load(review_model_path()).for_model(manifest.source_sha256(model))
+    checker = review_for(model)
     predictor = runtime.load(model)
     x, _ = data.load(data.Split.TEST)
     rng = np.random.default_rng(seed)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import data, manifest, preprocess, review
+from pipeline import data, manifest, preprocess, review, runtime
 from pipeline.classify import review_model_path
 from pipeline.errors import BlankImageError
 from pipeline.samples import letter_ink, pair_ink, scanned, scribble_ink
@@ -33,23 +33,17 @@ FIT, THRESHOLD, TEST, RENDERED = 20_000, 5_000, 2_000, 600
 
 
 def member_features(model_path: Path) -> object:
-    """A function from uint8 [n, 28, 28] digits to (features [n, 512], probabilities [n, 10])."""
-    import keras
-
-    model = keras.saving.load_model(model_path, compile=False)
-    views = []
-    for layer in model.layers:
-        if layer.name.startswith("member"):
-            pooled = keras.ops.mean(layer.get_layer("head_relu").output, axis=(1, 2))
-            views.append(keras.Model(layer.input, [pooled, layer.get_layer("probabilities").output]))
+    """A function from uint8 [n, 28, 28] digits to (features [n, 512], probabilities [n, 10]):
+    the model's `features` output (`runtime.feature_view`), as classify gets it."""
+    predictor = runtime.load(model_path)
 
     def run(digits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         feats, probs = [], []
         for k in range(0, len(digits), 1000):
-            x = preprocess.scale(digits[k : k + 1000])
-            out = [view.predict(x, verbose=0, batch_size=250) for view in views]
-            feats.append(np.concatenate([f for f, _ in out], axis=1))
-            probs.append(np.mean([p for _, p in out], axis=0))
+            p, f = predictor.run(preprocess.scale(digits[k : k + 1000]))
+            assert f is not None, f"{model_path}: no features output"
+            feats.append(f)
+            probs.append(p)
         return np.concatenate(feats), np.concatenate(probs)
 
     return run

@@ -116,11 +116,7 @@ def classify(
     predictor = runtime.load(choice.path, threads=max(1, cores - n_workers))  # fails before any work
     if not 0.0 <= review_below <= 1.0:
         raise ClassifyError("--review-below takes a probability, 0 to 1")
-    check = None
-    if review_rows:
-        check = Review(
-            review.load(review_model_path()).for_model(manifest.source_sha256(choice.path)), review_below
-        )
+    check = Review(review_for(choice.path), review_below) if review_rows else None
     from threadpoolctl import threadpool_limits
 
     # numpy's OpenBLAS (the review model's products) on one thread: its idle threads spin, and
@@ -141,6 +137,12 @@ def review_model_path() -> Path:
     if release is None:
         raise review.ReviewError(f"no release folder with {REVIEW_MODEL}; run with --no-review")
     return release / REVIEW_MODEL
+
+
+def review_for(model: Path) -> review.ReviewModel:
+    """The release's review model as it applies to `model`: with its feature evidence only for
+    the model that evidence was fitted on (`review.ReviewModel.for_model`)."""
+    return review.load(review_model_path()).for_model(manifest.source_sha256(model))
 
 
 def _run(
