@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
-import cv2
 import numpy as np
 
 from pipeline import defaults
@@ -36,81 +36,34 @@ def _oriented(array: np.ndarray, vertical: bool) -> np.ndarray:
     return array.T if vertical else array
 
 
+def _kernels() -> Any:
+    """The compiled loops (`kernels`), imported on a scan's first use: see that module."""
+    from pipeline.preprocess import kernels
+
+    return kernels
+
+
 def _find_lines(mask: np.ndarray, vertical: bool, extent: int) -> list[FormLine]:
     """Horizontal (or vertical) bands of ink holding one run at least FORM_LINE_MIN_LENGTH long.
 
     Rows are merged over the tilt tolerance first (a 3-degree line drifts across rows), so a band
     is the line's rows plus that reach on each side; bands thicker than a printed line, and ink
-    that wobbles about its fitted line like handwriting (`_fit`), are dropped.
+    that wobbles about its fitted line like handwriting, are dropped. The fit (`kernels.long_bands`)
+    leaves out the columns where a stroke crosses (thicker than the line): a printed line's
+    centres lie within a fraction of a pixel of it, a digit's long flat curve (a 0's side, a 2's
+    base) wanders further.
     """
-    m = _oriented(mask, vertical)
-    w = m.shape[1]
+    k = _kernels()
     length = max(16, math.ceil(defaults.FORM_LINE_MIN_LENGTH * extent))
     reach = max(1, math.ceil(length * math.tan(math.radians(defaults.FORM_LINE_MAX_TILT_DEGREES)) / 2))
-    # OpenCV on the unturned mask: grown = each pixel OR the `reach` pixels on each side across
-    # the line; an erosion along it (nothing outside the image) keeps only runs `length` long,
-    # so most images, which have no such run, stop here.
-    across, along = (1, 2 * reach + 1), (length, 1)
-    if not vertical:
-        across, along = across[::-1], along[::-1]
-    grown_mask = cv2.dilate(mask.view(np.uint8), np.ones(across, np.uint8))
-    runs = cv2.erode(grown_mask, np.ones(along, np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=0)
-    if not runs.any():
-        return []
-    candidates = np.flatnonzero(_oriented(runs, vertical).any(axis=1))  # rows holding such a run
-    padded = np.zeros((candidates.size, w + 2), dtype=np.int8)
-    padded[:, 1:-1] = _oriented(grown_mask, vertical)[candidates]
-    step = np.diff(padded, axis=1)
-    rows, starts = np.nonzero(step == 1)
-    ends = np.nonzero(step == -1)[1]  # row-major order: the i-th end closes the i-th start
-    long = ends - starts >= length
-    rows, starts, ends = candidates[rows[long]], starts[long], ends[long]
     thickest = 2 * reach + max(6, round(0.1 * extent))
     lines = []
-    for band in np.split(np.arange(rows.size), np.flatnonzero(np.diff(rows) > 1) + 1):
-        if band.size and rows[band[-1]] + 1 - rows[band[0]] <= thickest:
-            lo, hi = int(rows[band[0]]), int(rows[band[-1]]) + 1
-            line = _fit(m, lo, hi, int(starts[band].min()), int(ends[band].max()), vertical)
-            if line.wobble <= defaults.FORM_LINE_MAX_WOBBLE:
-                lines.append(line)
+    for band in k.long_bands(_oriented(mask, vertical), length, reach, thickest).tolist():
+        lo, hi, start, end, intercept, slope, thickness, wobble = band
+        if wobble <= defaults.FORM_LINE_MAX_WOBBLE:
+            ends = int(lo), int(hi), int(start), int(end)
+            lines.append(FormLine(vertical, *ends, (intercept, slope), thickness, wobble))
     return lines
-
-
-def _fit(m: np.ndarray, lo: int, hi: int, start: int, end: int, vertical: bool) -> FormLine:
-    """Fit a straight line to the ink of a band, column by column (`m` oriented to it).
-
-    Columns where a stroke crosses (thicker than the line) are left out of the fit. A printed
-    line's centres lie within a fraction of a pixel of the fit; a digit's curved stroke that
-    happens to be long and flat (a 0's side, a 2's base) wanders further.
-    """
-    band = m[lo:hi, start:end]
-    counts = band.sum(axis=0)
-    columns = np.arange(start, end)
-    inked = counts > 0
-    thickness = _median(counts[inked]) if inked.any() else float(hi - lo)
-    clean = inked & (counts <= thickness + 1)
-    centres = (band * np.arange(lo, hi)[:, None]).sum(axis=0) / np.maximum(counts, 1)
-    if np.count_nonzero(clean) >= 3:
-        # Least squares in closed form about the mean column (np.polyfit's SVD costs ten times
-        # more): an exactly level printed line gets slope 0 and its centre row exactly, so
-        # `_strip` rounds it the same way at every column.
-        x, y = columns[clean].astype(np.float64), centres[clean]
-        dx = x - x.mean()
-        y_mean = y.mean()
-        slope = float(dx @ (y - y_mean)) / float(dx @ dx)
-        intercept = y_mean - slope * x.mean()
-        residual = y - (intercept + slope * x)
-        wobble = math.sqrt(float(residual @ residual) / residual.size)
-    else:
-        slope, intercept, wobble = 0.0, (lo + hi - 1) / 2, 0.0
-    return FormLine(vertical, lo, hi, start, end, (float(intercept), float(slope)), thickness, wobble)
-
-
-def _median(values: np.ndarray) -> float:
-    """np.median of a small integer array, without its overhead (ten times the sort's cost here)."""
-    ordered = np.sort(values)
-    k = len(ordered)
-    return float(ordered[(k - 1) // 2] + ordered[k // 2]) / 2
 
 
 def _strip(line: FormLine, height: int) -> tuple[np.ndarray, np.ndarray]:
@@ -121,12 +74,7 @@ def _strip(line: FormLine, height: int) -> tuple[np.ndarray, np.ndarray]:
     each side.
     """
     intercept, slope = line.centre
-    centre = intercept + slope * np.arange(line.start, line.end)
-    half = line.thickness / 2 + 1.0
-    # np.minimum/np.maximum: np.clip's Python wrapper costs more than the arithmetic here
-    first = np.minimum(np.maximum(np.floor(centre - half + 0.5), 0), height).astype(int)
-    last = np.minimum(np.maximum(np.floor(centre + half + 0.5), 0), height).astype(int)
-    return first, np.maximum(last, first + 1)
+    return _kernels().strip(intercept, slope, line.thickness, line.start, line.end, height)
 
 
 def _line_pixels(mask: np.ndarray, line: FormLine, extent: int) -> np.ndarray:
@@ -138,53 +86,10 @@ def _line_pixels(mask: np.ndarray, line: FormLine, extent: int) -> np.ndarray:
     a tick ends.
     """
     pixels = np.zeros_like(mask)
-    m, out = _oriented(mask, line.vertical), _oriented(pixels, line.vertical)
-    first, last = _strip(line, m.shape[0])
-    rows = np.arange(m.shape[0])[:, None]
-    out[:, line.start : line.end] = (rows >= first) & (rows < last)
-    widest, longest = max(3, line.hi - line.lo), int(0.4 * extent)
-    columns = np.arange(line.start, line.end)
-    steps = np.arange(longest + 3)[:, None]
-    # The mask with `steps` rows of paper above and below, so every column's walk away from the
-    # strip is a plain slice: a line holds a few runs of columns with one origin each (a tilted
-    # line steps a row at a time), far cheaper than gathering each pixel by index.
-    reach = len(steps)
-    padded = cv2.copyMakeBorder(
-        np.ascontiguousarray(m).view(np.uint8), reach, reach, 0, 0, cv2.BORDER_CONSTANT, value=0
-    ).view(np.bool_)
-    for origin, direction in ((first - 1, -1), (last, 1)):
-        # side[k, x]: the pixel k steps away from the strip in column x (False off the image)
-        side = np.empty((reach, columns.size), dtype=np.bool_)
-        cuts = np.flatnonzero(np.diff(origin)) + 1
-        for lo, hi in zip([0, *cuts.tolist()], [*cuts.tolist(), columns.size], strict=True):
-            o = int(origin[lo]) + reach
-            end = o + direction * reach
-            walk = slice(o, end if end >= 0 else None, direction)
-            side[:, lo:hi] = padded[walk, line.start + lo : line.start + hi]
-        run = np.where(side.all(axis=0), side.shape[0], side.argmin(axis=0))
-        standing = np.flatnonzero(run > 0)
-        if standing.size == 0:
-            continue
-        # Runs of adjacent standing columns, each a candidate tick: its width and height first,
-        # in one pass, so only the few that could be ticks reach the ring test below.
-        breaks = np.flatnonzero(np.diff(standing) > 1) + 1
-        starts = np.concatenate(([0], breaks))
-        a_all, b_all = standing[starts], standing[np.concatenate((breaks - 1, [standing.size - 1]))] + 1
-        heights = np.maximum.reduceat(run[standing], starts)
-        width = b_all - a_all
-        possible = (width <= widest) & (heights >= 2 * width) & (heights <= longest)
-        a_s, b_s, h_s = a_all[possible].tolist(), b_all[possible].tolist(), heights[possible].tolist()
-        for a, b, height in zip(a_s, b_s, h_s, strict=True):
-            # A clear ring 2 px wide around its rectangle: ink further off may be the digit beside it.
-            ring = side[: height + 2, max(0, a - 2) : b + 2].copy()
-            ring[:height, a - max(0, a - 2) : b - max(0, a - 2)] = False
-            if ring.any():
-                continue
-            # The tick, one pixel wider on each side for its blurred edges.
-            block = (slice(0, height + 1), slice(max(0, a - 1), min(len(columns), b + 1)))
-            at = origin[None, block[1]] + direction * steps[block[0]]
-            on = (at >= 0) & (at < m.shape[0])
-            out[at[on], np.broadcast_to(columns[block[1]], on.shape)[on]] = True
+    row = np.array(
+        [line.lo, line.hi, line.start, line.end, *line.centre, line.thickness, line.wobble], np.float64
+    )
+    _kernels().line_pixels(_oriented(mask, line.vertical), row, extent, _oriented(pixels, line.vertical))
     return pixels
 
 
