@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from pipeline import defaults
 from pipeline.errors import BlankImageError
-from pipeline.preprocess.masks import bbox, erode3, stroke_width
+from pipeline.preprocess.masks import bbox, erode3, kernels, stroke_width
 
 
 @dataclass(frozen=True)
@@ -36,13 +35,6 @@ def _oriented(array: np.ndarray, vertical: bool) -> np.ndarray:
     return array.T if vertical else array
 
 
-def _kernels() -> Any:
-    """The compiled loops (`kernels`), imported on a scan's first use: see that module."""
-    from pipeline.preprocess import kernels
-
-    return kernels
-
-
 def _find_lines(mask: np.ndarray, vertical: bool, extent: int) -> list[FormLine]:
     """Horizontal (or vertical) bands of ink holding one run at least FORM_LINE_MIN_LENGTH long.
 
@@ -53,7 +45,7 @@ def _find_lines(mask: np.ndarray, vertical: bool, extent: int) -> list[FormLine]
     centres lie within a fraction of a pixel of it, a digit's long flat curve (a 0's side, a 2's
     base) wanders further.
     """
-    k = _kernels()
+    k = kernels()
     length = max(16, math.ceil(defaults.FORM_LINE_MIN_LENGTH * extent))
     reach = max(1, math.ceil(length * math.tan(math.radians(defaults.FORM_LINE_MAX_TILT_DEGREES)) / 2))
     thickest = 2 * reach + max(6, round(0.1 * extent))
@@ -74,7 +66,7 @@ def _strip(line: FormLine, height: int) -> tuple[np.ndarray, np.ndarray]:
     each side.
     """
     intercept, slope = line.centre
-    return _kernels().strip(intercept, slope, line.thickness, line.start, line.end, height)
+    return kernels().strip(intercept, slope, line.thickness, line.start, line.end, height)
 
 
 def _line_pixels(mask: np.ndarray, line: FormLine, extent: int) -> np.ndarray:
@@ -89,7 +81,7 @@ def _line_pixels(mask: np.ndarray, line: FormLine, extent: int) -> np.ndarray:
     row = np.array(
         [line.lo, line.hi, line.start, line.end, *line.centre, line.thickness, line.wobble], np.float64
     )
-    _kernels().line_pixels(_oriented(mask, line.vertical), row, extent, _oriented(pixels, line.vertical))
+    kernels().line_pixels(_oriented(mask, line.vertical), row, extent, _oriented(pixels, line.vertical))
     return pixels
 
 

@@ -217,7 +217,32 @@ def _line_pixels(m: np.ndarray, line: np.ndarray, extent: int, out: np.ndarray) 
                         out[r, start + x] = True
 
 
+def _stretch_levels(rounded: np.ndarray) -> tuple[int, int]:
+    """`normalize._stretch`'s levels of an 8-bit ink image: the strongest level present, and the
+    scale (the 90th percentile of the levels above half the strongest)."""
+    counts = np.zeros(256, np.int64)
+    h, w = rounded.shape
+    for r in range(h):
+        for c in range(w):
+            counts[rounded[r, c]] += 1
+    top = 255
+    while top > 0 and counts[top] == 0:
+        top -= 1
+    first = top // 2 + 1
+    total = 0
+    for v in range(first, 256):
+        total += counts[v]
+    target = 0.9 * total
+    running = 0
+    for v in range(first, 256):
+        running += counts[v]
+        if running >= target:
+            return top, v
+    return top, 256
+
+
 _fit = _compiled(_fit)
 long_bands = _compiled(_long_bands)
 strip = _compiled(_strip)
 line_pixels = _compiled(_line_pixels)
+stretch_levels = _compiled(_stretch_levels)

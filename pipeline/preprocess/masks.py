@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import cv2
 import numpy as np
 
@@ -11,6 +13,14 @@ cv2.setNumThreads(1)
 # OpenCV's warnings (a PNG it declines to decode, which PIL then decodes or reports) would print a
 # line per file on a batch job's terminal: errors only.
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
+
+def kernels() -> Any:
+    """The compiled loops of the scan path (`pipeline.preprocess.kernels`), imported on first use:
+    numba's import costs a process a few tenths of a second that a run of 28x28 PNGs never pays."""
+    from pipeline.preprocess import kernels as compiled
+
+    return compiled
 
 
 def bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:

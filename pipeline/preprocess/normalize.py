@@ -22,7 +22,7 @@ from pipeline import defaults
 from pipeline.errors import BlankImageError, ImageError
 from pipeline.preprocess.decode import REDUCTION_INFO, read_gray, to_gray, to_working_size
 from pipeline.preprocess.forms import erase_form_lines
-from pipeline.preprocess.masks import bbox, max_filter, min_filter, stroke_width
+from pipeline.preprocess.masks import bbox, kernels, max_filter, min_filter, stroke_width
 
 
 def _border(gray: np.ndarray) -> np.ndarray:
@@ -101,13 +101,9 @@ def _stretch(values: np.ndarray) -> np.ndarray:
     the image's histogram (to the nearest level).
     """
     rounded = cv2.convertScaleAbs(values) if values.dtype != np.uint8 else values
-    counts = cv2.calcHist([rounded], [0], None, [256], [0, 256]).ravel()
-    top = int(np.flatnonzero(counts)[-1])
+    top, scale = kernels().stretch_levels(rounded)
     if top < defaults.BLANK_MAX_INK:
         raise BlankImageError("blank: no ink found")
-    first = top // 2 + 1
-    strong = np.cumsum(counts[first:])
-    scale = first + int(np.searchsorted(strong, 0.9 * strong[-1]))
     return cv2.convertScaleAbs(values, alpha=255.0 / scale)
 
 
