@@ -510,13 +510,17 @@ def _blotches(size: tuple[int, int], seed: int) -> Image.Image:
         ("colour.jpg", lambda: _blotches((301, 405), 2)),
         ("progressive.jpg", lambda: _blotches((640, 480), 3)),
         ("large.jpg", lambda: _blotches((2000, 1600), 4)),
+        ("upright-exif.jpg", lambda: _blotches((200, 150), 12)),
     ],
 )
 def test_read_gray_takes_the_short_way_with_pils_pixels(
     name: str, make: Callable[[], Image.Image], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / name
-    make().save(path, quality=80, progressive=name.startswith("progressive"))
+    exif = Image.Exif()
+    if name.startswith("upright"):
+        exif[0x0112] = 1  # an EXIF block that asks for no rotation: nothing for PIL to do
+    make().save(path, quality=80, progressive=name.startswith("progressive"), exif=exif)
     expected = {reduce: _pil_gray(path, reduce) for reduce in (False, True)}
 
     def refuse(*args: object, **kwargs: object) -> None:
@@ -531,6 +535,15 @@ def test_read_gray_takes_the_short_way_with_pils_pixels(
         reduced = decode.reduction(*img.size)
     assert expected[True][1] == (reduced if name.endswith(".jpg") else 1)
     assert name not in ("large.jpg", "progressive.jpg") or reduced > 1  # both sizes are tried
+
+
+def _save_with_junk(path: Path) -> None:
+    """A JPEG with two stray bytes after its first segment, which PIL's parser skips."""
+    buf = io.BytesIO()
+    _blotches((60, 50), 13).save(buf, format="JPEG")
+    data = buf.getvalue()
+    first_end = 4 + int.from_bytes(data[4:6], "big")  # SOI, then the APP0 segment
+    path.write_bytes(data[:first_end] + b"\x00\x00" + data[first_end:])
 
 
 def _save_exif_rotated(path: Path) -> None:
@@ -548,6 +561,7 @@ def _save_exif_rotated(path: Path) -> None:
         ("colour.png", lambda p: _blotches((60, 50), 7).save(p)),
         ("rotated.jpg", _save_exif_rotated),
         ("cmyk.jpg", lambda p: _blotches((60, 50), 8).convert("CMYK").save(p)),
+        ("junk-between-markers.jpg", _save_with_junk),
         ("picture.bmp", lambda p: _blotches((60, 50), 9).save(p)),
     ],
 )
@@ -570,6 +584,15 @@ def test_read_gray_reports_cut_files_as_pil_does(tmp_path: Path, capfd: pytest.C
     Image.new("L", (9000, 8000)).save(tmp_path / "bomb.png")
     with pytest.raises(ImageError, match="exceeds the limit"):
         decode.read_gray(tmp_path / "bomb.png")
+    # A small JPEG whose frame header claims 60000 x 60000 pixels: refused from the header.
+    buf = io.BytesIO()
+    _blotches((64, 48), 14).convert("L").save(buf, format="JPEG")
+    data = bytearray(buf.getvalue())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = (60000).to_bytes(2, "big") * 2
+    (tmp_path / "bomb.jpg").write_bytes(bytes(data))
+    with pytest.raises(ImageError, match="exceeds the limit"):
+        decode.read_gray(tmp_path / "bomb.jpg")
     assert capfd.readouterr().err == ""  # OpenCV's warnings stay off the terminal
 
 

@@ -12,6 +12,7 @@ come back in walk order.
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
 import time
@@ -53,9 +54,14 @@ def decoded_chunks(
         for chunk in chunks:
             yield decode_chunk(root, chunk, deskew, max_pixels, evidence)
         return
-    # fork: workers start instantly and inherit the imported modules (and the review model).
+    first = next(chunks, None)
+    if first is None:
+        return
+    chunks = itertools.chain([first], chunks)
+    # fork: workers start instantly and inherit the imported modules (and the review model), and
+    # what the first file shows the run will need (the scan path's compiled loops).
     ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
-    preprocess.load_decoders()
+    preprocess.warm_up(os.path.join(root, first[0]), max_pixels)
     task: Any = decode_chunk if predict is None else _predicted_chunk
     # concurrent.futures, not multiprocessing.Pool: a worker that dies (the OOM killer, a crash
     # in a decoder) breaks the pool and ends the run with an error, where Pool waits for its task

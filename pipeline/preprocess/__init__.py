@@ -24,6 +24,7 @@ from pipeline.preprocess.normalize import (
     model_input,
     scale,
     to_mnist,
+    warm_up,
 )
 
 __all__ = [
@@ -39,4 +40,5 @@ __all__ = [
     "stroke_width",
     "to_gray",
     "to_mnist",
+    "warm_up",
 ]

@@ -207,31 +207,79 @@ _JPEG_FLAGS = {
 
 def _jpeg_gray(data: bytes, max_pixels: int, reduce: bool) -> tuple[np.ndarray, int] | None:
     """A gray or YCbCr JPEG's luma and its reduction (see `read_gray`), or None where PIL should
-    decode it: another mode, a rotation to apply, a file that does not end with JPEG's end-of-image
-    marker (truncated: OpenCV would fill the missing part with grey where PIL fails)."""
+    decode it: another kind of JPEG (`_jpeg_frame`), a rotation to apply, a file that does not end
+    with JPEG's end-of-image marker (truncated: OpenCV would fill the missing part with grey where
+    PIL fails)."""
     if not data.endswith(b"\xff\xd9"):
         return None
-    try:
-        img = Image.open(io.BytesIO(data))
-    except Exception:  # not something PIL reads either: open_image says why
+    frame = _jpeg_frame(data)
+    if frame is None:
         return None
-    with img:
-        if img.format != "JPEG" or img.mode not in ("L", "RGB"):
-            return None
-        width, height = img.size
-        _check_size(width, height, max_pixels)
-        if "exif" in img.info:
-            try:
-                if img.getexif().get(_ORIENTATION, 1) != 1:
-                    return None
-            except Exception:  # a malformed EXIF block: PIL's way decides
-                return None
+    width, height, exif = frame
+    if exif and not _upright(data):
+        return None
+    _check_size(width, height, max_pixels)
     factor = reduction(width, height) if reduce else 1
     flags = _JPEG_FLAGS[factor] | cv2.IMREAD_IGNORE_ORIENTATION
     gray = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if gray is None or gray.shape != (-(-height // factor), -(-width // factor)):
         return None
     return gray, factor
+
+
+# Start-of-frame markers of the JPEGs the short way takes: baseline, extended and progressive
+# Huffman-coded (what PIL opens as L or RGB); lossless and arithmetic-coded ones take PIL's way.
+_SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2})
+# Markers that stand alone, without a length: TEM and the restart markers.
+_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
+
+
+def _jpeg_frame(data: bytes) -> tuple[int, int, bool] | None:
+    """Width, height and whether an EXIF block is present, read from a JPEG's markers up to its
+    first scan, for an 8-bit JPEG of one or three components (what PIL opens as L or RGB); None
+    for anything else or anything unexpected (junk between markers, a scan before the frame),
+    which PIL's way then opens or refuses with its own message. PIL's header parsing took half
+    as long as decoding a scan."""
+    at, size = 2, len(data)
+    frame: tuple[int, int] | None = None
+    exif = False
+    while at + 4 <= size:
+        if data[at] != 0xFF:
+            return None
+        marker = data[at + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            at += 1
+            continue
+        if marker in _STANDALONE:
+            at += 2
+            continue
+        if marker in (0xD8, 0xD9):
+            return None
+        (length,) = struct.unpack_from(">H", data, at + 2)
+        if length < 2 or at + 2 + length > size:
+            return None
+        if marker == 0xDA:  # start of scan: the header is over
+            return None if frame is None else (*frame, exif)
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            if marker not in _SOF_MARKERS or frame is not None or length < 8:
+                return None
+            precision, height, width, components = struct.unpack_from(">BHHB", data, at + 4)
+            if precision != 8 or components not in (1, 3) or not width or not height:
+                return None
+            frame = (width, height)
+        elif marker == 0xE1 and data[at + 4 : at + 10] == b"Exif\x00\x00":
+            exif = True
+        at += 2 + length
+    return None
+
+
+def _upright(data: bytes) -> bool:
+    """Whether a JPEG's EXIF block asks for no rotation (PIL reads it); False if PIL cannot."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return bool(img.getexif().get(_ORIENTATION, 1) == 1)
+    except Exception:  # a malformed EXIF block: PIL's way decides
+        return False
 
 
 # The EXIF tag of the image's orientation.

@@ -20,7 +20,7 @@ from PIL import Image, ImageFilter
 
 from pipeline import defaults
 from pipeline.errors import BlankImageError, ImageError
-from pipeline.preprocess.decode import REDUCTION_INFO, read_gray, to_gray, to_working_size
+from pipeline.preprocess.decode import REDUCTION_INFO, load_decoders, read_gray, to_gray, to_working_size
 from pipeline.preprocess.forms import erase_form_lines
 from pipeline.preprocess.masks import bbox, kernels, max_filter, min_filter, stroke_width
 
@@ -310,6 +310,26 @@ def load_digit(
         pass
     gray, _ = read_gray(path, max_pixels)
     return _gray_to_mnist(gray, False, deskew_digit, erase_lines)
+
+
+def warm_up(sample: str | None, max_pixels: int = defaults.MAX_IMAGE_PIXELS) -> None:
+    """Load now what a run's files will need, in a process about to fork its decoding workers,
+    so that they share it instead of each loading their own.
+
+    PIL's format plugins always; and when the run's first file, `sample`, is a scan rather than a
+    28x28 digit, the compiled loops of the scan path too (see `kernels`: numba's libraries are
+    about 150 MiB per process that loads them, shared by forked workers), by preprocessing that
+    file once. A file that cannot be read is left for its worker to report.
+    """
+    load_decoders()
+    if sample is None:
+        return
+    try:
+        gray, _ = read_gray(sample, max_pixels, reduce=True)
+        if gray.shape != (defaults.FIELD_SIZE, defaults.FIELD_SIZE):
+            _scan(gray, erase_lines=True, drafted=False)
+    except (ImageError, BlankImageError, _FullSizeNeeded):
+        pass
 
 
 def scale(images: np.ndarray) -> np.ndarray:
