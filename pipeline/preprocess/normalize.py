@@ -123,10 +123,15 @@ def _ink_box(values: np.ndarray) -> tuple[tuple[int, int, int, int], bool]:
     h, w = mask.shape
     if min(h, w) < 4 * defaults.FIELD_SIZE:
         return full, False
-    opened = bbox(max_filter(min_filter(mask.view(np.uint8), 3), 3))
+    # The opening only where the ink is, with two pixels of paper around it: past the ink's box
+    # there is nothing to open, and that margin gives the edge pixels the neighbours they have in
+    # the whole image (an ink box at the image's edge keeps the image's own edge).
+    t, b = max(0, full[0] - 2), min(h, full[1] + 2)
+    l_, r = max(0, full[2] - 2), min(w, full[3] + 2)
+    opened = bbox(max_filter(min_filter(np.ascontiguousarray(mask[t:b, l_:r]).view(np.uint8), 3), 3))
     if opened is None:
         return full, True
-    top, bottom, left, right = opened
+    top, bottom, left, right = opened[0] + t, opened[1] + t, opened[2] + l_, opened[3] + l_
     for _ in range(8):
         pad = 2 + max(bottom - top, right - left) // 10
         t, b, l_, r = max(0, top - pad), min(h, bottom + pad), max(0, left - pad), min(w, right + pad)
