@@ -10,7 +10,8 @@ apart. It owns three things, one module each:
 - `forms`: printed form lines found and erased before the digit is located.
 
 It may import `pipeline.defaults`, `pipeline.errors`, numpy, PIL and OpenCV, nothing heavier:
-classify's worker processes import it.
+classify's worker processes import it. The scan path's compiled loops (`kernels`, numba) are
+imported on a scan's first use (`masks.kernels`), never by a run of 28x28 digits or by training.
 """
 
 from pipeline.preprocess.decode import load_decoders, open_image, to_gray
