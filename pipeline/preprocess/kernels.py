@@ -1,15 +1,16 @@
-"""Compiled pixel loops of scan preprocessing (numba): the form-line search and tracing.
+"""Compiled pixel loops of scan preprocessing (numba): form-line search and tracing, ink stretch.
 
 Why compiled: on a scan of a few hundred pixels each step touches only a few thousand pixels, so
-the time went into the dozens of numpy and OpenCV calls per image and their Python overhead, not
-into the pixels; one loop per step does the same work in one call. The rules that decide what
-the lines mean stay in `forms` in Python; what is here is mechanical (runs, bands, fits, strips,
-ticks) and gives the same lines and pixels as the array code it replaced.
+the time went into the dozens of numpy calls per image and their Python overhead, not into the
+pixels; one loop per step does the same work in one call. The rules that decide what the lines
+mean stay in `forms` in Python; what is here is mechanical (runs, bands, fits, strips, ticks, a
+histogram). Steps whose cost is in the pixels stay with OpenCV's vectorised code and PIL's
+resampling, which scalar loops do not beat.
 
-Imported only when a scan needs it (`forms` imports it inside its functions): numba's import and
-the loading of the compiled functions cost a process a few tenths of a second, which a run of
-28x28 PNGs never pays. The machine code is cached beside this file (or in numba's user cache
-where that folder is read-only), so only the first run after an install compiles.
+Imported only when a scan needs it (`masks.kernels`): numba's import and LLVM's library cost a
+process a few tenths of a second and over 100 MiB, which a run of 28x28 PNGs never pays. The
+machine code is cached beside this file (or in numba's user cache where that folder is
+read-only), so only the first run after an install compiles.
 """
 
 from __future__ import annotations
@@ -36,10 +37,13 @@ LO, HI, START, END, INTERCEPT, SLOPE, THICKNESS, WOBBLE = range(8)
 
 
 def _fit(m: np.ndarray, lo: int, hi: int, start: int, end: int, row: np.ndarray) -> None:
-    """`forms._fit`'s least squares: `row[INTERCEPT:]` from the ink of rows lo:hi, columns start:end.
+    """Fit a straight line to the ink of rows lo:hi, columns start:end: `row[INTERCEPT:]`.
 
-    Columns a stroke crosses (more ink than the line's median thickness plus one) are left out;
-    each column's centre is the mean row of its ink."""
+    Each column's centre is the mean row of its ink; columns a stroke crosses (more ink than the
+    line's median thickness plus one) are left out. A printed line's centres lie within a
+    fraction of a pixel of the fit, a digit's long flat curve wanders further (the wobble).
+    Least squares in closed form about the mean column: an exactly level line gets slope 0 and
+    its centre row exactly, so `strip` rounds it the same way at every column."""
     n = end - start
     counts = np.zeros(n, np.int64)
     sums = np.zeros(n, np.int64)
