@@ -73,3 +73,19 @@ from pipeline import preprocess
 print(json.dumps([preprocess.load_digit(p).tolist() for p in sys.argv[1:]]))
 """
     assert json.loads(_python(code, *map(str, paths))) == expected
+
+
+def test_a_first_file_that_breaks_a_decoder_does_not_stop_the_warm_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`warm_up` reads the run's first file before the workers start; a file no decoder survives
+    (or one that is not there any more) is the worker's to report in its row, not a crash."""
+    from pipeline.preprocess import normalize
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a decoder bug")
+
+    monkeypatch.setattr(normalize, "read_gray", broken)
+    preprocess.warm_up(str(tmp_path / "field.jpg"))
+    monkeypatch.undo()
+    preprocess.warm_up(str(tmp_path / "gone.jpg"))

@@ -12,6 +12,7 @@ MNIST test set as PNG files gives exactly the accuracy that `pipeline verify` re
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import cv2
@@ -324,17 +325,17 @@ def warm_up(sample: str | None, max_pixels: int = defaults.MAX_IMAGE_PIXELS) -> 
     PIL's format plugins always; and when the run's first file, `sample`, is a scan rather than a
     28x28 digit, the compiled loops of the scan path too (see `kernels`: numba's libraries are
     about 150 MiB per process that loads them, shared by forked workers), by preprocessing that
-    file once. A file that cannot be read is left for its worker to report.
+    file once. A file that cannot be read, or that a decoder fails on in any way, is left for
+    its worker to report in its row (as `classify` does with every file).
     """
     load_decoders()
     if sample is None:
         return
-    try:
+    # Whatever the file does here, its worker meets it again and reports it in its row.
+    with contextlib.suppress(Exception):
         gray, _ = read_gray(sample, max_pixels, reduce=True)
         if gray.shape != (defaults.FIELD_SIZE, defaults.FIELD_SIZE):
             _scan(gray, erase_lines=True, drafted=False)
-    except (ImageError, BlankImageError, _FullSizeNeeded):
-        pass
 
 
 def scale(images: np.ndarray) -> np.ndarray:
