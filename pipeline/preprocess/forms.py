@@ -53,8 +53,8 @@ def _find_lines(mask: np.ndarray, vertical: bool, extent: int) -> list[FormLine]
     for band in k.long_bands(_oriented(mask, vertical), length, reach, thickest).tolist():
         lo, hi, start, end, intercept, slope, thickness, wobble = band
         if wobble <= defaults.FORM_LINE_MAX_WOBBLE:
-            ends = int(lo), int(hi), int(start), int(end)
-            lines.append(FormLine(vertical, *ends, (intercept, slope), thickness, wobble))
+            rows_and_columns = int(lo), int(hi), int(start), int(end)
+            lines.append(FormLine(vertical, *rows_and_columns, (intercept, slope), thickness, wobble))
     return lines
 
 

@@ -323,10 +323,10 @@ def warm_up(sample: str | None, max_pixels: int = defaults.MAX_IMAGE_PIXELS) -> 
     so that they share it instead of each loading their own.
 
     PIL's format plugins always; and when the run's first file, `sample`, is a scan rather than a
-    28x28 digit, the compiled loops of the scan path too (see `kernels`: numba's libraries are
-    about 150 MiB per process that loads them, shared by forked workers), by preprocessing that
-    file once. A file that cannot be read, or that a decoder fails on in any way, is left for
-    its worker to report in its row (as `classify` does with every file).
+    28x28 digit, the compiled loops of the scan path too (see `kernels`: numba and LLVM's library
+    are over 100 MiB in a process that loads them, shared by workers forked after), by
+    preprocessing that file once. A file that cannot be read, or that a decoder fails on in any
+    way, is left for its worker to report in its row (as `classify` does with every file).
     """
     load_decoders()
     if sample is None:
