@@ -66,6 +66,20 @@ def test_wheel_carries_the_release_and_classifies_outside_the_checkout(
     rows = (work / "r.csv").read_text().splitlines()[1:]
     predicted = np.array([int(r.split(",")[1]) for r in rows])
     assert np.mean(predicted == test_digits[1][:50]) >= 0.96
+    # Scans take the compiled loops, which the installed copy compiles once and caches beside
+    # itself (its folder is writable here), so the next run loads them.
+    from pipeline.samples import render_scan
+
+    (work / "scans").mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(20):
+        render_scan(test_digits[0][i], rng).save(work / "scans" / f"{i:03d}.jpg", quality=90)
+    result = run_cli("classify", "scans", "--out", "s.csv", cwd=work, env=env)
+    assert result.returncode == 0, result.stderr
+    assert list((site / "pipeline" / "preprocess" / "__pycache__").glob("kernels.*.nbi"))
+    rows = (work / "s.csv").read_text().splitlines()[1:]
+    predicted = np.array([int(r.split(",")[1]) for r in rows])
+    assert np.mean(predicted == test_digits[1][:20]) >= 0.9
 
 
 def test_data_is_searched_on_the_users_machine_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
