@@ -95,33 +95,55 @@ class _Ends:
     digit_after: bool  # the digit lies beyond `hi` (below a horizontal line, right of an upright)
 
 
-def _ends(line: FormLine, digit: np.ndarray, stroke: float) -> _Ends | None:
+@dataclass(frozen=True)
+class _Profile:
+    """The digit's ink counted along one orientation (rows across the lines, columns along them):
+    what `_ends` reads for every line of that orientation, counted once per digit."""
+
+    per_row: np.ndarray
+    per_col: np.ndarray
+    height: int  # first to last inked row
+    first: int  # the ink's extent along the rows, 1% of it at either end (specks) left out
+    last: int
+    total: int
+
+
+def _profile(digit: np.ndarray, vertical: bool, profiles: dict[bool, _Profile]) -> _Profile:
+    """`digit`'s profile for lines of this orientation, from `profiles` (one digit's) if there."""
+    if vertical not in profiles:
+        d = _oriented(digit, vertical)
+        per_row, per_col = d.sum(axis=1), d.sum(axis=0)
+        rows, cols = np.flatnonzero(per_row), np.flatnonzero(per_col)
+        share = np.cumsum(per_col[cols]) / per_col[cols].sum()  # specks at the edges do not count
+        first, last = int(cols[np.searchsorted(share, 0.01)]), int(cols[np.searchsorted(share, 0.99)]) + 1
+        height = int(rows[-1] - rows[0] + 1)
+        profiles[vertical] = _Profile(per_row, per_col, height, first, last, int(per_col.sum()))
+    return profiles[vertical]
+
+
+def _ends(line: FormLine, digit: np.ndarray, stroke: float, profiles: dict[bool, _Profile]) -> _Ends | None:
     """None when the digit lies on both sides of the line (a stroke through it, a 4's crossbar).
 
     Otherwise, for each end: whether the line passes the digit's extent along it by the overhang,
-    with no digit ink within the last tenth of the line (a 7's bar ends at its stem).
+    with no digit ink within the last tenth of the line (a 7's bar ends at its stem). `profiles`
+    holds `digit`'s counts for the lines already asked about (`_profile`).
     """
-    d = _oriented(digit, line.vertical)
-    per_row, per_col = d.sum(axis=1), d.sum(axis=0)
-    rows, cols = np.flatnonzero(per_row), np.flatnonzero(per_col)
-    height = int(rows[-1] - rows[0] + 1)
-    crossing = max(2, round(defaults.FORM_LINE_CROSSING * height))
-    before = int(per_row[: max(0, line.lo - crossing)].sum())
-    after = int(per_row[line.hi + crossing :].sum())
+    p = _profile(digit, line.vertical, profiles)
+    crossing = max(2, round(defaults.FORM_LINE_CROSSING * p.height))
+    before = int(p.per_row[: max(0, line.lo - crossing)].sum())
+    after = int(p.per_row[line.hi + crossing :].sum())
     if min(before, after) > defaults.FORM_LINE_FAR_INK * (before + after):
         return None
-    share = np.cumsum(per_col[cols]) / per_col[cols].sum()  # specks at the edges do not count
-    first, last = int(cols[np.searchsorted(share, 0.01)]), int(cols[np.searchsorted(share, 0.99)]) + 1
     overhang = max(
         2,
-        round(defaults.FORM_LINE_OVERHANG * (last - first)),
+        round(defaults.FORM_LINE_OVERHANG * (p.last - p.first)),
         round(defaults.FORM_LINE_OVERHANG_STROKES * stroke),
     )
-    near = d[max(0, line.lo - crossing) : line.hi + crossing]
-    tip, allowed = max(2, (line.end - line.start) // 10), max(2, int(0.002 * per_col.sum()))
+    near = _oriented(digit, line.vertical)[max(0, line.lo - crossing) : line.hi + crossing]
+    tip, allowed = max(2, (line.end - line.start) // 10), max(2, int(0.002 * p.total))
     return _Ends(
-        line.start <= first - overhang and int(near[:, line.start : line.start + tip].sum()) <= allowed,
-        line.end >= last + overhang and int(near[:, line.end - tip : line.end].sum()) <= allowed,
+        line.start <= p.first - overhang and int(near[:, line.start : line.start + tip].sum()) <= allowed,
+        line.end >= p.last + overhang and int(near[:, line.end - tip : line.end].sum()) <= allowed,
         overhang,
         after >= before,
     )
@@ -232,14 +254,17 @@ def _accept(lines: list[FormLine], pixels: dict[FormLine, np.ndarray], mask: np.
     """
     digit = mask & ~np.logical_or.reduce([pixels[line] for line in lines])
     stroke = stroke_width(digit)
-    ends = {line: _ends(line, digit, stroke) for line in lines}
+    profiles: dict[bool, _Profile] = {}
+    ends = {line: _ends(line, digit, stroke, profiles) for line in lines}
     accepted = _frame(lines, ends, digit)
     passing = [line for line in lines if (e := ends[line]) is not None and (e.start or e.end)]
     if len(passing) < len(lines):
         digit = mask.copy()
         for line in passing + accepted:
             digit &= ~pixels[line]
-        ends = {line: (_ends(line, digit, stroke) if line in passing else ends[line]) for line in lines}
+        profiles = {}  # another digit
+        for line in passing:
+            ends[line] = _ends(line, digit, stroke, profiles)
     changed = True
     while changed:
         changed = False
