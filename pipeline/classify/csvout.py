@@ -27,6 +27,7 @@ import numpy as np
 from pipeline import defaults, review, runtime
 from pipeline.classify.chunks import ChunkResult, Summary
 from pipeline.errors import ClassifyBusyError, ClassifyError, OutputError
+from pipeline.files import cannot_write
 
 HEADER = ["path", "prediction", "confidence", "second", "second_confidence", "status", "reason", "error"]
 PROB_COLUMNS = [f"p{d}" for d in range(10)]
@@ -77,8 +78,8 @@ class Writer:
         except OSError as exc:
             self.failed = True
             raise OutputError(
-                f"{self.partial}: cannot write ({exc.strerror or exc}); the rows committed so far "
-                "are kept: make room and run again with --resume"
+                f"{cannot_write(self.partial, exc)}; the rows committed so far are kept: make room "
+                "and run again with --resume"
             ) from exc
         self.rows += self.pending
         self.pending = 0

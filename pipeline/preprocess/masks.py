@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import cv2
@@ -15,9 +16,11 @@ cv2.setNumThreads(1)
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
 
+@functools.cache
 def kernels() -> Any:
     """The compiled loops of the scan path (`pipeline.preprocess.kernels`), imported on first use:
-    numba's import costs a process a few tenths of a second that a run of 28x28 PNGs never pays."""
+    numba's import costs a process a few tenths of a second that a run of 28x28 PNGs never pays.
+    Cached: the scan path asks for them several times per image."""
     from pipeline.preprocess import kernels as compiled
 
     return compiled

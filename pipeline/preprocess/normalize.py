@@ -333,9 +333,7 @@ def warm_up(sample: str | None, max_pixels: int = defaults.MAX_IMAGE_PIXELS) -> 
         return
     # Whatever the file does here, its worker meets it again and reports it in its row.
     with contextlib.suppress(Exception):
-        gray, _ = read_gray(sample, max_pixels, reduce=True)
-        if gray.shape != (defaults.FIELD_SIZE, defaults.FIELD_SIZE):
-            _scan(gray, erase_lines=True, drafted=False)
+        load_digit(sample, max_pixels=max_pixels)  # a 28x28 digit never reaches the loops
 
 
 def scale(images: np.ndarray) -> np.ndarray:
