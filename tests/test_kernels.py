@@ -1,91 +1,110 @@
-"""The scan path's compiled loops: loaded only for scans, and working where numba cannot cache."""
+"""The scan path's pixel loops (C, `_loops.c`): each on a case worked out by hand, on every layout
+the form-line search passes them (transposed and sliced views), and refusing wrong arrays with an
+error instead of reading past them."""
 
 from __future__ import annotations
 
-import io
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
-from PIL import Image
 
-from pipeline import preprocess
-from pipeline.samples import render_form
+from pipeline.preprocess import kernels
 
 
-def _python(code: str, *args: str) -> str:
-    """Run `code` in a fresh interpreter (nothing imported yet) and return what it printed."""
-    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+def _level_line() -> np.ndarray:
+    """A 40x60 mask with a level line two rows thick: rows 10-11, columns 5-54."""
+    mask = np.zeros((40, 60), bool)
+    mask[10:12, 5:55] = True
+    return mask
 
 
-def test_a_run_of_28x28_digits_never_loads_numba(
-    test_digits: tuple[np.ndarray, np.ndarray], tmp_path: Path
-) -> None:
-    """numba's import and libraries cost a process a few tenths of a second and over 100 MiB: a
-    run of MNIST-sized digits must not pay them; the first scan of a run loads them in the parent
-    (`warm_up`), so forked workers share them."""
-    Image.fromarray(test_digits[0][0]).save(tmp_path / "digit.png")
-    render_form(test_digits[0][1], np.random.default_rng(1), "box").save(tmp_path / "field.jpg", quality=90)
-    code = """
-import json, sys
-from pipeline import preprocess
-loaded = lambda: "numba" in sys.modules or "pipeline.preprocess.kernels" in sys.modules
-preprocess.warm_up(sys.argv[1])
-preprocess.load_digit(sys.argv[1])
-after_digit = loaded()
-preprocess.warm_up(sys.argv[2])
-print(json.dumps([after_digit, loaded()]))
-"""
-    after_digit, after_scan = json.loads(
-        _python(code, str(tmp_path / "digit.png"), str(tmp_path / "field.jpg"))
-    )
-    assert not after_digit
-    assert after_scan
+def test_a_level_line_is_one_band_fitted_exactly() -> None:
+    bands = kernels.long_bands(_level_line(), 20, 1, 8)
+    assert bands.shape == (1, 8)
+    lo, hi, start, end, intercept, slope, thickness, wobble = bands[0]
+    assert (lo, hi) == (9, 13)  # the ink's rows and the reach (1) on each side
+    assert (start, end) == (5, 55)
+    assert (intercept, slope, thickness, wobble) == (10.5, 0.0, 2.0, 0.0)
 
 
-def test_the_loops_work_where_numba_cannot_cache(
-    test_digits: tuple[np.ndarray, np.ndarray], tmp_path: Path
-) -> None:
-    """With no cache location numba can use (a read-only install, no writable user cache), the
-    loops are compiled in the process instead of failing, and give the same digits."""
-    import numba.core.caching
-
-    if not hasattr(numba.core.caching.CacheImpl, "_locator_classes"):
-        pytest.skip("this numba has no CacheImpl._locator_classes to empty")
-    rng = np.random.default_rng(2)
-    paths = []
-    for i, field in enumerate(("box", "underline", "comb")):
-        buf = io.BytesIO()
-        render_form(test_digits[0][10 + i], rng, field).save(buf, format="JPEG", quality=85)
-        paths.append(tmp_path / f"{field}.jpg")
-        paths[-1].write_bytes(buf.getvalue())
-    expected = [preprocess.load_digit(p).tolist() for p in paths]
-    code = """
-import json, sys
-import numba.core.caching
-numba.core.caching.CacheImpl._locator_classes = []  # as if no folder were writable
-from pipeline import preprocess
-print(json.dumps([preprocess.load_digit(p).tolist() for p in sys.argv[1:]]))
-"""
-    assert json.loads(_python(code, *map(str, paths))) == expected
+def test_runs_too_short_or_bands_too_thick_are_not_lines() -> None:
+    assert kernels.long_bands(_level_line(), 51, 1, 8).shape == (0, 8)  # the run is 50 long
+    assert kernels.long_bands(_level_line(), 20, 1, 3).shape == (0, 8)  # the band is 4 rows
+    block = np.zeros((40, 60), bool)
+    block[5:30, 5:55] = True
+    assert kernels.long_bands(block, 20, 1, 8).shape == (0, 8)
 
 
-def test_a_first_file_that_breaks_a_decoder_does_not_stop_the_warm_up(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """`warm_up` reads the run's first file before the workers start; a file no decoder survives
-    (or one that is not there any more) is the worker's to report in its row, not a crash."""
-    from pipeline.preprocess import normalize
+def test_transposed_and_sliced_views_read_as_their_arrays() -> None:
+    """Vertical lines are searched in the transposed view, and the mask is a crop of the image."""
+    mask = _level_line()
+    upright = np.ascontiguousarray(mask.T)
+    assert np.array_equal(kernels.long_bands(upright.T, 20, 1, 8), kernels.long_bands(mask, 20, 1, 8))
+    framed = np.zeros((50, 80), bool)
+    framed[3:43, 7:67] = mask
+    view = framed[3:43, 7:67]
+    assert not view.flags.c_contiguous
+    assert np.array_equal(kernels.long_bands(view, 20, 1, 8), kernels.long_bands(mask, 20, 1, 8))
 
-    def broken(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("a decoder bug")
 
-    monkeypatch.setattr(normalize, "read_gray", broken)
-    preprocess.warm_up(str(tmp_path / "field.jpg"))
-    monkeypatch.undo()
-    preprocess.warm_up(str(tmp_path / "gone.jpg"))
+def test_a_tilted_line_is_fitted_through_its_centres() -> None:
+    mask = np.zeros((40, 100), bool)
+    for c in range(100):
+        r = 10 + c // 25  # one row lower every 25 columns
+        mask[r : r + 2, c] = True
+    (band,) = kernels.long_bands(mask, 40, 2, 12)
+    intercept, slope, wobble = band[kernels.INTERCEPT], band[kernels.SLOPE], band[kernels.WOBBLE]
+    assert slope == pytest.approx(np.polyfit(np.arange(100), 10.5 + np.arange(100) // 25, 1)[0])
+    assert intercept == pytest.approx(10.5 + 1.5 - slope * 49.5)
+    assert 0.2 < wobble < 0.5  # the staircase about the straight fit
+
+
+def test_strip_covers_the_line_and_a_pixel_of_blur() -> None:
+    first, last = kernels.strip(10.5, 0.0, 2.0, 5, 55, 40)
+    assert first.tolist() == [9] * 50 and last.tolist() == [13] * 50
+    first, last = kernels.strip(0.5, 0.0, 2.0, 0, 3, 40)  # clipped at the top edge
+    assert first.tolist() == [0] * 3 and last.tolist() == [3] * 3
+
+
+def test_line_pixels_take_the_strip_and_a_tick_but_not_a_stem() -> None:
+    mask = _level_line()
+    mask[4:10, 20] = True  # a comb's tick: 6 px standing on the line, clear around
+    mask[12:38, 40] = True  # a stroke leaving it: 26 px, longer than 40% of the extent
+    (band,) = kernels.long_bands(mask, 20, 1, 8)
+    out = np.zeros_like(mask)
+    kernels.line_pixels(mask, band, 50, out)
+    assert out[10:12, 5:55].all()  # the strip (the tick's column tilts the fit a little)
+    assert out[3:8, 19:22].all()  # the tick, a pixel longer and wider each side: its blur
+    assert not out[13:, :].any()  # the stem is the digit's
+    assert not out[:3].any() and not out[3:8, :19].any() and not out[3:8, 22:].any()
+
+
+def test_stretch_levels_read_the_strong_ink() -> None:
+    ink = np.zeros((20, 30), np.uint8)
+    ink.flat[:100] = 200
+    ink.flat[100:110] = 250
+    ink.flat[110:200] = 100  # under half the strongest level: not counted
+    assert kernels.stretch_levels(ink) == (250, 200)  # 100 of 110 strong pixels are at 200
+    assert kernels.stretch_levels(np.zeros((5, 7), np.uint8)) == (0, 1)
+    assert kernels.stretch_levels(np.ascontiguousarray(ink.T).T) == (250, 200)
+
+
+def _read_only(shape: tuple[int, int]) -> np.ndarray:
+    out = np.zeros(shape, bool)
+    out.setflags(write=False)
+    return out
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: kernels.long_bands(np.zeros((4, 5, 6), bool), 3, 1, 4),  # not 2-D
+        lambda: kernels.long_bands(np.zeros((4, 5), np.int32), 3, 1, 4),  # not one byte a pixel
+        lambda: kernels.stretch_levels(np.zeros((4, 5), np.float32)),
+        lambda: kernels.line_pixels(np.zeros((4, 5), bool), np.zeros(8), 10, np.zeros((5, 4), bool)),
+        lambda: kernels.line_pixels(np.zeros((4, 5), bool), np.zeros(3), 10, np.zeros((4, 5), bool)),
+        lambda: kernels.line_pixels(np.zeros((4, 5), bool), np.zeros(8), 10, _read_only((4, 5))),
+    ],
+)
+def test_wrong_arrays_are_refused(call: object) -> None:
+    with pytest.raises((ValueError, BufferError)):
+        call()  # type: ignore[operator]

@@ -58,10 +58,10 @@ def decoded_chunks(
     if first is None:
         return
     chunks = itertools.chain([first], chunks)
-    # fork: workers start instantly and inherit the imported modules (and the review model), and
-    # what the first file shows the run will need (the scan path's compiled loops).
+    # fork: workers start instantly and inherit the imported modules (and the review model), PIL's
+    # format plugins included.
     ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
-    preprocess.warm_up(os.path.join(root, first[0]), max_pixels)
+    preprocess.load_decoders()
     task: Any = decode_chunk if predict is None else _predicted_chunk
     # concurrent.futures, not multiprocessing.Pool: a worker that dies (the OOM killer, a crash
     # in a decoder) breaks the pool and ends the run with an error, where Pool waits for its task

@@ -10,8 +10,8 @@ apart. It owns three things, one module each:
 - `forms`: printed form lines found and erased before the digit is located.
 
 It may import `pipeline.defaults`, `pipeline.errors`, numpy, PIL and OpenCV, nothing heavier:
-classify's worker processes import it. The scan path's compiled loops (`kernels`, numba) are
-imported on a scan's first use (`masks.kernels`), never by a run of 28x28 digits or by training.
+classify's worker processes import it. The scan path's pixel loops (`kernels`) are C built with
+the package (`_loops.c`): nothing to load or compile at run time.
 """
 
 from pipeline.preprocess.decode import load_decoders, open_image, to_gray
@@ -25,7 +25,6 @@ from pipeline.preprocess.normalize import (
     model_input,
     scale,
     to_mnist,
-    warm_up,
 )
 
 __all__ = [
@@ -41,5 +40,4 @@ __all__ = [
     "stroke_width",
     "to_gray",
     "to_mnist",
-    "warm_up",
 ]

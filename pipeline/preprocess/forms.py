@@ -13,7 +13,8 @@ import numpy as np
 
 from pipeline import defaults
 from pipeline.errors import BlankImageError
-from pipeline.preprocess.masks import bbox, erode3, kernels, stroke_width
+from pipeline.preprocess import kernels
+from pipeline.preprocess.masks import bbox, erode3, stroke_width
 
 
 @dataclass(frozen=True)
@@ -45,12 +46,11 @@ def _find_lines(mask: np.ndarray, vertical: bool, extent: int) -> list[FormLine]
     centres lie within a fraction of a pixel of it, a digit's long flat curve (a 0's side, a 2's
     base) wanders further.
     """
-    k = kernels()
     length = max(16, math.ceil(defaults.FORM_LINE_MIN_LENGTH * extent))
     reach = max(1, math.ceil(length * math.tan(math.radians(defaults.FORM_LINE_MAX_TILT_DEGREES)) / 2))
     thickest = 2 * reach + max(6, round(0.1 * extent))
     lines = []
-    for band in k.long_bands(_oriented(mask, vertical), length, reach, thickest).tolist():
+    for band in kernels.long_bands(_oriented(mask, vertical), length, reach, thickest).tolist():
         lo, hi, start, end, intercept, slope, thickness, wobble = band
         if wobble <= defaults.FORM_LINE_MAX_WOBBLE:
             rows_and_columns = int(lo), int(hi), int(start), int(end)
@@ -66,7 +66,7 @@ def _strip(line: FormLine, height: int) -> tuple[np.ndarray, np.ndarray]:
     each side.
     """
     intercept, slope = line.centre
-    return kernels().strip(intercept, slope, line.thickness, line.start, line.end, height)
+    return kernels.strip(intercept, slope, line.thickness, line.start, line.end, height)
 
 
 def _line_pixels(mask: np.ndarray, line: FormLine, extent: int) -> np.ndarray:
@@ -81,7 +81,7 @@ def _line_pixels(mask: np.ndarray, line: FormLine, extent: int) -> np.ndarray:
     row = np.array(
         [line.lo, line.hi, line.start, line.end, *line.centre, line.thickness, line.wobble], np.float64
     )
-    kernels().line_pixels(_oriented(mask, line.vertical), row, extent, _oriented(pixels, line.vertical))
+    kernels.line_pixels(_oriented(mask, line.vertical), row, extent, _oriented(pixels, line.vertical))
     return pixels
 
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-from typing import Any
-
 import cv2
 import numpy as np
 
@@ -14,16 +11,6 @@ cv2.setNumThreads(1)
 # OpenCV's warnings (a PNG it declines to decode, which PIL then decodes or reports) would print a
 # line per file on a batch job's terminal: errors only.
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
-
-
-@functools.cache
-def kernels() -> Any:
-    """The compiled loops of the scan path (`pipeline.preprocess.kernels`), imported on first use:
-    numba's import costs a process a few tenths of a second that a run of 28x28 PNGs never pays.
-    Cached: the scan path asks for them several times per image."""
-    from pipeline.preprocess import kernels as compiled
-
-    return compiled
 
 
 def bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:

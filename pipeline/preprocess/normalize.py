@@ -12,7 +12,6 @@ MNIST test set as PNG files gives exactly the accuracy that `pipeline verify` re
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import cv2
@@ -21,9 +20,10 @@ from PIL import Image, ImageFilter
 
 from pipeline import defaults
 from pipeline.errors import BlankImageError, ImageError
-from pipeline.preprocess.decode import REDUCTION_INFO, load_decoders, read_gray, to_gray, to_working_size
+from pipeline.preprocess import kernels
+from pipeline.preprocess.decode import REDUCTION_INFO, read_gray, to_gray, to_working_size
 from pipeline.preprocess.forms import erase_form_lines
-from pipeline.preprocess.masks import bbox, kernels, max_filter, min_filter, stroke_width
+from pipeline.preprocess.masks import bbox, max_filter, min_filter, stroke_width
 
 
 def _border(gray: np.ndarray) -> np.ndarray:
@@ -102,7 +102,7 @@ def _stretch(values: np.ndarray) -> np.ndarray:
     the image's histogram (to the nearest level).
     """
     rounded = cv2.convertScaleAbs(values) if values.dtype != np.uint8 else values
-    top, scale = kernels().stretch_levels(rounded)
+    top, scale = kernels.stretch_levels(rounded)
     if top < defaults.BLANK_MAX_INK:
         raise BlankImageError("blank: no ink found")
     return cv2.convertScaleAbs(values, alpha=255.0 / scale)
@@ -316,24 +316,6 @@ def load_digit(
         pass
     gray, _ = read_gray(path, max_pixels)
     return _gray_to_mnist(gray, False, deskew_digit, erase_lines)
-
-
-def warm_up(sample: str | None, max_pixels: int = defaults.MAX_IMAGE_PIXELS) -> None:
-    """Load now what a run's files will need, in a process about to fork its decoding workers,
-    so that they share it instead of each loading their own.
-
-    PIL's format plugins always; and when the run's first file, `sample`, is a scan rather than a
-    28x28 digit, the compiled loops of the scan path too (see `kernels`: numba and LLVM's library
-    are over 100 MiB in a process that loads them, shared by workers forked after), by
-    preprocessing that file once. A file that cannot be read, or that a decoder fails on in any
-    way, is left for its worker to report in its row (as `classify` does with every file).
-    """
-    load_decoders()
-    if sample is None:
-        return
-    # Whatever the file does here, its worker meets it again and reports it in its row.
-    with contextlib.suppress(Exception):
-        load_digit(sample, max_pixels=max_pixels)  # a 28x28 digit never reaches the loops
 
 
 def scale(images: np.ndarray) -> np.ndarray:

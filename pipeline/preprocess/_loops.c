@@ -1,0 +1,407 @@
+/* The scan path's pixel loops in C: form-line search and tracing, ink stretch.
+ *
+ * `pipeline.preprocess.kernels` is the Python side: it allocates every array, calls these
+ * functions with numpy arrays (any strides: the vertical lines are transposed views), and
+ * documents what each loop is for. Here is only the arithmetic, in the order the rules in
+ * `forms` and `normalize` were measured with: the same integer counts, the same float64 sums in
+ * the same order (so no FMA contraction: see the build flags in setup.py).
+ *
+ * Built with the package (setup.py); a plain CPython extension that reads arrays through the
+ * buffer protocol, so it needs neither numpy's headers nor anything at run time.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* One row of long_bands' result (kernels.LO ... kernels.WOBBLE). */
+enum { LO, HI, START, END, INTERCEPT, SLOPE, THICKNESS, WOBBLE, ROW };
+
+/* A 2-D array of one-byte items (bool or uint8), with strides in bytes (= items). */
+typedef struct {
+    Py_buffer view;
+    char *data;
+    Py_ssize_t h, w, s0, s1;
+} grid;
+
+#define AT(g, r, c) ((g)->data[(r) * (g)->s0 + (c) * (g)->s1])
+
+static int get_grid(PyObject *obj, grid *g, int writable) {
+    int flags = PyBUF_STRIDES | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(obj, &g->view, flags) < 0) return -1;
+    if (g->view.ndim != 2 || g->view.itemsize != 1) {
+        PyBuffer_Release(&g->view);
+        PyErr_SetString(PyExc_ValueError, "expected a 2-D array of bool or uint8");
+        return -1;
+    }
+    g->data = (char *)g->view.buf;
+    g->h = g->view.shape[0];
+    g->w = g->view.shape[1];
+    g->s0 = g->view.strides[0];
+    g->s1 = g->view.strides[1];
+    return 0;
+}
+
+/* A 1-D C-contiguous array of `count` items of `size` bytes. */
+static int get_vector(PyObject *obj, Py_buffer *view, Py_ssize_t size, int writable) {
+    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(obj, view, flags) < 0) return -1;
+    if (view->itemsize != size) {
+        PyBuffer_Release(view);
+        PyErr_SetString(PyExc_ValueError, "array of the wrong item size");
+        return -1;
+    }
+    return 0;
+}
+
+static int compare_int64(const void *a, const void *b) {
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Fit a straight line to the ink of rows lo:hi, columns start:end (kernels: long_bands). */
+static int fit(const grid *m, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t start, Py_ssize_t end, double *row) {
+    Py_ssize_t n = end - start, k = 0, used = 0;
+    int64_t *counts = malloc(sizeof(int64_t) * 3 * (size_t)(n > 0 ? n : 1));
+    double *xs = malloc(sizeof(double) * 2 * (size_t)(n > 0 ? n : 1));
+    if (!counts || !xs) {
+        free(counts);
+        free(xs);
+        PyErr_NoMemory();
+        return -1;
+    }
+    int64_t *sums = counts + n, *inked = counts + 2 * n;
+    double *ys = xs + n;
+    for (Py_ssize_t j = 0; j < n; j++) {
+        int64_t c = 0, s = 0;
+        for (Py_ssize_t r = lo; r < hi; r++) {
+            if (AT(m, r, start + j)) {
+                c += 1;
+                s += r;
+            }
+        }
+        counts[j] = c;
+        sums[j] = s;
+        if (c > 0) inked[k++] = c;
+    }
+    double thickness;
+    if (k) {
+        qsort(inked, (size_t)k, sizeof(int64_t), compare_int64);
+        thickness = (double)(inked[(k - 1) / 2] + inked[k / 2]) / 2;
+    } else {
+        thickness = (double)(hi - lo);
+    }
+    for (Py_ssize_t j = 0; j < n; j++) {
+        if (counts[j] > 0 && (double)counts[j] <= thickness + 1) {
+            xs[used] = (double)(start + j);
+            ys[used] = (double)sums[j] / (double)counts[j];
+            used++;
+        }
+    }
+    double intercept, slope, wobble;
+    if (used >= 3) {
+        double x_sum = 0.0, y_sum = 0.0;
+        for (Py_ssize_t i = 0; i < used; i++) x_sum += xs[i];
+        for (Py_ssize_t i = 0; i < used; i++) y_sum += ys[i];
+        double x_mean = x_sum / (double)used, y_mean = y_sum / (double)used;
+        double sxy = 0.0, sxx = 0.0;
+        for (Py_ssize_t i = 0; i < used; i++) {
+            double dx = xs[i] - x_mean;
+            sxy += dx * (ys[i] - y_mean);
+            sxx += dx * dx;
+        }
+        slope = sxy / sxx;
+        intercept = y_mean - slope * x_mean;
+        double sq = 0.0;
+        for (Py_ssize_t i = 0; i < used; i++) {
+            double res = ys[i] - (intercept + slope * xs[i]);
+            sq += res * res;
+        }
+        wobble = sqrt(sq / (double)used);
+    } else {
+        slope = 0.0;
+        intercept = (double)(lo + hi - 1) / 2;
+        wobble = 0.0;
+    }
+    row[INTERCEPT] = intercept;
+    row[SLOPE] = slope;
+    row[THICKNESS] = thickness;
+    row[WOBBLE] = wobble;
+    free(counts);
+    free(xs);
+    return 0;
+}
+
+/* long_bands(mask, length, reach, thickest, out) -> bands written to out (float64 [h, 8]). */
+static PyObject *long_bands(PyObject *self, PyObject *args) {
+    PyObject *mask_obj, *out_obj;
+    Py_ssize_t length, reach, thickest;
+    if (!PyArg_ParseTuple(args, "OnnnO", &mask_obj, &length, &reach, &thickest, &out_obj)) return NULL;
+    grid m;
+    Py_buffer out;
+    if (get_grid(mask_obj, &m, 0) < 0) return NULL;
+    if (get_vector(out_obj, &out, sizeof(double), 1) < 0) {
+        PyBuffer_Release(&m.view);
+        return NULL;
+    }
+    Py_ssize_t h = m.h, w = m.w, found = 0, runs = 0;
+    /* A row holds at most w / length + 1 long runs (length >= 1). */
+    Py_ssize_t per_row = w / (length > 0 ? length : 1) + 1;
+    int32_t *prefix = malloc(sizeof(int32_t) * (size_t)((h + 1) * (w > 0 ? w : 1)));
+    Py_ssize_t *run = malloc(sizeof(Py_ssize_t) * 3 * (size_t)(h * per_row + 1));
+    if (!prefix || !run || out.len < (Py_ssize_t)sizeof(double) * ROW * h) {
+        free(prefix);
+        free(run);
+        PyBuffer_Release(&m.view);
+        PyBuffer_Release(&out);
+        if (!PyErr_Occurred()) {
+            if (out.len < (Py_ssize_t)sizeof(double) * ROW * h)
+                PyErr_SetString(PyExc_ValueError, "out holds fewer than h rows");
+            else
+                PyErr_NoMemory();
+        }
+        return NULL;
+    }
+    /* Column prefix counts: row r grown is any ink in rows r-reach .. r+reach. */
+    memset(prefix, 0, sizeof(int32_t) * (size_t)w);
+    for (Py_ssize_t r = 0; r < h; r++)
+        for (Py_ssize_t c = 0; c < w; c++)
+            prefix[(r + 1) * w + c] = prefix[r * w + c] + (AT(&m, r, c) ? 1 : 0);
+    for (Py_ssize_t r = 0; r < h; r++) {
+        Py_ssize_t top = r - reach > 0 ? r - reach : 0;
+        Py_ssize_t bottom = r + reach + 1 < h ? r + reach + 1 : h;
+        int32_t *pt = prefix + top * w, *pb = prefix + bottom * w;
+        Py_ssize_t c = 0;
+        while (c < w) {
+            if (pb[c] - pt[c] > 0) {
+                Py_ssize_t s = c;
+                while (c < w && pb[c] - pt[c] > 0) c++;
+                if (c - s >= length) {
+                    run[3 * runs] = r;
+                    run[3 * runs + 1] = s;
+                    run[3 * runs + 2] = c;
+                    runs++;
+                }
+            } else {
+                c++;
+            }
+        }
+    }
+    double *rows = (double *)out.buf;
+    int failed = 0;
+    Py_ssize_t i = 0;
+    while (i < runs && !failed) {
+        Py_ssize_t j = i;
+        while (j + 1 < runs && run[3 * (j + 1)] - run[3 * j] <= 1) j++;
+        Py_ssize_t lo = run[3 * i], hi = run[3 * j] + 1;
+        if (hi - lo <= thickest) {
+            Py_ssize_t start = run[3 * i + 1], end = run[3 * i + 2];
+            for (Py_ssize_t k = i + 1; k <= j; k++) {
+                if (run[3 * k + 1] < start) start = run[3 * k + 1];
+                if (run[3 * k + 2] > end) end = run[3 * k + 2];
+            }
+            double *row = rows + ROW * found;
+            row[LO] = (double)lo;
+            row[HI] = (double)hi;
+            row[START] = (double)start;
+            row[END] = (double)end;
+            failed = fit(&m, lo, hi, start, end, row) < 0;
+            found++;
+        }
+        i = j + 1;
+    }
+    free(prefix);
+    free(run);
+    PyBuffer_Release(&m.view);
+    PyBuffer_Release(&out);
+    if (failed) return NULL;
+    return PyLong_FromSsize_t(found);
+}
+
+/* First and last-plus-one rows of a line in each of its columns (kernels: strip). */
+static void strip_rows(double intercept, double slope, double thickness, Py_ssize_t start, Py_ssize_t end,
+                       Py_ssize_t height, int64_t *first, int64_t *last) {
+    double half = thickness / 2 + 1.0;
+    for (Py_ssize_t j = 0; j < end - start; j++) {
+        double centre = intercept + slope * (double)(start + j);
+        double fl = floor(centre - half + 0.5), el = floor(centre + half + 0.5);
+        int64_t f = fl < 0 ? 0 : (fl > (double)height ? (int64_t)height : (int64_t)fl);
+        int64_t e = el < 0 ? 0 : (el > (double)height ? (int64_t)height : (int64_t)el);
+        first[j] = f;
+        last[j] = e > f + 1 ? e : f + 1;
+    }
+}
+
+/* strip(intercept, slope, thickness, start, end, height, first, last): int64 [end - start] each. */
+static PyObject *strip(PyObject *self, PyObject *args) {
+    double intercept, slope, thickness;
+    Py_ssize_t start, end, height;
+    PyObject *first_obj, *last_obj;
+    if (!PyArg_ParseTuple(args, "dddnnnOO", &intercept, &slope, &thickness, &start, &end, &height, &first_obj,
+                          &last_obj))
+        return NULL;
+    Py_buffer first, last;
+    if (get_vector(first_obj, &first, sizeof(int64_t), 1) < 0) return NULL;
+    if (get_vector(last_obj, &last, sizeof(int64_t), 1) < 0) {
+        PyBuffer_Release(&first);
+        return NULL;
+    }
+    Py_ssize_t n = end - start > 0 ? end - start : 0;
+    if (first.len < (Py_ssize_t)sizeof(int64_t) * n || last.len < (Py_ssize_t)sizeof(int64_t) * n) {
+        PyErr_SetString(PyExc_ValueError, "first and last hold fewer than end - start items");
+    } else {
+        strip_rows(intercept, slope, thickness, start, end, height, first.buf, last.buf);
+    }
+    PyBuffer_Release(&first);
+    PyBuffer_Release(&last);
+    if (PyErr_Occurred()) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* line_pixels(mask, line, extent, out): the line's strip and its ticks, into out (kernels). */
+static PyObject *line_pixels(PyObject *self, PyObject *args) {
+    PyObject *mask_obj, *line_obj, *out_obj;
+    Py_ssize_t extent;
+    if (!PyArg_ParseTuple(args, "OOnO", &mask_obj, &line_obj, &extent, &out_obj)) return NULL;
+    grid m, out;
+    Py_buffer line_view;
+    if (get_grid(mask_obj, &m, 0) < 0) return NULL;
+    if (get_grid(out_obj, &out, 1) < 0) {
+        PyBuffer_Release(&m.view);
+        return NULL;
+    }
+    if (get_vector(line_obj, &line_view, sizeof(double), 0) < 0 || line_view.len < (Py_ssize_t)sizeof(double) * ROW ||
+        out.h != m.h || out.w != m.w) {
+        if (!PyErr_Occurred()) {
+            PyBuffer_Release(&line_view);
+            PyErr_SetString(PyExc_ValueError, "a line is 8 float64; out has the mask's shape");
+        }
+        PyBuffer_Release(&m.view);
+        PyBuffer_Release(&out.view);
+        return NULL;
+    }
+    const double *line = line_view.buf;
+    Py_ssize_t h = m.h;
+    Py_ssize_t lo = (Py_ssize_t)line[LO], hi = (Py_ssize_t)line[HI];
+    Py_ssize_t start = (Py_ssize_t)line[START], end = (Py_ssize_t)line[END];
+    Py_ssize_t n = end - start > 0 ? end - start : 0;
+    int64_t *first = malloc(sizeof(int64_t) * 4 * (size_t)(n > 0 ? n : 1));
+    if (!first) {
+        PyBuffer_Release(&m.view);
+        PyBuffer_Release(&out.view);
+        PyBuffer_Release(&line_view);
+        return PyErr_NoMemory();
+    }
+    int64_t *last = first + n, *origin = first + 2 * n, *run = first + 3 * n;
+    strip_rows(line[INTERCEPT], line[SLOPE], line[THICKNESS], start, end, h, first, last);
+    for (Py_ssize_t j = 0; j < n; j++)
+        for (int64_t r = first[j]; r < (last[j] < h ? last[j] : h); r++) AT(&out, r, start + j) = 1;
+    Py_ssize_t widest = hi - lo > 3 ? hi - lo : 3, longest = (Py_ssize_t)(0.4 * (double)extent);
+    Py_ssize_t reach = longest + 3;
+    for (int direction = -1; direction <= 1; direction += 2) {
+        for (Py_ssize_t j = 0; j < n; j++) origin[j] = direction < 0 ? first[j] - 1 : last[j];
+        /* How many ink pixels leave the strip in a row, at most `reach`. */
+        for (Py_ssize_t j = 0; j < n; j++) {
+            Py_ssize_t k = 0;
+            while (k < reach) {
+                int64_t r = origin[j] + direction * k;
+                if (r < 0 || r >= h || !AT(&m, r, start + j)) break;
+                k++;
+            }
+            run[j] = k;
+        }
+        Py_ssize_t j = 0;
+        while (j < n) {
+            if (run[j] == 0) {
+                j++;
+                continue;
+            }
+            Py_ssize_t a = j;
+            int64_t height = 0;
+            while (j < n && run[j] > 0) {
+                if (run[j] > height) height = run[j];
+                j++;
+            }
+            Py_ssize_t b = j, width = b - a;
+            if (width > widest || height < 2 * width || height > longest) continue;
+            /* A clear ring 2 px wide around the tick's rectangle. */
+            int clear = 1;
+            for (Py_ssize_t x = a - 2 > 0 ? a - 2 : 0; x < (b + 2 < n ? b + 2 : n) && clear; x++) {
+                for (int64_t k = 0; k < height + 2; k++) {
+                    if (k < height && a <= x && x < b) continue;
+                    int64_t r = origin[x] + direction * k;
+                    if (0 <= r && r < h && AT(&m, r, start + x)) {
+                        clear = 0;
+                        break;
+                    }
+                }
+            }
+            if (!clear) continue;
+            /* One pixel wider: its blurred edges. */
+            for (Py_ssize_t x = a - 1 > 0 ? a - 1 : 0; x < (b + 1 < n ? b + 1 : n); x++) {
+                for (int64_t k = 0; k < height + 1; k++) {
+                    int64_t r = origin[x] + direction * k;
+                    if (0 <= r && r < h) AT(&out, r, start + x) = 1;
+                }
+            }
+        }
+    }
+    free(first);
+    PyBuffer_Release(&m.view);
+    PyBuffer_Release(&out.view);
+    PyBuffer_Release(&line_view);
+    Py_RETURN_NONE;
+}
+
+/* stretch_levels(rounded) -> (top, scale) of an 8-bit ink image (kernels). */
+static PyObject *stretch_levels(PyObject *self, PyObject *args) {
+    PyObject *obj;
+    if (!PyArg_ParseTuple(args, "O", &obj)) return NULL;
+    grid g;
+    if (get_grid(obj, &g, 0) < 0) return NULL;
+    /* Four histograms filled in turn, summed: one would make every pixel wait for the previous
+     * pixel's count when neighbours share a level, as paper and strokes mostly do. */
+    int64_t partial[4][256];
+    memset(partial, 0, sizeof(partial));
+    const unsigned char *d = (const unsigned char *)g.data;
+    for (Py_ssize_t r = 0; r < g.h; r++) {
+        const unsigned char *p = d + r * g.s0;
+        Py_ssize_t c = 0, s = g.s1;
+        for (; c + 4 <= g.w; c += 4) {
+            partial[0][p[c * s]]++;
+            partial[1][p[(c + 1) * s]]++;
+            partial[2][p[(c + 2) * s]]++;
+            partial[3][p[(c + 3) * s]]++;
+        }
+        for (; c < g.w; c++) partial[0][p[c * s]]++;
+    }
+    PyBuffer_Release(&g.view);
+    int64_t counts[256];
+    for (int v = 0; v < 256; v++) counts[v] = partial[0][v] + partial[1][v] + partial[2][v] + partial[3][v];
+    int top = 255;
+    while (top > 0 && counts[top] == 0) top--;
+    int first = top / 2 + 1;
+    int64_t total = 0;
+    for (int v = first; v < 256; v++) total += counts[v];
+    double target = 0.9 * (double)total;
+    int64_t running = 0;
+    for (int v = first; v < 256; v++) {
+        running += counts[v];
+        if ((double)running >= target) return Py_BuildValue("ii", top, v);
+    }
+    return Py_BuildValue("ii", top, 256);
+}
+
+static PyMethodDef methods[] = {
+    {"long_bands", long_bands, METH_VARARGS, "Bands of long runs, fitted (see kernels.long_bands)."},
+    {"strip", strip, METH_VARARGS, "A line's rows in each of its columns (see kernels.strip)."},
+    {"line_pixels", line_pixels, METH_VARARGS, "A line's strip and ticks (see kernels.line_pixels)."},
+    {"stretch_levels", stretch_levels, METH_VARARGS, "Strongest level and scale (see kernels.stretch_levels)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_loops", "The scan path's pixel loops.", -1, methods};
+
+PyMODINIT_FUNC PyInit__loops(void) { return PyModule_Create(&module); }
