@@ -85,6 +85,9 @@ def main() -> None:
             check=True,
         )
         try:
+            if (old_root / "setup.py").is_file():  # a revision with compiled loops: build them there
+                build = [sys.executable, "setup.py", "-q", "build_ext", "--inplace"]
+                subprocess.run(build, check=True, cwd=old_root, capture_output=True)
             for folder in args.folders:
                 old = _dump(old_root, folder, Path(tmp) / "old.npz", args.repeats)
                 new = _dump(here, folder, Path(tmp) / "new.npz", args.repeats)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.preprocess import kernels
+from pipeline.preprocess import _loops, kernels
 
 
 def _level_line() -> np.ndarray:
@@ -103,8 +103,43 @@ def _read_only(shape: tuple[int, int]) -> np.ndarray:
         lambda: kernels.line_pixels(np.zeros((4, 5), bool), np.zeros(8), 10, np.zeros((5, 4), bool)),
         lambda: kernels.line_pixels(np.zeros((4, 5), bool), np.zeros(3), 10, np.zeros((4, 5), bool)),
         lambda: kernels.line_pixels(np.zeros((4, 5), bool), np.zeros(8), 10, _read_only((4, 5))),
+        lambda: kernels.gaussian_blur(np.zeros((4, 5), np.uint8), -1.0),
+        lambda: _loops.gaussian_blur(np.zeros((4, 5), np.uint8), 4.0, np.zeros((5, 4), np.uint8)),
     ],
 )
 def test_wrong_arrays_are_refused(call: object) -> None:
     with pytest.raises((ValueError, BufferError)):
         call()  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("radius", [0.0, 0.5, 1.0, 4.0, 7.3, 40.0])
+def test_gaussian_blur_gives_pils_pixels(radius: float) -> None:
+    """The paper level's blur must be PIL's to the level: on noise, on sparse ink (the edges and
+    the fixed-point rounding matter there), on images narrower than the box, on a strided view."""
+    from PIL import Image, ImageFilter
+
+    rng = np.random.default_rng(int(radius * 10))
+    images = [
+        rng.integers(0, 256, (64, 48), dtype=np.uint8),
+        (rng.random((37, 64)) < 0.1).astype(np.uint8) * 255,
+        rng.integers(0, 256, (3, 70), dtype=np.uint8),
+        rng.integers(0, 256, (1, 1), dtype=np.uint8),
+        rng.integers(0, 256, (50, 60), dtype=np.uint8)[::2, 5:],
+    ]
+    for image in images:
+        expected = np.asarray(
+            Image.fromarray(np.ascontiguousarray(image)).filter(ImageFilter.GaussianBlur(radius))
+        )
+        assert np.array_equal(kernels.gaussian_blur(image, radius), expected)
+
+
+def test_frame_counts_the_border_as_normalize_cuts_it() -> None:
+    from pipeline.preprocess.normalize import _border
+
+    rng = np.random.default_rng(7)
+    for shape in [(28, 28), (1, 1), (19, 45), (40, 41), (250, 180), (3, 600)]:
+        image = rng.integers(0, 256, shape, dtype=np.uint8)
+        for view in (image, np.ascontiguousarray(image.T).T):
+            border = _border(view)
+            expected = int(border.sum(dtype=np.int64)), int(np.count_nonzero(border > 127)), border.size
+            assert kernels.frame(view) == expected

@@ -394,11 +394,147 @@ static PyObject *stretch_levels(PyObject *self, PyObject *args) {
     return Py_BuildValue("ii", top, 256);
 }
 
+/* The box radius (with its fraction) of one of `passes` extended-box passes that together blur
+ * like a Gaussian of this radius (Gwosdek et al., "Theoretical foundations of Gaussian
+ * convolution by extended box filtering", 2011), in float as PIL computes it. */
+static float box_radius(float sigma, int passes) {
+    float sigma2 = sigma * sigma / (float)passes;
+    float length = (float)sqrt(12.0 * (double)sigma2 + 1.0);
+    float whole = (float)floor(((double)length - 1.0) / 2.0);
+    float part = (2 * whole + 1) * (whole * (whole + 1) - 3 * sigma2);
+    part /= 6 * (sigma2 - (whole + 1) * (whole + 1));
+    return whole + part;
+}
+
+/* One extended-box pass down the columns of an h x w image (contiguous rows), `in` to `out`:
+ * each pixel becomes the mean of the 2r+1 pixels about it in its column plus `fw` of the two
+ * beyond, in 8.24 fixed point, the edge pixels repeated outwards, as PIL's box blur rounds it.
+ * Every column keeps its own running sum (`sum`, w of them), so the inner loop runs across a
+ * row, independent column by column, instead of waiting on one sum pixel after pixel. */
+static void box_columns(const uint8_t *in, uint8_t *out, Py_ssize_t h, Py_ssize_t w, int r, uint32_t ww,
+                        uint32_t fw, uint32_t *sum) {
+    Py_ssize_t last = h - 1;
+    /* The window of row -1: r + 1 copies of the first row, then rows 0 .. r - 1 (those past the
+     * end counted as the last). */
+    for (Py_ssize_t c = 0; c < w; c++) sum[c] = (uint32_t)in[c] * (uint32_t)(r + 1);
+    for (Py_ssize_t i = 0; i < r; i++) {
+        const uint8_t *row = in + (i < last ? i : last) * w;
+        for (Py_ssize_t c = 0; c < w; c++) sum[c] += row[c];
+    }
+    for (Py_ssize_t x = 0; x <= last; x++) {
+        Py_ssize_t add = x + r < last ? x + r : last, drop = x - r - 1 > 0 ? x - r - 1 : 0;
+        Py_ssize_t far = x + r + 1 < last ? x + r + 1 : last;
+        const uint8_t *pa = in + add * w, *pd = in + drop * w, *pf = in + far * w;
+        uint8_t *po = out + x * w;
+        for (Py_ssize_t c = 0; c < w; c++) {
+            sum[c] += (uint32_t)pa[c] - (uint32_t)pd[c];
+            uint32_t total = sum[c] * ww + ((uint32_t)pd[c] + (uint32_t)pf[c]) * fw;
+            po[c] = (uint8_t)((total + (1u << 23)) >> 24);
+        }
+    }
+}
+
+/* gaussian_blur(image, radius, out): PIL's ImageFilter.GaussianBlur(radius) of an 8-bit image
+ * (three extended-box passes along the rows, then three along the columns), into `out`. The
+ * row passes run down the columns of the transposed image (see box_columns). */
+static PyObject *gaussian_blur(PyObject *self, PyObject *args) {
+    PyObject *in_obj, *out_obj;
+    double sigma;
+    if (!PyArg_ParseTuple(args, "OdO", &in_obj, &sigma, &out_obj)) return NULL;
+    grid in, out;
+    if (get_grid(in_obj, &in, 0) < 0) return NULL;
+    if (get_grid(out_obj, &out, 1) < 0) {
+        PyBuffer_Release(&in.view);
+        return NULL;
+    }
+    Py_ssize_t h = in.h, w = in.w, size = h * w > 0 ? h * w : 1;
+    uint8_t *a = malloc((size_t)size), *b = malloc((size_t)size);
+    uint32_t *sum = malloc(sizeof(uint32_t) * (size_t)(h > w ? h : w > 0 ? w : 1));
+    if (out.h != h || out.w != w || !a || !b || !sum || !(sigma >= 0)) {
+        int no_memory = !a || !b || !sum;
+        free(a);
+        free(b);
+        free(sum);
+        PyBuffer_Release(&in.view);
+        PyBuffer_Release(&out.view);
+        if (no_memory) return PyErr_NoMemory();
+        PyErr_SetString(PyExc_ValueError, "out must have the image's shape; radius >= 0");
+        return NULL;
+    }
+    if (sigma > 0 && h > 0 && w > 0) {
+        float radius = box_radius((float)sigma, 3);
+        int whole = (int)radius;
+        uint32_t ww = (uint32_t)((float)(1 << 24) / (radius * 2 + 1));
+        uint32_t fw = ((1u << 24) - (uint32_t)(whole * 2 + 1) * ww) / 2;
+        for (Py_ssize_t r = 0; r < h; r++) /* transposed: w rows of h */
+            for (Py_ssize_t c = 0; c < w; c++) a[c * h + r] = (uint8_t)AT(&in, r, c);
+        box_columns(a, b, w, h, whole, ww, fw, sum);
+        box_columns(b, a, w, h, whole, ww, fw, sum);
+        box_columns(a, b, w, h, whole, ww, fw, sum);
+        for (Py_ssize_t c = 0; c < w; c++) /* back upright */
+            for (Py_ssize_t r = 0; r < h; r++) a[r * w + c] = b[c * h + r];
+        box_columns(a, b, h, w, whole, ww, fw, sum);
+        box_columns(b, a, h, w, whole, ww, fw, sum);
+        box_columns(a, b, h, w, whole, ww, fw, sum);
+    } else {
+        for (Py_ssize_t r = 0; r < h; r++)
+            for (Py_ssize_t c = 0; c < w; c++) b[r * w + c] = (uint8_t)AT(&in, r, c);
+    }
+    for (Py_ssize_t r = 0; r < h; r++)
+        for (Py_ssize_t c = 0; c < w; c++) AT(&out, r, c) = (char)b[r * w + c];
+    free(a);
+    free(b);
+    free(sum);
+    PyBuffer_Release(&in.view);
+    PyBuffer_Release(&out.view);
+    Py_RETURN_NONE;
+}
+
+/* frame(image) -> (sum, light, count) of an 8-bit image's border frame, as normalize._border
+ * concatenates it (the bh top and bottom rows, then the bw left and right columns, corners in
+ * both): the sum of its pixels, how many are above 127, and how many there are. */
+static PyObject *frame(PyObject *self, PyObject *args) {
+    PyObject *obj;
+    if (!PyArg_ParseTuple(args, "O", &obj)) return NULL;
+    grid g;
+    if (get_grid(obj, &g, 0) < 0) return NULL;
+    Py_ssize_t h = g.h, w = g.w, bh = h / 20 > 1 ? h / 20 : 1, bw = w / 20 > 1 ? w / 20 : 1;
+    long long sum = 0, light = 0, count = 0;
+    if (h > 0 && w > 0) {
+        for (Py_ssize_t i = 0; i < bh; i++) {
+            Py_ssize_t rows[2] = {i < h ? i : h - 1, h - bh + i >= 0 ? h - bh + i : 0};
+            for (int k = 0; k < 2; k++) {
+                for (Py_ssize_t c = 0; c < w; c++) {
+                    unsigned v = (unsigned char)AT(&g, rows[k], c);
+                    sum += v;
+                    light += v > 127;
+                }
+                count += w;
+            }
+        }
+        for (Py_ssize_t j = 0; j < bw; j++) {
+            Py_ssize_t cols[2] = {j < w ? j : w - 1, w - bw + j >= 0 ? w - bw + j : 0};
+            for (int k = 0; k < 2; k++) {
+                for (Py_ssize_t r = 0; r < h; r++) {
+                    unsigned v = (unsigned char)AT(&g, r, cols[k]);
+                    sum += v;
+                    light += v > 127;
+                }
+                count += h;
+            }
+        }
+    }
+    PyBuffer_Release(&g.view);
+    return Py_BuildValue("LLL", sum, light, count);
+}
+
 static PyMethodDef methods[] = {
     {"long_bands", long_bands, METH_VARARGS, "Bands of long runs, fitted (see kernels.long_bands)."},
     {"strip", strip, METH_VARARGS, "A line's rows in each of its columns (see kernels.strip)."},
     {"line_pixels", line_pixels, METH_VARARGS, "A line's strip and ticks (see kernels.line_pixels)."},
     {"stretch_levels", stretch_levels, METH_VARARGS, "Strongest level and scale (see kernels.stretch_levels)."},
+    {"frame", frame, METH_VARARGS, "Sum, light pixels and count of the border frame (see kernels.frame)."},
+    {"gaussian_blur", gaussian_blur, METH_VARARGS, "PIL's GaussianBlur of an 8-bit image (see kernels.gaussian_blur)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image
 
 from pipeline import defaults
 from pipeline.errors import BlankImageError, ImageError
@@ -35,10 +35,12 @@ def _border(gray: np.ndarray) -> np.ndarray:
     )
 
 
-def _light_paper(border: np.ndarray) -> bool:
-    """Whether the border is mostly light: dark ink on light paper (scans) rather than MNIST's
-    white on black. Most border pixels above 127, counted rather than sorted for a median."""
-    return 2 * int(np.count_nonzero(border > 127)) > border.size
+def _paper(gray: np.ndarray) -> tuple[float, bool]:
+    """The border's mean level, and whether it is mostly light: dark ink on light paper (scans)
+    rather than MNIST's white on black (most border pixels above 127, counted rather than sorted
+    for a median). One pass over the frame `_border` cuts (`kernels.frame`), without cutting it."""
+    total, light, count = kernels.frame(gray)
+    return total / count, 2 * light > count
 
 
 def _local_level(gray: np.ndarray, light_paper: bool) -> np.ndarray:
@@ -46,7 +48,8 @@ def _local_level(gray: np.ndarray, light_paper: bool) -> np.ndarray:
 
     At a 64-pixel working size, a max filter (min filter for light ink on dark paper) wider than
     any pen stroke removes the ink and leaves the paper; a blur smooths it, and it is scaled back
-    to full size. The small steps stay PIL's (box reduction, Gaussian blur): OpenCV's stand-ins
+    to full size. The small steps give PIL's pixels (its box reduction; its Gaussian blur, which
+    `kernels.gaussian_blur` reproduces without the round trip through PIL): OpenCV's stand-ins
     moved the level enough to change a few form-field answers either way; only the full-size
     bilinear enlargement, where the time went, is OpenCV's.
     """
@@ -55,8 +58,8 @@ def _local_level(gray: np.ndarray, light_paper: bool) -> np.ndarray:
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     small = np.asarray(Image.fromarray(gray).resize(size, Image.Resampling.BOX))
     rank = max_filter if light_paper else min_filter
-    level = Image.fromarray(rank(small, 9)).filter(ImageFilter.GaussianBlur(4))
-    return cv2.resize(np.asarray(level), (w, h), interpolation=cv2.INTER_LINEAR)
+    level = kernels.gaussian_blur(rank(small, 9), 4)  # PIL's GaussianBlur(4), the same pixels
+    return cv2.resize(level, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
 # The paper level's working size, in pixels.
@@ -79,7 +82,7 @@ def _ink_values(gray: np.ndarray) -> np.ndarray:
     The stretched ink is rounded to 8 bits here, where OpenCV is fastest and each later full-size
     pass touches a quarter of the memory float32 would; the digit ends in 8 bits anyway.
     """
-    light_paper = _light_paper(_border(gray))
+    light_paper = _paper(gray)[1]
     if min(gray.shape) >= 2 * defaults.FIELD_SIZE:
         paper = _local_level(gray, light_paper)
         if light_paper:  # 255 * (paper - pixel) / paper, negatives (paper darker than ink) to 0
@@ -253,9 +256,8 @@ def _gray_to_mnist(gray: np.ndarray, drafted: bool, deskew_digit: bool, erase_li
     field = defaults.FIELD_SIZE
     if gray.shape == (field, field):
         # Already MNIST geometry: only polarity may differ, so MNIST digits pass bit-identical.
-        border = _border(gray)
-        paper = float(border.mean())
-        if _light_paper(border):
+        paper, light = _paper(gray)
+        if light:
             gray, paper = 255 - gray, 255 - paper
         if int(gray.max()) - paper < defaults.BLANK_MAX_INK:
             raise BlankImageError("blank: no ink found")
