@@ -104,6 +104,9 @@ def _read_only(shape: tuple[int, int]) -> np.ndarray:
         lambda: kernels.line_pixels(np.zeros((4, 5), bool), np.zeros(3), 10, np.zeros((4, 5), bool)),
         lambda: kernels.line_pixels(np.zeros((4, 5), bool), np.zeros(8), 10, _read_only((4, 5))),
         lambda: kernels.gaussian_blur(np.zeros((4, 5), np.uint8), -1.0),
+        lambda: kernels.resize(np.zeros((4, 5), np.uint8), (0, 3), 1),  # no pixels to make
+        lambda: kernels.resize(np.zeros((4, 5), np.uint8), (3, 3), 2),  # BILINEAR: not a scan's
+        lambda: _loops.resize(np.zeros((4, 5), np.uint8), 3, 3, 1, np.zeros((4, 4), np.uint8)),
         lambda: _loops.gaussian_blur(np.zeros((4, 5), np.uint8), 4.0, np.zeros((5, 4), np.uint8)),
     ],
 )
@@ -143,3 +146,42 @@ def test_frame_counts_the_border_as_normalize_cuts_it() -> None:
             border = _border(view)
             expected = int(border.sum(dtype=np.int64)), int(np.count_nonzero(border > 127)), border.size
             assert kernels.frame(view) == expected
+
+
+@pytest.mark.parametrize("resample", ["BOX", "BICUBIC", "LANCZOS"])
+def test_resize_gives_pils_pixels(resample: str) -> None:
+    """Scans are resized three times (the paper level, the 80-pixel stroke check, the 20-pixel
+    box): the pixels must be PIL's to the level, passes in PIL's order included (vertical first
+    when the height shrinks by more than twice what the width does: 200x90 -> 40x80 is, 200x150
+    -> 90x40 is not)."""
+    from PIL import Image
+
+    mode = Image.Resampling[resample]
+    rng = np.random.default_rng(len(resample))
+    sizes = [((200, 90), (80, 40)), ((200, 150), (40, 90)), ((250, 248), (64, 64)), ((140, 100), (57, 80))]
+    sizes += [
+        ((60, 40), (53, 80)),
+        ((80, 57), (14, 20)),
+        ((31, 77), (31, 20)),
+        ((31, 77), (90, 77)),
+        ((1, 9), (3, 2)),
+    ]
+    for (h, w), (width, height) in sizes:
+        for image in (
+            rng.integers(0, 256, (h, w), dtype=np.uint8),
+            (rng.random((h, w)) < 0.2).astype(np.uint8) * 255,
+        ):
+            for view in (image, np.ascontiguousarray(image.T).T):
+                expected = np.asarray(
+                    Image.fromarray(np.ascontiguousarray(view)).resize((width, height), mode)
+                )
+                assert np.array_equal(kernels.resize(view, (width, height), mode), expected), (
+                    h,
+                    w,
+                    width,
+                    height,
+                )
+    for size in [(4, 5), (5, 4), (64, 64), (200, 90), (90, 200)]:  # the weights kept from earlier calls
+        image = rng.integers(0, 256, (90, 200), dtype=np.uint8)
+        expected = np.asarray(Image.fromarray(image).resize(size, mode))
+        assert np.array_equal(kernels.resize(image, size, mode), expected)

@@ -528,11 +528,272 @@ static PyObject *frame(PyObject *self, PyObject *args) {
     return Py_BuildValue("LLL", sum, light, count);
 }
 
+/* Resampling as PIL's Image.resize does it for an 8-bit image: separable passes with filter
+ * weights computed in double, normalised, then rounded to 22-bit fixed point; each pass rounds
+ * to 8 bits. */
+enum { FILTER_LANCZOS = 1, FILTER_BICUBIC = 3, FILTER_BOX = 4 };
+#define WEIGHT_BITS 22
+
+static double sinc(double x) {
+    if (x == 0.0) return 1.0;
+    x = x * M_PI;
+    return sin(x) / x;
+}
+
+static double filter_weight(int filter, double x) {
+    if (filter == FILTER_BOX) return x > -0.5 && x <= 0.5 ? 1.0 : 0.0;
+    if (filter == FILTER_BICUBIC) { /* Keys' cubic, a = -0.5 */
+        const double a = -0.5;
+        if (x < 0.0) x = -x;
+        if (x < 1.0) return ((a + 2.0) * x - (a + 3.0)) * x * x + 1;
+        if (x < 2.0) return (((x - 5) * x + 8) * x - 4) * a;
+        return 0.0;
+    }
+    return -3.0 <= x && x < 3.0 ? sinc(x) * sinc(x / 3) : 0.0; /* Lanczos, 3 lobes */
+}
+
+static double filter_support(int filter) {
+    return filter == FILTER_BOX ? 0.5 : filter == FILTER_BICUBIC ? 2.0 : 3.0;
+}
+
+/* Weights of each output position along one axis: first input (`first`), how many (`count`),
+ * and `ksize` fixed-point weights per position in `weights`. Returns ksize, 0 if out of memory. */
+static int compute_weights(Py_ssize_t in_size, Py_ssize_t out_size, int filter, int **first, int **count,
+                           int32_t **weights) {
+    double scale = (double)(float)in_size / (double)out_size;
+    double filterscale = scale < 1.0 ? 1.0 : scale;
+    double support = filter_support(filter) * filterscale;
+    int ksize = (int)ceil(support) * 2 + 1;
+    *first = malloc(sizeof(int) * (size_t)out_size);
+    *count = malloc(sizeof(int) * (size_t)out_size);
+    *weights = malloc(sizeof(int32_t) * (size_t)(out_size * ksize));
+    double *k = malloc(sizeof(double) * (size_t)ksize);
+    if (!*first || !*count || !*weights || !k) {
+        free(*first);
+        free(*count);
+        free(*weights);
+        free(k);
+        return 0;
+    }
+    for (Py_ssize_t xx = 0; xx < out_size; xx++) {
+        double center = (xx + 0.5) * scale, total = 0.0, ss = 1.0 / filterscale;
+        int lo = (int)(center - support + 0.5), hi = (int)(center + support + 0.5);
+        if (lo < 0) lo = 0;
+        if (hi > in_size) hi = (int)in_size;
+        int n = hi - lo;
+        for (int x = 0; x < n; x++) {
+            k[x] = filter_weight(filter, (x + lo - center + 0.5) * ss);
+            total += k[x];
+        }
+        int32_t *out = *weights + xx * ksize;
+        for (int x = 0; x < ksize; x++) {
+            double v = x < n ? (total != 0.0 ? k[x] / total : k[x]) : 0.0;
+            out[x] = (int32_t)(v < 0 ? -0.5 + v * (1 << WEIGHT_BITS) : 0.5 + v * (1 << WEIGHT_BITS));
+        }
+        (*first)[xx] = lo;
+        (*count)[xx] = n;
+    }
+    free(k);
+    return ksize;
+}
+
+/* The weights of the last sizes asked for, by (input size, output size, filter): a scan's digit
+ * is resized to 80 and then 20 pixels, so the same sizes come back again and again, and a
+ * Lanczos weight costs two sines. Direct-mapped; the module runs under the GIL, one call at a time. */
+#define CACHE_SLOTS 256
+static struct {
+    Py_ssize_t in_size, out_size;
+    int filter, ksize;
+    int *first, *count;
+    int32_t *weights;
+} cache[CACHE_SLOTS];
+
+static int axis_weights(Py_ssize_t in_size, Py_ssize_t out_size, int filter, const int **first, const int **count,
+                        const int32_t **weights) {
+    size_t slot = ((size_t)in_size * 2654435761u + (size_t)out_size * 40503u + (size_t)filter) % CACHE_SLOTS;
+    if (!(cache[slot].ksize && cache[slot].in_size == in_size && cache[slot].out_size == out_size &&
+          cache[slot].filter == filter)) {
+        int *f, *c;
+        int32_t *k;
+        int ksize = compute_weights(in_size, out_size, filter, &f, &c, &k);
+        if (!ksize) return 0;
+        free(cache[slot].first);
+        free(cache[slot].count);
+        free(cache[slot].weights);
+        cache[slot].in_size = in_size;
+        cache[slot].out_size = out_size;
+        cache[slot].filter = filter;
+        cache[slot].ksize = ksize;
+        cache[slot].first = f;
+        cache[slot].count = c;
+        cache[slot].weights = k;
+    }
+    *first = cache[slot].first;
+    *count = cache[slot].count;
+    *weights = cache[slot].weights;
+    return cache[slot].ksize;
+}
+
+static inline uint8_t clip_weighted(int32_t sum) {
+    int32_t v = sum >> WEIGHT_BITS;
+    return (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
+}
+
+/* One pass along the rows (`along_rows`) or down the columns of a contiguous h x w image into
+ * a contiguous image whose size along that axis is the output's; `sum`: scratch for w int32. */
+static void resample_pass(const uint8_t *in, Py_ssize_t h, Py_ssize_t w, uint8_t *out, Py_ssize_t out_size,
+                          int along_rows, int ksize, const int *first, const int *count, const int32_t *weights,
+                          int32_t *sum) {
+    if (along_rows) {
+        /* Four rows at a time: four independent sums share each weight. */
+        Py_ssize_t y = 0;
+        for (; y + 4 <= h; y += 4) {
+            const uint8_t *r0 = in + y * w, *r1 = r0 + w, *r2 = r1 + w, *r3 = r2 + w;
+            for (Py_ssize_t xx = 0; xx < out_size; xx++) {
+                const int32_t *k = weights + xx * ksize;
+                int32_t s0 = 1 << (WEIGHT_BITS - 1), s1 = s0, s2 = s0, s3 = s0;
+                for (int x = 0, f = first[xx]; x < count[xx]; x++) {
+                    int32_t kx = k[x];
+                    s0 += r0[f + x] * kx;
+                    s1 += r1[f + x] * kx;
+                    s2 += r2[f + x] * kx;
+                    s3 += r3[f + x] * kx;
+                }
+                out[y * out_size + xx] = clip_weighted(s0);
+                out[(y + 1) * out_size + xx] = clip_weighted(s1);
+                out[(y + 2) * out_size + xx] = clip_weighted(s2);
+                out[(y + 3) * out_size + xx] = clip_weighted(s3);
+            }
+        }
+        for (; y < h; y++) {
+            const uint8_t *row = in + y * w;
+            for (Py_ssize_t xx = 0; xx < out_size; xx++) {
+                const int32_t *k = weights + xx * ksize;
+                const uint8_t *p = row + first[xx];
+                int32_t s = 1 << (WEIGHT_BITS - 1);
+                for (int x = 0; x < count[xx]; x++) s += p[x] * k[x];
+                out[y * out_size + xx] = clip_weighted(s);
+            }
+        }
+    } else {
+        /* Row by row into one sum per column: the inner loop runs along a row, vectorised. */
+        for (Py_ssize_t yy = 0; yy < out_size; yy++) {
+            const int32_t *k = weights + yy * ksize;
+            const uint8_t *base = in + (Py_ssize_t)first[yy] * w;
+            for (Py_ssize_t c = 0; c < w; c++) sum[c] = 1 << (WEIGHT_BITS - 1);
+            for (int y = 0; y < count[yy]; y++) {
+                const uint8_t *row = base + y * w;
+                int32_t ky = k[y];
+                for (Py_ssize_t c = 0; c < w; c++) sum[c] += row[c] * ky;
+            }
+            uint8_t *o = out + yy * w;
+            for (Py_ssize_t c = 0; c < w; c++) o[c] = clip_weighted(sum[c]);
+        }
+    }
+}
+
+/* resize(image, width, height, filter, out): PIL's Image.resize((width, height), filter) of an
+ * 8-bit image into `out` (height x width). Both passes are needed when both sizes change; PIL
+ * (13) runs the vertical one first when the height shrinks by more than twice what the width
+ * shrinks by, and the rounding between passes makes the order matter. */
+static PyObject *resize(PyObject *self, PyObject *args) {
+    PyObject *in_obj, *out_obj;
+    Py_ssize_t width, height;
+    int filter;
+    if (!PyArg_ParseTuple(args, "OnniO", &in_obj, &width, &height, &filter, &out_obj)) return NULL;
+    if (filter != FILTER_BOX && filter != FILTER_BICUBIC && filter != FILTER_LANCZOS) {
+        PyErr_SetString(PyExc_ValueError, "filter must be PIL's BOX, BICUBIC or LANCZOS");
+        return NULL;
+    }
+    grid in, out;
+    if (get_grid(in_obj, &in, 0) < 0) return NULL;
+    if (get_grid(out_obj, &out, 1) < 0) {
+        PyBuffer_Release(&in.view);
+        return NULL;
+    }
+    Py_ssize_t h = in.h, w = in.w;
+    if (out.h != height || out.w != width || width < 1 || height < 1 || h < 1 || w < 1) {
+        PyBuffer_Release(&in.view);
+        PyBuffer_Release(&out.view);
+        PyErr_SetString(PyExc_ValueError, "out must be height x width, both at least 1, of a non-empty image");
+        return NULL;
+    }
+    int need_h = width != w, need_v = height != h;
+    int vertical_first = need_h && need_v && h - height > 0 && h - height > 2 * (w - width);
+    Py_ssize_t mid_h = vertical_first ? height : h, mid_w = vertical_first ? w : width;
+    uint8_t *src = malloc((size_t)(h * w)), *mid = malloc((size_t)(mid_h * mid_w)),
+            *dst = malloc((size_t)(height * width));
+    int32_t *sum = malloc(sizeof(int32_t) * (size_t)(w > width ? w : width));
+    const int *hf = NULL, *hc = NULL, *vf = NULL, *vc = NULL;
+    const int32_t *hk = NULL, *vk = NULL;
+    int hks = need_h ? axis_weights(w, width, filter, &hf, &hc, &hk) : 1;
+    /* after the first: a slot the second takes may be the first's, so its arrays are copied */
+    int *hf_own = NULL, *hc_own = NULL;
+    int32_t *hk_own = NULL;
+    if (hks && need_h && need_v) {
+        hf_own = malloc(sizeof(int) * (size_t)width);
+        hc_own = malloc(sizeof(int) * (size_t)width);
+        hk_own = malloc(sizeof(int32_t) * (size_t)(width * hks));
+        if (hf_own && hc_own && hk_own) {
+            memcpy(hf_own, hf, sizeof(int) * (size_t)width);
+            memcpy(hc_own, hc, sizeof(int) * (size_t)width);
+            memcpy(hk_own, hk, sizeof(int32_t) * (size_t)(width * hks));
+            hf = hf_own, hc = hc_own, hk = hk_own;
+        } else {
+            hks = 0;
+        }
+    }
+    int vks = need_v && hks ? axis_weights(h, height, filter, &vf, &vc, &vk) : 1;
+    if (!src || !mid || !dst || !sum || !hks || !vks) {
+        free(src);
+        free(mid);
+        free(dst);
+        free(sum);
+        free(hf_own);
+        free(hc_own);
+        free(hk_own);
+        PyBuffer_Release(&in.view);
+        PyBuffer_Release(&out.view);
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t r = 0; r < h; r++)
+        for (Py_ssize_t c = 0; c < w; c++) src[r * w + c] = (uint8_t)AT(&in, r, c);
+    const uint8_t *result = src;
+    if (vertical_first) {
+        resample_pass(src, h, w, mid, height, 0, vks, vf, vc, vk, sum);
+        resample_pass(mid, height, w, dst, width, 1, hks, hf, hc, hk, sum);
+        result = dst;
+    } else if (need_h && need_v) {
+        resample_pass(src, h, w, mid, width, 1, hks, hf, hc, hk, sum);
+        resample_pass(mid, h, width, dst, height, 0, vks, vf, vc, vk, sum);
+        result = dst;
+    } else if (need_h) {
+        resample_pass(src, h, w, dst, width, 1, hks, hf, hc, hk, sum);
+        result = dst;
+    } else if (need_v) {
+        resample_pass(src, h, w, dst, height, 0, vks, vf, vc, vk, sum);
+        result = dst;
+    }
+    for (Py_ssize_t r = 0; r < height; r++)
+        for (Py_ssize_t c = 0; c < width; c++) AT(&out, r, c) = (char)result[r * width + c];
+    free(src);
+    free(mid);
+    free(dst);
+    free(sum);
+    free(hf_own);
+    free(hc_own);
+    free(hk_own);
+    PyBuffer_Release(&in.view);
+    PyBuffer_Release(&out.view);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"long_bands", long_bands, METH_VARARGS, "Bands of long runs, fitted (see kernels.long_bands)."},
     {"strip", strip, METH_VARARGS, "A line's rows in each of its columns (see kernels.strip)."},
     {"line_pixels", line_pixels, METH_VARARGS, "A line's strip and ticks (see kernels.line_pixels)."},
     {"stretch_levels", stretch_levels, METH_VARARGS, "Strongest level and scale (see kernels.stretch_levels)."},
+    {"resize", resize, METH_VARARGS, "PIL's Image.resize of an 8-bit image (see kernels.resize)."},
     {"frame", frame, METH_VARARGS, "Sum, light pixels and count of the border frame (see kernels.frame)."},
     {"gaussian_blur", gaussian_blur, METH_VARARGS, "PIL's GaussianBlur of an 8-bit image (see kernels.gaussian_blur)."},
     {NULL, NULL, 0, NULL},

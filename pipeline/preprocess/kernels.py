@@ -1,5 +1,5 @@
-"""The scan path's pixel loops: form-line search and tracing, ink stretch, the paper level's blur,
-the border's levels; compiled C (`_loops.c`).
+"""The scan path's pixel loops: form-line search and tracing, ink stretch, PIL's resampling and
+Gaussian blur, the border's levels; compiled C (`_loops.c`).
 
 Why compiled: on a scan of a few hundred pixels each step touches only a few thousand pixels, so
 the time went into the dozens of numpy calls per image and their Python overhead, not into the
@@ -17,6 +17,7 @@ and says what each loop computes; `_loops.c` holds only the arithmetic.
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
 
 from pipeline.preprocess import _loops
 
@@ -86,3 +87,16 @@ def frame(image: np.ndarray) -> tuple[int, int, int]:
     costs a tenth of cutting the frame out and asking numpy."""
     total, light, count = _loops.frame(image)
     return total, light, count
+
+
+def resize(image: np.ndarray, size: tuple[int, int], resample: Image.Resampling) -> np.ndarray:
+    """PIL's `Image.fromarray(image).resize(size, resample)` of an 8-bit image, the same pixels
+    (BOX, BICUBIC or LANCZOS; `size` is (width, height), as PIL's): separable passes with weights
+    rounded to 22-bit fixed point, 8 bits between the passes, and the passes in PIL's order (the
+    vertical one first when the height shrinks by more than twice what the width does; found in
+    Pillow 13's machine code and tested against it). A scan is resized three times; PIL's copies
+    in and out cost more than the passes."""
+    width, height = size
+    out = np.empty((height, width), np.uint8)
+    _loops.resize(image, width, height, int(resample), out)
+    return out

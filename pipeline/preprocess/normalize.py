@@ -48,15 +48,14 @@ def _local_level(gray: np.ndarray, light_paper: bool) -> np.ndarray:
 
     At a 64-pixel working size, a max filter (min filter for light ink on dark paper) wider than
     any pen stroke removes the ink and leaves the paper; a blur smooths it, and it is scaled back
-    to full size. The small steps give PIL's pixels (its box reduction; its Gaussian blur, which
-    `kernels.gaussian_blur` reproduces without the round trip through PIL): OpenCV's stand-ins
-    moved the level enough to change a few form-field answers either way; only the full-size
-    bilinear enlargement, where the time went, is OpenCV's.
+    to full size. The small steps give PIL's pixels (its box reduction and Gaussian blur, which
+    `kernels` reproduces in C): OpenCV's stand-ins moved the level enough to change a few
+    form-field answers either way; only the full-size bilinear enlargement is OpenCV's.
     """
     h, w = gray.shape
     scale = _LEVEL_SIDE / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    small = np.asarray(Image.fromarray(gray).resize(size, Image.Resampling.BOX))
+    small = kernels.resize(gray, size, Image.Resampling.BOX)  # PIL's box reduction, the same pixels
     rank = max_filter if light_paper else min_filter
     level = kernels.gaussian_blur(rank(small, 9), 4)  # PIL's GaussianBlur(4), the same pixels
     return cv2.resize(level, (w, h), interpolation=cv2.INTER_LINEAR)
@@ -148,7 +147,7 @@ def _ink_box(values: np.ndarray) -> tuple[tuple[int, int, int, int], bool]:
     return (top, bottom, left, right), False
 
 
-def _normalize_stroke(img: Image.Image) -> Image.Image:
+def _normalize_stroke(digit: np.ndarray) -> np.ndarray:
     """Thicken pen strokes that would vanish at MNIST scale (the seed's "stroke normalization").
 
     MNIST strokes are about 1.8 px wide in the 20-pixel box. A fine pen on a large scan shrinks to
@@ -157,16 +156,17 @@ def _normalize_stroke(img: Image.Image) -> Image.Image:
     MNIST's 5th percentile is dilated to MNIST's median; thicker strokes are left alone.
     """
     side = 4 * defaults.BOX_SIZE
-    scale = side / max(img.size)
-    mid = img.resize(
-        (max(1, round(img.width * scale)), max(1, round(img.height * scale))),
+    h, w = digit.shape
+    scale = side / max(h, w)
+    mid = kernels.resize(
+        digit,
+        (max(1, round(w * scale)), max(1, round(h * scale))),
         Image.Resampling.LANCZOS if scale < 1 else Image.Resampling.BICUBIC,
-    )
-    values = np.asarray(mid)
-    width = stroke_width(values > 0.5 * max(int(values.max()), 1))
+    )  # PIL's resampling, the same pixels
+    width = stroke_width(mid > 0.5 * max(int(mid.max()), 1))
     if 0 < width < _MIN_STROKE_80:
         grow = 2 * round((_TARGET_STROKE_80 - width) / 2) + 1  # MaxFilter(k) widens by k - 1
-        mid = Image.fromarray(max_filter(values, max(3, grow)))
+        mid = max_filter(mid, max(3, grow))
     return mid
 
 
@@ -180,8 +180,7 @@ def _fit_and_centre(digit: np.ndarray) -> np.ndarray:
     box, field = defaults.BOX_SIZE, defaults.FIELD_SIZE
     factor = box / max(h, w)
     nh, nw = max(1, round(h * factor)), max(1, round(w * factor))
-    img = _normalize_stroke(Image.fromarray(digit))
-    small = np.asarray(img.resize((nw, nh), Image.Resampling.LANCZOS))
+    small = kernels.resize(_normalize_stroke(digit), (nw, nh), Image.Resampling.LANCZOS)
     out = np.zeros((field, field), dtype=np.uint8)
     top, left = (field - nh) // 2, (field - nw) // 2
     out[top : top + nh, left : left + nw] = small
