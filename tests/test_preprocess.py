@@ -613,3 +613,15 @@ def test_read_gray_leaves_large_files_to_pil(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setattr(decode, "_SHORT_MAX_BYTES", path.stat().st_size - 1)
     np.testing.assert_array_equal(decode.read_gray(path)[0], small[0])
     assert len(calls) == 1
+
+
+def test_the_ink_mask_of_8_bit_ink_is_the_thresholds() -> None:
+    """8-bit ink is compared with the threshold's integer part (faster): the same pixels, at
+    every level; other arrays keep the float threshold."""
+    from pipeline import defaults
+    from pipeline.preprocess.masks import ink_mask
+
+    levels = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    assert np.array_equal(ink_mask(levels), levels > defaults.INK_THRESHOLD * 255)
+    values = np.linspace(0, 255, 1021, dtype=np.float32).reshape(1, -1)
+    assert np.array_equal(ink_mask(values), values > defaults.INK_THRESHOLD * 255)

@@ -14,7 +14,7 @@ import numpy as np
 from pipeline import defaults
 from pipeline.errors import BlankImageError
 from pipeline.preprocess import kernels
-from pipeline.preprocess.masks import bbox, erode3, stroke_width
+from pipeline.preprocess.masks import bbox, erode3, ink_mask, stroke_width
 
 
 @dataclass(frozen=True)
@@ -320,7 +320,7 @@ def erase_form_lines(values: np.ndarray) -> np.ndarray | None:
     little ink are the digit itself, and nothing is erased, unless they can only be an empty
     field (`_empty_field`): then BlankImageError, as for a blank page.
     """
-    full = values > defaults.INK_THRESHOLD * 255
+    full = ink_mask(values)
     box = bbox(full)
     if box is None:
         return None

@@ -23,7 +23,7 @@ from pipeline.errors import BlankImageError, ImageError
 from pipeline.preprocess import kernels
 from pipeline.preprocess.decode import REDUCTION_INFO, read_gray, to_gray, to_working_size
 from pipeline.preprocess.forms import erase_form_lines
-from pipeline.preprocess.masks import bbox, max_filter, min_filter, stroke_width
+from pipeline.preprocess.masks import bbox, ink_mask, max_filter, min_filter, stroke_width
 
 
 def _border(gray: np.ndarray) -> np.ndarray:
@@ -119,7 +119,7 @@ def _ink_box(values: np.ndarray) -> tuple[tuple[int, int, int, int], bool]:
     then grown back over the unopened ink it touches, until it stops changing; specks away from
     the digit stay out.
     """
-    mask = values > defaults.INK_THRESHOLD * 255
+    mask = ink_mask(values)
     full = bbox(mask)
     if full is None:
         raise BlankImageError("blank: no ink above the noise threshold")
@@ -163,7 +163,7 @@ def _normalize_stroke(digit: np.ndarray) -> np.ndarray:
         (max(1, round(w * scale)), max(1, round(h * scale))),
         Image.Resampling.LANCZOS if scale < 1 else Image.Resampling.BICUBIC,
     )  # PIL's resampling, the same pixels
-    width = stroke_width(mid > 0.5 * max(int(mid.max()), 1))
+    width = stroke_width(mid > max(int(mid.max()), 1) // 2)  # over half the strongest, as integers
     if 0 < width < _MIN_STROKE_80:
         grow = 2 * round((_TARGET_STROKE_80 - width) / 2) + 1  # MaxFilter(k) widens by k - 1
         mid = max_filter(mid, max(3, grow))
