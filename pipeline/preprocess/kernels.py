@@ -93,9 +93,10 @@ def resize(image: np.ndarray, size: tuple[int, int], resample: Image.Resampling)
     """PIL's `Image.fromarray(image).resize(size, resample)` of an 8-bit image, the same pixels
     (BOX, BICUBIC or LANCZOS; `size` is (width, height), as PIL's): separable passes with weights
     rounded to 22-bit fixed point, 8 bits between the passes, and the passes in PIL's order (the
-    vertical one first when the height shrinks by more than twice what the width does; found in
-    Pillow 13's machine code and tested against it). A scan is resized three times; PIL's copies
-    in and out cost more than the passes."""
+    vertical one first when the height shrinks by more than twice what the width does: Pillow
+    13's rule, read from its machine code; tests hold it to the installed Pillow). A scan is
+    resized three times; PIL's copies in and out, and its weights computed anew each time (a
+    Lanczos weight is two sines), cost more than the passes."""
     width, height = size
     out = np.empty((height, width), np.uint8)
     _loops.resize(image, width, height, int(resample), out)
