@@ -1,10 +1,12 @@
-/* The scan path's pixel loops in C: form-line search and tracing, ink stretch.
+/* The scan path's pixel loops in C: form-line search and tracing, ink stretch, PIL's resampling
+ * and Gaussian blur, the border's levels.
  *
  * `pipeline.preprocess.kernels` is the Python side: it allocates every array, calls these
  * functions with numpy arrays (any strides: the vertical lines are transposed views), and
  * documents what each loop is for. Here is only the arithmetic, in the order the rules in
  * `forms` and `normalize` were measured with: the same integer counts, the same float64 sums in
- * the same order (so no FMA contraction: see the build flags in setup.py).
+ * the same order (so no FMA contraction: see the build flags in setup.py), and PIL's own fixed
+ * point where its pixels are reproduced.
  *
  * Built with the package (setup.py); a plain CPython extension that reads arrays through the
  * buffer protocol, so it needs neither numpy's headers nor anything at run time.
