@@ -46,6 +46,13 @@ static int get_grid(PyObject *obj, grid *g, int writable) {
     return 0;
 }
 
+/* The one argument of a function that takes only an image, as a grid. */
+static int only_grid(PyObject *args, grid *g) {
+    PyObject *obj;
+    if (!PyArg_ParseTuple(args, "O", &obj)) return -1;
+    return get_grid(obj, g, 0);
+}
+
 /* A 1-D C-contiguous array of `count` items of `size` bytes. */
 static int get_vector(PyObject *obj, Py_buffer *view, Py_ssize_t size, int writable) {
     int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
@@ -359,10 +366,8 @@ static PyObject *line_pixels(PyObject *self, PyObject *args) {
 
 /* stretch_levels(rounded) -> (top, scale) of an 8-bit ink image (kernels). */
 static PyObject *stretch_levels(PyObject *self, PyObject *args) {
-    PyObject *obj;
-    if (!PyArg_ParseTuple(args, "O", &obj)) return NULL;
     grid g;
-    if (get_grid(obj, &g, 0) < 0) return NULL;
+    if (only_grid(args, &g) < 0) return NULL;
     /* Four histograms filled in turn, summed: one would make every pixel wait for the previous
      * pixel's count when neighbours share a level, as paper and strokes mostly do. */
     int64_t partial[4][256];
@@ -496,10 +501,8 @@ static PyObject *gaussian_blur(PyObject *self, PyObject *args) {
  * concatenates it (the bh top and bottom rows, then the bw left and right columns, corners in
  * both): the sum of its pixels, how many are above 127, and how many there are. */
 static PyObject *frame(PyObject *self, PyObject *args) {
-    PyObject *obj;
-    if (!PyArg_ParseTuple(args, "O", &obj)) return NULL;
     grid g;
-    if (get_grid(obj, &g, 0) < 0) return NULL;
+    if (only_grid(args, &g) < 0) return NULL;
     Py_ssize_t h = g.h, w = g.w, bh = h / 20 > 1 ? h / 20 : 1, bw = w / 20 > 1 ? w / 20 : 1;
     long long sum = 0, light = 0, count = 0;
     if (h > 0 && w > 0) {
@@ -746,17 +749,10 @@ static PyObject *resize(PyObject *self, PyObject *args) {
         }
     }
     int vks = need_v && hks ? axis_weights(h, height, filter, &vf, &vc, &vk) : 1;
+    PyObject *done = NULL;
     if (!src || !mid || !dst || !sum || !hks || !vks) {
-        free(src);
-        free(mid);
-        free(dst);
-        free(sum);
-        free(hf_own);
-        free(hc_own);
-        free(hk_own);
-        PyBuffer_Release(&in.view);
-        PyBuffer_Release(&out.view);
-        return PyErr_NoMemory();
+        PyErr_NoMemory();
+        goto release;
     }
     for (Py_ssize_t r = 0; r < h; r++)
         for (Py_ssize_t c = 0; c < w; c++) src[r * w + c] = (uint8_t)AT(&in, r, c);
@@ -778,6 +774,8 @@ static PyObject *resize(PyObject *self, PyObject *args) {
     }
     for (Py_ssize_t r = 0; r < height; r++)
         for (Py_ssize_t c = 0; c < width; c++) AT(&out, r, c) = (char)result[r * width + c];
+    done = Py_NewRef(Py_None);
+release:
     free(src);
     free(mid);
     free(dst);
@@ -787,7 +785,7 @@ static PyObject *resize(PyObject *self, PyObject *args) {
     free(hk_own);
     PyBuffer_Release(&in.view);
     PyBuffer_Release(&out.view);
-    Py_RETURN_NONE;
+    return done;
 }
 
 static PyMethodDef methods[] = {
