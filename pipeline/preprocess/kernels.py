@@ -9,9 +9,9 @@ histogram). Steps whose cost is in the pixels stay with OpenCV's vectorised code
 resampling, which scalar loops do not beat.
 
 Why C and not a JIT: the loops are built with the package (setup.py), so a process loads them
-in a millisecond and a few kilobytes, where numba cost every scan run over half a second before
-its workers could start, and over 100 MiB (docs/benchmarks.md). This module allocates the arrays
-and says what each loop computes; `_loops.c` holds only the arithmetic.
+at once, where numba's import and compiler were paid by every run of scans before its workers
+could start, and held LLVM's library in memory (docs/benchmarks.md). This module allocates the
+arrays and says what each loop computes; `_loops.c` holds only the arithmetic.
 """
 
 from __future__ import annotations
@@ -83,8 +83,8 @@ def gaussian_blur(image: np.ndarray, radius: float) -> np.ndarray:
 def frame(image: np.ndarray) -> tuple[int, int, int]:
     """The border frame of an 8-bit image as `normalize._border` cuts it (about 5% of each side,
     corners counted twice): the sum of its pixels, how many are above 127, and how many there are.
-    Every image is asked its paper's polarity, a 28x28 digit its paper's level too; one pass here
-    costs a tenth of cutting the frame out and asking numpy."""
+    Every image is asked its paper's polarity, a 28x28 digit its paper's level too: one pass here
+    instead of cutting the frame out and asking numpy three times."""
     total, light, count = _loops.frame(image)
     return total, light, count
 

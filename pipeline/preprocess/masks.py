@@ -22,7 +22,7 @@ def ink_mask(values: np.ndarray) -> np.ndarray:
 
     For 8-bit ink the same pixels are found against the threshold's integer part (an integer is
     above t exactly when it is above floor(t)): against a float, numpy converts every pixel to
-    float64 first, eight times the work of the comparison itself.
+    float64 first, which costs far more than the comparison itself (docs/benchmarks.md).
     """
     if values.dtype == np.uint8:
         return values > _INK_LEVEL
