@@ -806,6 +806,11 @@ def main() -> None:
     except typer.Abort:
         err_console.print("interrupted")
         sys.exit(130)
+    except ImportError as exc:  # this package incomplete (its compiled part not built): one line
+        if not (exc.name or "").startswith("pipeline"):
+            raise
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        sys.exit(1)
     except typer.TyperException as exc:
         message = exc.format_message()
         if message:  # an empty message is `pipeline` with no command: help was already shown

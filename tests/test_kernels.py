@@ -4,8 +4,14 @@ error instead of reading past them."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
+from conftest import one_clear_line
+from PIL import Image
 
 from pipeline.preprocess import _loops, kernels
 
@@ -185,3 +191,21 @@ def test_resize_gives_pils_pixels(resample: str) -> None:
         image = rng.integers(0, 256, (90, 200), dtype=np.uint8)
         expected = np.asarray(Image.fromarray(image).resize(size, mode))
         assert np.array_equal(kernels.resize(image, size, mode), expected)
+
+
+def test_an_unbuilt_checkout_says_so_in_one_line(tmp_path: Path) -> None:
+    """Run from a checkout nobody installed, nothing compiled `_loops.c`: the command says how to
+    build it, in one line, instead of a traceback about a circular import."""
+    Image.fromarray(np.full((60, 60), 255, np.uint8)).save(tmp_path / "scan.png")
+    code = (
+        "import sys; sys.modules['pipeline.preprocess._loops'] = None\n"  # as if never built
+        "from pipeline.cli import main\n"
+        "sys.argv = ['pipeline', 'classify', sys.argv[1], '--out', sys.argv[2]]\n"
+        "main()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path), str(tmp_path / "out.csv")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    one_clear_line(result, "make setup")
+    assert not (tmp_path / "out.csv").exists()

@@ -19,7 +19,14 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from pipeline.preprocess import _loops
+try:
+    from pipeline.preprocess import _loops
+except ImportError as exc:  # a checkout used without installing it: nothing compiled _loops.c
+    raise ImportError(
+        "the scan loops (pipeline/preprocess/_loops.c) are not built: install the package "
+        "(make setup, or pip install -e .), with a C compiler and Python's headers",
+        name=__name__,
+    ) from exc
 
 # One row of `long_bands`' result: a band's rows lo:hi and columns start:end, its fitted centre
 # line (row at column 0, slope), thickness and wobble.
