@@ -12,7 +12,6 @@ come back in walk order.
 
 from __future__ import annotations
 
-import itertools
 import multiprocessing
 import os
 import time
@@ -54,10 +53,6 @@ def decoded_chunks(
         for chunk in chunks:
             yield decode_chunk(root, chunk, deskew, max_pixels, evidence)
         return
-    first = next(chunks, None)
-    if first is None:
-        return
-    chunks = itertools.chain([first], chunks)
     # fork: workers start instantly and inherit the imported modules (and the review model), PIL's
     # format plugins included.
     ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)

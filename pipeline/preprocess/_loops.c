@@ -604,18 +604,22 @@ static int compute_weights(Py_ssize_t in_size, Py_ssize_t out_size, int filter, 
 
 /* The weights of the last sizes asked for, by (input size, output size, filter): a scan's digit
  * is resized to 80 and then 20 pixels, so the same sizes come back again and again, and a
- * Lanczos weight costs two sines. Direct-mapped; the module runs under the GIL, one call at a time. */
+ * Lanczos weight costs two sines. Direct-mapped, one table per axis (a resize's two lookups never
+ * evict each other's weights); the module runs under the GIL, one call at a time. */
 #define CACHE_SLOTS 256
-static struct {
+enum { ALONG_ROWS, DOWN_COLUMNS };
+typedef struct {
     Py_ssize_t in_size, out_size;
     int filter, ksize;
     int *first, *count;
     int32_t *weights;
-} cache[CACHE_SLOTS];
+} weights_slot;
+static weights_slot caches[2][CACHE_SLOTS];
 
-static int axis_weights(Py_ssize_t in_size, Py_ssize_t out_size, int filter, const int **first, const int **count,
-                        const int32_t **weights) {
+static int axis_weights(int axis, Py_ssize_t in_size, Py_ssize_t out_size, int filter, const int **first,
+                        const int **count, const int32_t **weights) {
     size_t slot = ((size_t)in_size * 2654435761u + (size_t)out_size * 40503u + (size_t)filter) % CACHE_SLOTS;
+    weights_slot *cache = caches[axis];
     if (!(cache[slot].ksize && cache[slot].in_size == in_size && cache[slot].out_size == out_size &&
           cache[slot].filter == filter)) {
         int *f, *c;
@@ -731,24 +735,8 @@ static PyObject *resize(PyObject *self, PyObject *args) {
     int32_t *sum = malloc(sizeof(int32_t) * (size_t)(w > width ? w : width));
     const int *hf = NULL, *hc = NULL, *vf = NULL, *vc = NULL;
     const int32_t *hk = NULL, *vk = NULL;
-    int hks = need_h ? axis_weights(w, width, filter, &hf, &hc, &hk) : 1;
-    /* after the first: a slot the second takes may be the first's, so its arrays are copied */
-    int *hf_own = NULL, *hc_own = NULL;
-    int32_t *hk_own = NULL;
-    if (hks && need_h && need_v) {
-        hf_own = malloc(sizeof(int) * (size_t)width);
-        hc_own = malloc(sizeof(int) * (size_t)width);
-        hk_own = malloc(sizeof(int32_t) * (size_t)(width * hks));
-        if (hf_own && hc_own && hk_own) {
-            memcpy(hf_own, hf, sizeof(int) * (size_t)width);
-            memcpy(hc_own, hc, sizeof(int) * (size_t)width);
-            memcpy(hk_own, hk, sizeof(int32_t) * (size_t)(width * hks));
-            hf = hf_own, hc = hc_own, hk = hk_own;
-        } else {
-            hks = 0;
-        }
-    }
-    int vks = need_v && hks ? axis_weights(h, height, filter, &vf, &vc, &vk) : 1;
+    int hks = need_h ? axis_weights(ALONG_ROWS, w, width, filter, &hf, &hc, &hk) : 1;
+    int vks = need_v ? axis_weights(DOWN_COLUMNS, h, height, filter, &vf, &vc, &vk) : 1;
     PyObject *done = NULL;
     if (!src || !mid || !dst || !sum || !hks || !vks) {
         PyErr_NoMemory();
@@ -780,9 +768,6 @@ release:
     free(mid);
     free(dst);
     free(sum);
-    free(hf_own);
-    free(hc_own);
-    free(hk_own);
     PyBuffer_Release(&in.view);
     PyBuffer_Release(&out.view);
     return done;

@@ -73,8 +73,7 @@ def line_pixels(m: np.ndarray, line: np.ndarray, extent: int, out: np.ndarray) -
 def stretch_levels(rounded: np.ndarray) -> tuple[int, int]:
     """`normalize._stretch`'s levels of an 8-bit ink image: the strongest level present, and the
     scale (the 90th percentile of the levels above half the strongest, 256 if none reach it)."""
-    top, scale = _loops.stretch_levels(rounded)
-    return top, scale
+    return _loops.stretch_levels(rounded)
 
 
 def gaussian_blur(image: np.ndarray, radius: float) -> np.ndarray:
@@ -92,8 +91,7 @@ def frame(image: np.ndarray) -> tuple[int, int, int]:
     corners counted twice): the sum of its pixels, how many are above 127, and how many there are.
     Every image is asked its paper's polarity, a 28x28 digit its paper's level too: one pass here
     instead of cutting the frame out and asking numpy three times."""
-    total, light, count = _loops.frame(image)
-    return total, light, count
+    return _loops.frame(image)
 
 
 def resize(image: np.ndarray, size: tuple[int, int], resample: Image.Resampling) -> np.ndarray:
