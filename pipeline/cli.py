@@ -8,7 +8,11 @@ user mistake never shows a traceback. Heavy libraries are imported by the stages
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import os
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -821,3 +825,31 @@ def main() -> None:
             )
         sys.exit(exc.exit_code)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def run() -> None:
+    """The `pipeline` command (and `python -m pipeline`): `main`, then the process ends at once.
+
+    A finished command has closed and renamed its outputs; what the interpreter would still do is
+    tear down every module (onnxruntime's, OpenCV's, numpy's), time that every run paid and no
+    output needs (docs/benchmarks.md). So the exit handlers run (multiprocessing's,
+    Ray's shutdown, logging's flush), the standard streams are flushed, and the process exits. An
+    uncaught exception, or a thread still running, takes the ordinary exit instead.
+    """
+    try:
+        main()
+        code: str | int | None = 0
+    except SystemExit as exc:
+        code = exc.code
+    if threading.active_count() > 1:
+        sys.exit(code)
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):  # sys.exit("message"): printed, status 1, as Python does
+        print(code, file=sys.stderr)
+        code = 1
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe (`| head`): nothing more goes
+            stream.flush()
+    os._exit(code)

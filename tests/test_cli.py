@@ -76,6 +76,61 @@ def test_failed_download_is_one_line(tmp_path: Path) -> None:
     one_clear_line(result, "download failed")
 
 
+def test_the_command_flushes_its_output_and_keeps_its_exit_code() -> None:
+    """`run` ends the process without the interpreter's teardown: what was printed into a pipe
+    must still arrive, and the exit code must be the command's."""
+    ok = run_cli("--version")
+    assert ok.returncode == 0 and ok.stdout.strip().startswith("pipeline "), ok
+    usage = run_cli("classify")  # a usage error: click's exit code 2, one line
+    assert usage.returncode == 2
+    one_clear_line(usage, "folder")
+
+
+@pytest.mark.parametrize(
+    ("exit_with", "code", "stderr"), [(None, 0, ""), (3, 3, ""), ("stopped", 1, "stopped\n")]
+)
+def test_run_exits_as_python_would(
+    exit_with: object, code: int, stderr: str,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """`sys.exit(None | int | message)` from a command ends `run` with the status Python gives it,
+    after the exit handlers ran."""
+    import atexit
+
+    from pipeline import cli
+
+    class Exited(Exception):
+        pass
+
+    def fake_exit(status: int) -> None:
+        raise Exited(status)
+
+    handled: list[bool] = []
+    monkeypatch.setattr(cli, "main", lambda: sys.exit(exit_with))
+    monkeypatch.setattr(cli.os, "_exit", fake_exit)
+    monkeypatch.setattr(cli.threading, "active_count", lambda: 1)  # whatever threads pytest runs
+    monkeypatch.setattr(atexit, "_run_exitfuncs", lambda: handled.append(True))
+    with pytest.raises(Exited) as exited:
+        cli.run()
+    assert exited.value.args == (code,) and handled == [True]
+    assert capsys.readouterr().err == stderr
+
+
+def test_run_leaves_the_ordinary_exit_to_a_process_with_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A thread still running (a library's) is waited for by Python's own exit, not cut off."""
+    from pipeline import cli
+
+    def fail(status: int) -> None:
+        raise AssertionError("os._exit with a thread running")
+
+    monkeypatch.setattr(cli, "main", lambda: sys.exit(4))
+    monkeypatch.setattr(cli.os, "_exit", fail)
+    monkeypatch.setattr(cli.threading, "active_count", lambda: 2)
+    with pytest.raises(SystemExit) as exited:
+        cli.run()
+    assert exited.value.code == 4
+
+
 def test_data_prints_location_and_counts() -> None:
     result = runner.invoke(app, ["data"])
     assert result.exit_code == 0, result.output
