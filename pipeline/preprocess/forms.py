@@ -14,7 +14,7 @@ import numpy as np
 from pipeline import defaults
 from pipeline.errors import BlankImageError
 from pipeline.preprocess import kernels
-from pipeline.preprocess.masks import bbox, erode3, ink_mask, stroke_width
+from pipeline.preprocess.masks import Located, erode3, locate, stroke_width
 
 
 @dataclass(frozen=True)
@@ -308,7 +308,7 @@ def _stays_alone(line: FormLine, mask: np.ndarray, total: int) -> bool:
     return beyond >= defaults.FORM_LINE_MIN_DIGIT * total
 
 
-def erase_form_lines(values: np.ndarray) -> np.ndarray | None:
+def erase_form_lines(values: np.ndarray, located: Located | None = None) -> np.ndarray | None:
     """Which pixels of a located-ink map are printed form lines, or None if there are none.
 
     Forms put boxes, underlines and comb ticks around the handwriting. Left in, they are the
@@ -318,10 +318,10 @@ def erase_form_lines(values: np.ndarray) -> np.ndarray | None:
     digit's, when all of the digit lies on one side of it and it runs past the digit at both
     ends (`_accept`). Where a stroke crosses a line, the crossing stays. Lines that leave too
     little ink are the digit itself, and nothing is erased, unless they can only be an empty
-    field (`_empty_field`): then BlankImageError, as for a blank page.
+    field (`_empty_field`): then BlankImageError, as for a blank page. `located`: the ink's mask
+    and box where the caller has them (`masks.locate(values)`).
     """
-    full = ink_mask(values)
-    box = bbox(full)
+    full, box = located or locate(values)
     if box is None:
         return None
     extent = max(box[1] - box[0], box[3] - box[2])

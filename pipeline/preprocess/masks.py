@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -31,6 +32,20 @@ def ink_mask(values: np.ndarray) -> np.ndarray:
 
 # INK_THRESHOLD on the 8-bit scale, rounded down (see `ink_mask`).
 _INK_LEVEL = math.floor(defaults.INK_THRESHOLD * 255)
+
+
+class Located(NamedTuple):
+    """Where an ink image's ink is: its `ink_mask` and that mask's `bbox` (None: no ink)."""
+
+    mask: np.ndarray
+    box: tuple[int, int, int, int] | None
+
+
+def locate(values: np.ndarray) -> Located:
+    """The ink mask and its box, made once per ink image: form-line erasure and the digit's box
+    both start from them, and left alone by the erasure (most scans), the ink is the same."""
+    mask = ink_mask(values)
+    return Located(mask, bbox(mask))
 
 
 def bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:

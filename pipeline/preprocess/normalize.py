@@ -23,7 +23,7 @@ from pipeline.errors import BlankImageError, ImageError
 from pipeline.preprocess import kernels
 from pipeline.preprocess.decode import REDUCTION_INFO, read_gray, to_gray, to_working_size
 from pipeline.preprocess.forms import erase_form_lines
-from pipeline.preprocess.masks import bbox, ink_mask, max_filter, min_filter, stroke_width
+from pipeline.preprocess.masks import Located, bbox, locate, max_filter, min_filter, stroke_width
 
 
 def _border(gray: np.ndarray) -> np.ndarray:
@@ -110,17 +110,16 @@ def _stretch(values: np.ndarray) -> np.ndarray:
     return cv2.convertScaleAbs(values, alpha=255.0 / scale)
 
 
-def _ink_box(values: np.ndarray) -> tuple[tuple[int, int, int, int], bool]:
+def _ink_box(located: Located) -> tuple[tuple[int, int, int, int], bool]:
     """Bounding box (top, bottom, left, right; exclusive ends) of the ink, ignoring specks, and
     whether all the ink was thinner than the opening below.
 
     On a large image a 3x3 opening removes dust and JPEG speckle, and its box locates the digit.
     The opening also erases strokes thinner than 3 px (a small digit on a big page), so the box is
     then grown back over the unopened ink it touches, until it stops changing; specks away from
-    the digit stay out.
+    the digit stay out. `located`: the ink's mask and box (`masks.locate`).
     """
-    mask = ink_mask(values)
-    full = bbox(mask)
+    mask, full = located
     if full is None:
         raise BlankImageError("blank: no ink above the noise threshold")
     h, w = mask.shape
@@ -292,10 +291,12 @@ class _TooCoarse(Exception):
 
 def _scan_at(gray: np.ndarray, erase_lines: bool, check: bool) -> np.ndarray:
     values = _ink_values(gray)
-    lines = erase_form_lines(values) if erase_lines else None
+    located = locate(values)
+    lines = erase_form_lines(values, located) if erase_lines else None
     if lines is not None:
         values = _stretch(np.where(lines, np.uint8(0), values))
-    (top, bottom, left, right), thin = _ink_box(values)
+        located = locate(values)
+    (top, bottom, left, right), thin = _ink_box(located)
     if check and (thin or max(bottom - top, right - left) < defaults.WORK_MIN_DIGIT):
         raise _TooCoarse
     return _fit_and_centre(values[top:bottom, left:right])
