@@ -94,6 +94,37 @@ def test_stretch_levels_read_the_strong_ink() -> None:
     assert kernels.stretch_levels(np.ascontiguousarray(ink.T).T) == (250, 200)
 
 
+def _levels_by_numpy(ink: np.ndarray) -> tuple[int, int]:
+    """`stretch_levels` from a full histogram: the rule it implements, counted the slow way."""
+    counts = np.bincount(ink.ravel(), minlength=256)
+    top = int(np.flatnonzero(counts).max()) if counts.any() else 0
+    first = top // 2 + 1
+    running, target = 0, 0.9 * float(counts[first:].sum())
+    for level in range(first, 256):
+        running += int(counts[level])
+        if running >= target:
+            return top, level
+    return top, 256
+
+
+def test_stretch_levels_count_only_the_strong_ink_the_same() -> None:
+    """It counts only pixels above half the strongest, skipping 16-pixel blocks without any: the
+    answer must be the full histogram's on sparse, faint, dense and empty ink, any width (blocks
+    and their remainders), transposed and strided views."""
+    rng = np.random.default_rng(5)
+    for i in range(1200):
+        h, w = (int(n) for n in rng.integers(1, 90, 2))
+        ink = rng.integers(0, 256, (h, w), dtype=np.uint8)
+        if i % 4 == 1:  # a few strokes on noise
+            ink = np.where(rng.random((h, w)) < 0.04, ink, ink // 16).astype(np.uint8)
+        elif i % 4 == 2:  # faint: every level under some top
+            ink = rng.integers(0, int(rng.integers(1, 256)), (h, w), dtype=np.uint8)
+        elif i % 4 == 3:
+            ink = np.zeros((h, w), np.uint8)
+        for view in (ink, ink.T, ink[:, ::2], ink[::-1, ::-1]):
+            assert kernels.stretch_levels(view) == _levels_by_numpy(view), (i, view.shape)
+
+
 def _read_only(shape: tuple[int, int]) -> np.ndarray:
     out = np.zeros(shape, bool)
     out.setflags(write=False)
