@@ -190,7 +190,8 @@ def test_resize_gives_pils_pixels(resample: str) -> None:
     """Scans are resized three times (the paper level, the 80-pixel stroke check, the 20-pixel
     box): the pixels must be PIL's to the level, passes in PIL's order included (vertical first
     when the height shrinks by more than twice what the width does: 200x90 -> 40x80 is, 200x150
-    -> 90x40 is not)."""
+    -> 90x40 is not), whether the image is contiguous, a transposed copy, a crop (read in place,
+    rows further apart than its width) or upside down (rows at a negative stride)."""
     from PIL import Image
 
     mode = Image.Resampling[resample]
@@ -208,7 +209,10 @@ def test_resize_gives_pils_pixels(resample: str) -> None:
             rng.integers(0, 256, (h, w), dtype=np.uint8),
             (rng.random((h, w)) < 0.2).astype(np.uint8) * 255,
         ):
-            for view in (image, np.ascontiguousarray(image.T).T):
+            page = np.zeros((h + 5, w + 9), np.uint8)  # a crop of a larger image: rows further apart
+            page[2 : 2 + h, 3 : 3 + w] = image
+            crop = page[2 : 2 + h, 3 : 3 + w]
+            for view in (image, np.ascontiguousarray(image.T).T, crop, np.flipud(np.flipud(image).copy())):
                 expected = np.asarray(
                     Image.fromarray(np.ascontiguousarray(view)).resize((width, height), mode)
                 )

@@ -684,16 +684,17 @@ static inline uint8_t clip_weighted(int32_t sum) {
     return (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
 }
 
-/* One pass along the rows (`along_rows`) or down the columns of a contiguous h x w image into
- * a contiguous image whose size along that axis is the output's; `sum`: scratch for w int32. */
-static void resample_pass(const uint8_t *in, Py_ssize_t h, Py_ssize_t w, uint8_t *out, Py_ssize_t out_size,
-                          int along_rows, int ksize, const int *first, const int *count, const int32_t *weights,
-                          int32_t *sum) {
+/* One pass along the rows (`along_rows`) or down the columns of an h x w image whose rows are
+ * `stride` bytes apart (pixels contiguous within a row) into a contiguous image whose size along
+ * that axis is the output's; `sum`: scratch for w int32. */
+static void resample_pass(const uint8_t *in, Py_ssize_t stride, Py_ssize_t h, Py_ssize_t w, uint8_t *out,
+                          Py_ssize_t out_size, int along_rows, int ksize, const int *first, const int *count,
+                          const int32_t *weights, int32_t *sum) {
     if (along_rows) {
         /* Four rows at a time: four independent sums share each weight. */
         Py_ssize_t y = 0;
         for (; y + 4 <= h; y += 4) {
-            const uint8_t *r0 = in + y * w, *r1 = r0 + w, *r2 = r1 + w, *r3 = r2 + w;
+            const uint8_t *r0 = in + y * stride, *r1 = r0 + stride, *r2 = r1 + stride, *r3 = r2 + stride;
             for (Py_ssize_t xx = 0; xx < out_size; xx++) {
                 const int32_t *k = weights + xx * ksize;
                 int32_t s0 = 1 << (WEIGHT_BITS - 1), s1 = s0, s2 = s0, s3 = s0;
@@ -711,7 +712,7 @@ static void resample_pass(const uint8_t *in, Py_ssize_t h, Py_ssize_t w, uint8_t
             }
         }
         for (; y < h; y++) {
-            const uint8_t *row = in + y * w;
+            const uint8_t *row = in + y * stride;
             for (Py_ssize_t xx = 0; xx < out_size; xx++) {
                 const int32_t *k = weights + xx * ksize;
                 const uint8_t *p = row + first[xx];
@@ -724,10 +725,10 @@ static void resample_pass(const uint8_t *in, Py_ssize_t h, Py_ssize_t w, uint8_t
         /* Row by row into one sum per column: the inner loop runs along a row, vectorised. */
         for (Py_ssize_t yy = 0; yy < out_size; yy++) {
             const int32_t *k = weights + yy * ksize;
-            const uint8_t *base = in + (Py_ssize_t)first[yy] * w;
+            const uint8_t *base = in + (Py_ssize_t)first[yy] * stride;
             for (Py_ssize_t c = 0; c < w; c++) sum[c] = 1 << (WEIGHT_BITS - 1);
             for (int y = 0; y < count[yy]; y++) {
-                const uint8_t *row = base + y * w;
+                const uint8_t *row = base + y * stride;
                 int32_t ky = k[y];
                 for (Py_ssize_t c = 0; c < w; c++) sum[c] += row[c] * ky;
             }
@@ -766,7 +767,10 @@ static PyObject *resize(PyObject *self, PyObject *args) {
     int need_h = width != w, need_v = height != h;
     int vertical_first = need_h && need_v && h - height > 0 && h - height > 2 * (w - width);
     Py_ssize_t mid_h = vertical_first ? height : h, mid_w = vertical_first ? w : width;
-    uint8_t *src = malloc((size_t)(h * w)), *mid = malloc((size_t)(mid_h * mid_w)),
+    /* The image is read where it is when its pixels are contiguous within rows (a scan's are);
+     * any other layout is copied first. */
+    int in_place = in.s1 == 1;
+    uint8_t *src = in_place ? NULL : malloc((size_t)(h * w)), *mid = malloc((size_t)(mid_h * mid_w)),
             *dst = malloc((size_t)(height * width));
     int32_t *sum = malloc(sizeof(int32_t) * (size_t)(w > width ? w : width));
     const int *hf = NULL, *hc = NULL, *vf = NULL, *vc = NULL;
@@ -774,30 +778,33 @@ static PyObject *resize(PyObject *self, PyObject *args) {
     int hks = need_h ? axis_weights(ALONG_ROWS, w, width, filter, &hf, &hc, &hk) : 1;
     int vks = need_v ? axis_weights(DOWN_COLUMNS, h, height, filter, &vf, &vc, &vk) : 1;
     PyObject *done = NULL;
-    if (!src || !mid || !dst || !sum || !hks || !vks) {
+    if ((!in_place && !src) || !mid || !dst || !sum || !hks || !vks) {
         PyErr_NoMemory();
         goto release;
     }
-    for (Py_ssize_t r = 0; r < h; r++)
-        for (Py_ssize_t c = 0; c < w; c++) src[r * w + c] = (uint8_t)AT(&in, r, c);
-    const uint8_t *result = src;
-    if (vertical_first) {
-        resample_pass(src, h, w, mid, height, 0, vks, vf, vc, vk, sum);
-        resample_pass(mid, height, w, dst, width, 1, hks, hf, hc, hk, sum);
-        result = dst;
-    } else if (need_h && need_v) {
-        resample_pass(src, h, w, mid, width, 1, hks, hf, hc, hk, sum);
-        resample_pass(mid, h, width, dst, height, 0, vks, vf, vc, vk, sum);
-        result = dst;
-    } else if (need_h) {
-        resample_pass(src, h, w, dst, width, 1, hks, hf, hc, hk, sum);
-        result = dst;
-    } else if (need_v) {
-        resample_pass(src, h, w, dst, height, 0, vks, vf, vc, vk, sum);
-        result = dst;
+    const uint8_t *image = (const uint8_t *)in.data;
+    Py_ssize_t stride = in.s0;
+    if (!in_place) {
+        for (Py_ssize_t r = 0; r < h; r++)
+            for (Py_ssize_t c = 0; c < w; c++) src[r * w + c] = (uint8_t)AT(&in, r, c);
+        image = src;
+        stride = w;
     }
-    for (Py_ssize_t r = 0; r < height; r++)
-        for (Py_ssize_t c = 0; c < width; c++) AT(&out, r, c) = (char)result[r * width + c];
+    if (vertical_first) {
+        resample_pass(image, stride, h, w, mid, height, 0, vks, vf, vc, vk, sum);
+        resample_pass(mid, w, height, w, dst, width, 1, hks, hf, hc, hk, sum);
+    } else if (need_h && need_v) {
+        resample_pass(image, stride, h, w, mid, width, 1, hks, hf, hc, hk, sum);
+        resample_pass(mid, width, h, width, dst, height, 0, vks, vf, vc, vk, sum);
+    } else if (need_h) {
+        resample_pass(image, stride, h, w, dst, width, 1, hks, hf, hc, hk, sum);
+    } else if (need_v) {
+        resample_pass(image, stride, h, w, dst, height, 0, vks, vf, vc, vk, sum);
+    }
+    for (Py_ssize_t r = 0; r < height; r++) {
+        const uint8_t *from = need_h || need_v ? dst + r * width : image + r * stride;
+        for (Py_ssize_t c = 0; c < width; c++) AT(&out, r, c) = (char)from[c];
+    }
     done = Py_NewRef(Py_None);
 release:
     free(src);
