@@ -125,6 +125,31 @@ def test_stretch_levels_count_only_the_strong_ink_the_same() -> None:
             assert kernels.stretch_levels(view) == _levels_by_numpy(view), (i, view.shape)
 
 
+def test_profile_is_numpys_count_of_the_ink() -> None:
+    """A digit's profile across the lines (`forms._ends` reads it for every line): per row, per
+    column, its height, and the columns where 1% and 99% of the ink is reached, as numpy's sums,
+    cumulative share and searches give them, on sparse and dense masks, transposed and strided."""
+
+    def by_numpy(d: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, int, int, int]:
+        per_row, per_col = d.sum(axis=1), d.sum(axis=0)
+        rows, cols = np.flatnonzero(per_row), np.flatnonzero(per_col)
+        share = np.cumsum(per_col[cols]) / per_col[cols].sum()
+        first, last = int(cols[np.searchsorted(share, 0.01)]), int(cols[np.searchsorted(share, 0.99)]) + 1
+        return per_row, per_col, int(rows[-1] - rows[0] + 1), first, last, int(per_col.sum())
+
+    rng = np.random.default_rng(3)
+    for i in range(800):
+        h, w = (int(n) for n in rng.integers(1, 120, 2))
+        mask = rng.random((h, w)) < (0.002, 0.02, 0.2, 0.7)[i % 4]
+        mask[int(rng.integers(h)), int(rng.integers(w))] = True
+        for view in (mask, mask.T, mask[::-1, ::-1]):
+            got, expected = kernels.profile(view), by_numpy(view)
+            assert np.array_equal(got[0], expected[0]) and np.array_equal(got[1], expected[1]), i
+            assert got[2:] == expected[2:], (i, got[2:], expected[2:])
+    with pytest.raises(ValueError, match="without ink"):
+        kernels.profile(np.zeros((4, 5), bool))
+
+
 def _read_only(shape: tuple[int, int]) -> np.ndarray:
     out = np.zeros(shape, bool)
     out.setflags(write=False)

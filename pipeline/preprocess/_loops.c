@@ -437,6 +437,69 @@ static PyObject *stretch_levels(PyObject *self, PyObject *args) {
     return Py_BuildValue("ii", top, 256);
 }
 
+/* profile(mask, per_row, per_col) -> (height, first, last, total) of a bool mask (kernels). */
+static PyObject *profile(PyObject *self, PyObject *args) {
+    PyObject *mobj, *robj, *cobj;
+    if (!PyArg_ParseTuple(args, "OOO", &mobj, &robj, &cobj)) return NULL;
+    grid m;
+    if (get_grid(mobj, &m, 0) < 0) return NULL;
+    Py_buffer rows, cols;
+    if (get_vector(robj, &rows, sizeof(int64_t), 1) < 0) {
+        PyBuffer_Release(&m.view);
+        return NULL;
+    }
+    if (get_vector(cobj, &cols, sizeof(int64_t), 1) < 0) {
+        PyBuffer_Release(&m.view);
+        PyBuffer_Release(&rows);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    if (rows.len != m.h * (Py_ssize_t)sizeof(int64_t) || cols.len != m.w * (Py_ssize_t)sizeof(int64_t)) {
+        PyErr_SetString(PyExc_ValueError, "per_row and per_col must have one int64 per row and column");
+        goto done;
+    }
+    int64_t *per_row = (int64_t *)rows.buf, *per_col = (int64_t *)cols.buf;
+    memset(per_col, 0, sizeof(int64_t) * (size_t)m.w);
+    int64_t total = 0;
+    Py_ssize_t top = -1, bottom = -1;
+    for (Py_ssize_t r = 0; r < m.h; r++) {
+        const char *p = m.data + r * m.s0;
+        int64_t n = 0;
+        for (Py_ssize_t c = 0; c < m.w; c++) {
+            int on = p[c * m.s1] != 0;
+            n += on;
+            per_col[c] += on;
+        }
+        per_row[r] = n;
+        total += n;
+        if (n) {
+            if (top < 0) top = r;
+            bottom = r;
+        }
+    }
+    if (total == 0) {
+        PyErr_SetString(PyExc_ValueError, "profile of a mask without ink");
+        goto done;
+    }
+    /* The columns where the running share of the ink first reaches 1% and 99%, in float64 as
+     * numpy's cumsum / sum gives it (searchsorted: the first at or above). */
+    Py_ssize_t first = -1, last = -1;
+    int64_t running = 0;
+    for (Py_ssize_t c = 0; c < m.w && last < 0; c++) {
+        if (!per_col[c]) continue;
+        running += per_col[c];
+        double share = (double)running / (double)total;
+        if (first < 0 && share >= 0.01) first = c;
+        if (share >= 0.99) last = c + 1;
+    }
+    result = Py_BuildValue("nnnL", bottom - top + 1, first, last, (long long)total);
+done:
+    PyBuffer_Release(&m.view);
+    PyBuffer_Release(&rows);
+    PyBuffer_Release(&cols);
+    return result;
+}
+
 /* The box radius (with its fraction) of one of `passes` extended-box passes that together blur
  * like a Gaussian of this radius (Gwosdek et al., "Theoretical foundations of Gaussian
  * convolution by extended box filtering", 2011), in float as PIL computes it. */
@@ -820,6 +883,7 @@ static PyMethodDef methods[] = {
     {"long_bands", long_bands, METH_VARARGS, "Bands of long runs, fitted (see kernels.long_bands)."},
     {"strip", strip, METH_VARARGS, "A line's rows in each of its columns (see kernels.strip)."},
     {"line_pixels", line_pixels, METH_VARARGS, "A line's strip and ticks (see kernels.line_pixels)."},
+    {"profile", profile, METH_VARARGS, "Ink per row and column, and where it lies (see kernels.profile)."},
     {"stretch_levels", stretch_levels, METH_VARARGS, "Strongest level and scale (see kernels.stretch_levels)."},
     {"resize", resize, METH_VARARGS, "PIL's Image.resize of an 8-bit image (see kernels.resize)."},
     {"frame", frame, METH_VARARGS, "Sum, light pixels and count of the border frame (see kernels.frame)."},

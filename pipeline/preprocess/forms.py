@@ -110,14 +110,8 @@ class _Profile:
 
 def _profile(digit: np.ndarray, vertical: bool, profiles: dict[bool, _Profile]) -> _Profile:
     """`digit`'s profile for lines of this orientation, from `profiles` (one digit's) if there."""
-    if vertical not in profiles:
-        d = _oriented(digit, vertical)
-        per_row, per_col = d.sum(axis=1), d.sum(axis=0)
-        rows, cols = np.flatnonzero(per_row), np.flatnonzero(per_col)
-        share = np.cumsum(per_col[cols]) / per_col[cols].sum()  # specks at the edges do not count
-        first, last = int(cols[np.searchsorted(share, 0.01)]), int(cols[np.searchsorted(share, 0.99)]) + 1
-        height = int(rows[-1] - rows[0] + 1)
-        profiles[vertical] = _Profile(per_row, per_col, height, first, last, int(per_col.sum()))
+    if vertical not in profiles:  # specks at the edges (1% of the ink each side) do not count
+        profiles[vertical] = _Profile(*kernels.profile(_oriented(digit, vertical)))
     return profiles[vertical]
 
 

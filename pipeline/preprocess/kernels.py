@@ -70,6 +70,18 @@ def line_pixels(m: np.ndarray, line: np.ndarray, extent: int, out: np.ndarray) -
     _loops.line_pixels(m, line, extent, out)
 
 
+def profile(m: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, int, int, int]:
+    """`forms._profile` of the bool mask `m` (oriented so the lines run along its rows; any
+    strides; some ink): its ink per row and per column (int64), the height from the first inked
+    row to the last, the columns where the running share of the ink first reaches 1% and 99%
+    (plus one), and the total. One pass, where numpy took a sum along each axis, two nonzero
+    scans, a cumulative sum and two searches, each a call on a small array."""
+    per_row = np.empty(m.shape[0], np.int64)
+    per_col = np.empty(m.shape[1], np.int64)
+    height, first, last, total = _loops.profile(m, per_row, per_col)
+    return per_row, per_col, height, first, last, total
+
+
 def stretch_levels(rounded: np.ndarray) -> tuple[int, int]:
     """`normalize._stretch`'s levels of an 8-bit ink image: the strongest level present, and the
     scale (the 90th percentile of the levels above half the strongest, 256 if none reach it)."""
