@@ -31,6 +31,12 @@ class FormLine:
     wobble: float  # RMS distance of its ink's centres from the fitted line, in pixels
 
 
+def _count(mask: np.ndarray) -> int:
+    """The ink pixels of a bool mask: numpy's sum() converts the bools to int64 first, which costs
+    more than the count on the small masks and slices counted here (docs/benchmarks.md)."""
+    return int(np.count_nonzero(mask))
+
+
 def _oriented(array: np.ndarray, vertical: bool) -> np.ndarray:
     """A view in which `line`'s band is rows lo:hi (writes go through to `array`)."""
     return array.T if vertical else array
@@ -136,8 +142,8 @@ def _ends(line: FormLine, digit: np.ndarray, stroke: float, profiles: dict[bool,
     near = _oriented(digit, line.vertical)[max(0, line.lo - crossing) : line.hi + crossing]
     tip, allowed = max(2, (line.end - line.start) // 10), max(2, int(0.002 * p.total))
     return _Ends(
-        line.start <= p.first - overhang and int(near[:, line.start : line.start + tip].sum()) <= allowed,
-        line.end >= p.last + overhang and int(near[:, line.end - tip : line.end].sum()) <= allowed,
+        line.start <= p.first - overhang and _count(near[:, line.start : line.start + tip]) <= allowed,
+        line.end >= p.last + overhang and _count(near[:, line.end - tip : line.end]) <= allowed,
         overhang,
         after >= before,
     )
@@ -216,7 +222,7 @@ def _empty_field(lines: list[FormLine], on_lines: np.ndarray, mask: np.ndarray, 
         ):
             return False
     near = ~erode3(erode3(~on_lines))  # the lines and two pixels around: their blurred edges
-    return int((mask & ~near).sum()) <= max(4, int(0.002 * mask.size))
+    return _count(mask & ~near) <= max(4, int(0.002 * mask.size))
 
 
 def _corners_empty(digit: np.ndarray, inside: tuple[int, int, int, int]) -> bool:
@@ -227,9 +233,9 @@ def _corners_empty(digit: np.ndarray, inside: tuple[int, int, int, int]) -> bool
     """
     top, bottom, left, right = inside
     dy, dx = max(1, (bottom - top) // 8), max(1, (right - left) // 8)
-    allowed = max(2, int(0.002 * digit.sum()))
+    allowed = max(2, int(0.002 * _count(digit)))
     empty = [
-        int(digit[rows, cols].sum()) <= allowed
+        _count(digit[rows, cols]) <= allowed
         for rows in (slice(top, top + dy), slice(bottom - dy, bottom))
         for cols in (slice(left, left + dx), slice(right - dx, right))
     ]
@@ -324,14 +330,14 @@ def erase_form_lines(values: np.ndarray, located: Located | None = None) -> np.n
     bottom, right = min(full.shape[0], box[1] + 1), min(full.shape[1], box[3] + 1)
     mask = full[top:bottom, left:right]
     lines = _find_lines(mask, False, extent) + _find_lines(mask, True, extent)
-    total = int(mask.sum())
+    total = _count(mask)
     if len(lines) == 1 and _stays_alone(lines[0], mask, total):
         return None
     pixels = {line: _line_pixels(mask, line, extent) for line in lines}  # each line's, once
     while lines:
         on_lines = np.logical_or.reduce([pixels[line] for line in lines])
         digit = mask & ~on_lines
-        if digit.sum() >= defaults.FORM_LINE_MIN_DIGIT * total:
+        if _count(digit) >= defaults.FORM_LINE_MIN_DIGIT * total:
             break
         # The lines hold nearly all the ink, so one of them is the digit: a 1 alone or inside a
         # box, the innermost upright. Otherwise (a 4 or 7 made of straight strokes) erase nothing.
