@@ -150,6 +150,37 @@ def test_profile_is_numpys_count_of_the_ink() -> None:
         kernels.profile(np.zeros((4, 5), bool))
 
 
+def test_erosion_counts_what_opencvs_erosion_leaves() -> None:
+    """The stroke width's counts and the 3x3 opening's box: the ink above the threshold, what
+    OpenCV's erosion (edges repeated) leaves of it and that box, on 8-bit images and bool masks,
+    transposed and strided; and the opening's box (the dilation of that) is that box grown by a
+    pixel within the image."""
+    import cv2
+
+    from pipeline.preprocess.masks import bbox
+
+    square = np.ones((3, 3), np.uint8)
+    rng = np.random.default_rng(7)
+    for i in range(600):
+        h, w = (int(n) for n in rng.integers(1, 50, 2))
+        image = rng.integers(0, 256, (h, w), dtype=np.uint8)
+        if i % 3 == 0:  # mostly ink: the erosion leaves some
+            image = ((rng.random((h, w)) < 0.8) * 255).astype(np.uint8)
+        threshold = int(rng.integers(0, 255))
+        for view in (image, image.T, image[::-1, ::-1]):
+            ink = (view > threshold).astype(np.uint8)
+            eroded = cv2.erode(ink, square, borderType=cv2.BORDER_REPLICATE)
+            expected = (int(ink.sum()), int(eroded.sum()), bbox(eroded))
+            assert kernels.erosion(view, threshold) == expected, i
+            assert kernels.erosion(view > threshold) == expected, i
+            opened = bbox(cv2.dilate(eroded, square, borderType=cv2.BORDER_REPLICATE))
+            box, (height, width) = expected[2], view.shape
+            grown = None if box is None else (
+                max(0, box[0] - 1), min(height, box[1] + 1), max(0, box[2] - 1), min(width, box[3] + 1)
+            )  # fmt: skip
+            assert opened == grown, i
+
+
 def _read_only(shape: tuple[int, int]) -> np.ndarray:
     out = np.zeros(shape, bool)
     out.setflags(write=False)

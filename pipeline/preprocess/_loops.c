@@ -437,6 +437,65 @@ static PyObject *stretch_levels(PyObject *self, PyObject *args) {
     return Py_BuildValue("ii", top, 256);
 }
 
+/* erosion(image, threshold) -> (area, eroded, top, bottom, left, right) (kernels). */
+static PyObject *erosion(PyObject *self, PyObject *args) {
+    PyObject *obj;
+    int threshold;
+    if (!PyArg_ParseTuple(args, "Oi", &obj, &threshold)) return NULL;
+    grid g;
+    if (get_grid(obj, &g, 0) < 0) return NULL;
+    const Py_ssize_t h = g.h, w = g.w;
+    /* Three rows of "this pixel and both its neighbours along the row are ink" (edges repeated),
+     * the rows above, at and below the one being eroded, in turn. */
+    unsigned char *buffer = malloc((size_t)(3 * (w > 0 ? w : 1))), *ink = malloc((size_t)(w > 0 ? w : 1));
+    if (!buffer || !ink) {
+        free(buffer);
+        free(ink);
+        PyBuffer_Release(&g.view);
+        return PyErr_NoMemory();
+    }
+    unsigned char *across[3] = {buffer, buffer + w, buffer + 2 * w};
+    long long area = 0, eroded = 0;
+    Py_ssize_t top = -1, bottom = -1, left = w, right = -1;
+    /* across[k] holds row r - 1 + k (clamped to the image) when row r is eroded. */
+    Py_ssize_t loaded = -2; /* the row whose "across" was made last */
+    for (Py_ssize_t r = 0; r < h; r++) {
+        for (Py_ssize_t want = r - 1; want <= r + 1; want++) {
+            Py_ssize_t row = want < 0 ? 0 : want >= h ? h - 1 : want;
+            unsigned char *out = across[want - (r - 1)];
+            if (want <= loaded) continue; /* made already (rotated below) */
+            const char *p = g.data + row * g.s0;
+            for (Py_ssize_t c = 0; c < w; c++) ink[c] = (unsigned char)p[c * g.s1] > threshold;
+            for (Py_ssize_t c = 0; c < w; c++) {
+                unsigned char l = ink[c > 0 ? c - 1 : 0], m = ink[c], rr = ink[c + 1 < w ? c + 1 : w - 1];
+                out[c] = l & m & rr;
+            }
+            if (want == row) /* each row's own ink counted once */
+                for (Py_ssize_t c = 0; c < w; c++) area += ink[c];
+            loaded = want;
+        }
+        for (Py_ssize_t c = 0; c < w; c++) {
+            if (across[0][c] & across[1][c] & across[2][c]) {
+                eroded++;
+                if (top < 0) top = r;
+                bottom = r;
+                if (c < left) left = c;
+                if (c > right) right = c;
+            }
+        }
+        /* Rotate: row r's "across" becomes the one above row r + 1. */
+        unsigned char *first = across[0];
+        across[0] = across[1];
+        across[1] = across[2];
+        across[2] = first;
+    }
+    free(buffer);
+    free(ink);
+    PyBuffer_Release(&g.view);
+    if (eroded == 0) return Py_BuildValue("LLnnnn", area, eroded, (Py_ssize_t)-1, (Py_ssize_t)-1, (Py_ssize_t)-1, (Py_ssize_t)-1);
+    return Py_BuildValue("LLnnnn", area, eroded, top, bottom + 1, left, right + 1);
+}
+
 /* profile(mask, per_row, per_col) -> (height, first, last, total) of a bool mask (kernels). */
 static PyObject *profile(PyObject *self, PyObject *args) {
     PyObject *mobj, *robj, *cobj;
@@ -883,6 +942,7 @@ static PyMethodDef methods[] = {
     {"long_bands", long_bands, METH_VARARGS, "Bands of long runs, fitted (see kernels.long_bands)."},
     {"strip", strip, METH_VARARGS, "A line's rows in each of its columns (see kernels.strip)."},
     {"line_pixels", line_pixels, METH_VARARGS, "A line's strip and ticks (see kernels.line_pixels)."},
+    {"erosion", erosion, METH_VARARGS, "Ink, what a 3x3 erosion leaves of it, and where (see kernels.erosion)."},
     {"profile", profile, METH_VARARGS, "Ink per row and column, and where it lies (see kernels.profile)."},
     {"stretch_levels", stretch_levels, METH_VARARGS, "Strongest level and scale (see kernels.stretch_levels)."},
     {"resize", resize, METH_VARARGS, "PIL's Image.resize of an 8-bit image (see kernels.resize)."},

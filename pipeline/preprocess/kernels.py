@@ -70,6 +70,16 @@ def line_pixels(m: np.ndarray, line: np.ndarray, extent: int, out: np.ndarray) -
     _loops.line_pixels(m, line, extent, out)
 
 
+def erosion(image: np.ndarray, threshold: int = 0) -> tuple[int, int, tuple[int, int, int, int] | None]:
+    """The ink of an 8-bit or bool image (pixels above `threshold`; any strides), what a 3x3
+    erosion with the edges repeated leaves of it (PIL's MinFilter(3), OpenCV's erode), and the box
+    (top, bottom, left, right; exclusive ends) of what it leaves, None if nothing: the counts the
+    stroke width is made of, and where the 3x3 opening leaves ink, in one pass without the mask
+    or the eroded image."""
+    area, eroded, top, bottom, left, right = _loops.erosion(image, threshold)
+    return area, eroded, ((top, bottom, left, right) if eroded else None)
+
+
 def profile(m: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, int, int, int]:
     """`forms._profile` of the bool mask `m` (oriented so the lines run along its rows; any
     strides; some ink): its ink per row and per column (int64), the height from the first inked

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 
 from pipeline import defaults
+from pipeline.preprocess import kernels
 
 # One thread: classify runs one decoding process per core already, and an OpenCV thread pool
 # started in a process that later forks its workers could leave them waiting on it.
@@ -59,13 +60,14 @@ def bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     return top, top + height, left, left + width
 
 
-def stroke_width(mask: np.ndarray) -> float:
-    """Mean stroke width of a binary mask: twice the area over the boundary length."""
-    area = int(np.count_nonzero(mask))
+def stroke_width(image: np.ndarray, threshold: int = 0) -> float:
+    """Mean stroke width of the pixels above `threshold` (of a bool mask: its True pixels): twice
+    the area over the boundary length, the boundary being what a 3x3 erosion removes (counted
+    by `kernels.erosion`, without making the mask or the eroded image)."""
+    area, eroded, _ = kernels.erosion(image, threshold)
     if area == 0:
         return 0.0
-    boundary = area - int(np.count_nonzero(erode3(mask)))
-    return 2.0 * area / max(boundary, 1)
+    return 2.0 * area / max(area - eroded, 1)
 
 
 def erode3(mask: np.ndarray) -> np.ndarray:

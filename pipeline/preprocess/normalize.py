@@ -130,10 +130,12 @@ def _ink_box(located: Located) -> tuple[tuple[int, int, int, int], bool]:
     # the whole image (an ink box at the image's edge keeps the image's own edge).
     t, b = max(0, full[0] - 2), min(h, full[1] + 2)
     l_, r = max(0, full[2] - 2), min(w, full[3] + 2)
-    opened = bbox(max_filter(min_filter(np.ascontiguousarray(mask[t:b, l_:r]).view(np.uint8), 3), 3))
-    if opened is None:
+    eroded = kernels.erosion(mask[t:b, l_:r])[2]
+    if eroded is None:
         return full, True
-    top, bottom, left, right = opened[0] + t, opened[1] + t, opened[2] + l_, opened[3] + l_
+    # The opening's dilation grows what the erosion left by a pixel on each side, within the window.
+    top, bottom = t + max(0, eroded[0] - 1), t + min(b - t, eroded[1] + 1)
+    left, right = l_ + max(0, eroded[2] - 1), l_ + min(r - l_, eroded[3] + 1)
     for _ in range(8):
         pad = 2 + max(bottom - top, right - left) // 10
         t, b, l_, r = max(0, top - pad), min(h, bottom + pad), max(0, left - pad), min(w, right + pad)
@@ -162,7 +164,7 @@ def _normalize_stroke(digit: np.ndarray) -> np.ndarray:
         (max(1, round(w * scale)), max(1, round(h * scale))),
         Image.Resampling.LANCZOS if scale < 1 else Image.Resampling.BICUBIC,
     )  # PIL's resampling, the same pixels
-    width = stroke_width(mid > max(int(mid.max()), 1) // 2)  # over half the strongest, as integers
+    width = stroke_width(mid, max(int(mid.max()), 1) // 2)  # over half the strongest, as integers
     if 0 < width < _MIN_STROKE_80:
         grow = 2 * round((_TARGET_STROKE_80 - width) / 2) + 1  # MaxFilter(k) widens by k - 1
         mid = max_filter(mid, max(3, grow))
