@@ -13,6 +13,8 @@ import pytest
 from conftest import one_clear_line
 from PIL import Image
 
+from pipeline import defaults
+from pipeline.errors import BlankImageError
 from pipeline.preprocess import _loops, kernels
 
 
@@ -179,6 +181,49 @@ def test_erosion_counts_what_opencvs_erosion_leaves() -> None:
                 max(0, box[0] - 1), min(height, box[1] + 1), max(0, box[2] - 1), min(width, box[3] + 1)
             )  # fmt: skip
             assert opened == grown, i
+
+
+@pytest.mark.parametrize("widest", [True, False])
+def test_absorbed_ink_is_opencvs_divide_and_stretch(widest: bool) -> None:
+    """The absorbed ink must be the bytes OpenCV's divide and `_stretch`'s two convertScaleAbs
+    made: for every (pixel, paper) pair of 8-bit levels, and on random pages (faint to dark ink,
+    widths below, at and beyond the 16 pixels a vector step takes), blank pages refused. Both row
+    loops: the widest this processor runs (AVX2 here) and the SSE2 one every x86-64 has."""
+    import cv2
+
+    from pipeline.preprocess.normalize import _stretch
+
+    def by_opencv(gray: np.ndarray, paper: np.ndarray) -> np.ndarray | None:
+        ink = cv2.subtract(paper, gray)
+        values = cv2.divide(ink, cv2.max(paper, np.ones((1, 1), np.uint8)), scale=255.0, dtype=cv2.CV_32F)
+        try:
+            return _stretch(values)
+        except BlankImageError:
+            return None
+
+    def absorbed(gray: np.ndarray, paper: np.ndarray, min_top: int) -> np.ndarray | None:
+        out = np.empty(gray.shape, np.uint8)
+        top, _ = _loops.absorbed_ink(gray, paper, min_top, out, widest)
+        return out if top >= min_top else None
+
+    levels = np.arange(256, dtype=np.uint8)
+    gray, paper = np.repeat(levels, 256).reshape(256, 256), np.tile(levels, 256).reshape(256, 256)
+    assert np.array_equal(absorbed(gray, paper, 0), by_opencv(gray, paper))
+    rng = np.random.default_rng(11)
+    scales = set()
+    for i in range(1500):
+        h, w = (int(n) for n in rng.integers(1, 120, 2))
+        paper = rng.integers(100, 256, (h, w), dtype=np.uint8)
+        strokes = rng.integers(0, int(rng.integers(1, 256)), (h, w)) * (rng.random((h, w)) < 0.3)
+        gray = np.clip(paper.astype(int) - strokes, 0, 255).astype(np.uint8)
+        if i % 5 == 0:  # anything: paper darker than the pixel, paper 0
+            gray, paper = rng.integers(0, 256, (2, h, w), dtype=np.uint8)
+        expected = by_opencv(gray, paper)
+        got = absorbed(gray, paper, defaults.BLANK_MAX_INK)
+        assert (got is None) == (expected is None), i
+        assert got is None or np.array_equal(got, expected), i
+        scales.add(_loops.absorbed_ink(gray, paper, 0, np.empty((h, w), np.uint8))[1])
+    assert len(scales) > 200  # the stretch's scale, and so its rounding, took most of its values
 
 
 def _read_only(shape: tuple[int, int]) -> np.ndarray:

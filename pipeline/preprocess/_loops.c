@@ -396,6 +396,19 @@ static void count_high(const unsigned char *p, Py_ssize_t w, int first, int64_t 
         if (p[c] >= first) counts[p[c]]++;
 }
 
+/* The 90th percentile of the levels from `first` up, by their counts (256 if there are none). */
+static int levels_above(const int64_t *counts, int first) {
+    int64_t total = 0;
+    for (int v = first; v < 256; v++) total += counts[v];
+    double target = 0.9 * (double)total;
+    int64_t running = 0;
+    for (int v = first; v < 256; v++) {
+        running += counts[v];
+        if ((double)running >= target) return v;
+    }
+    return 256;
+}
+
 /* stretch_levels(rounded) -> (top, scale) of an 8-bit ink image (kernels): the strongest level,
  * then the 90th percentile of the levels above half of it (256 if none reach it). Only the
  * counts of those levels are needed, so only those pixels are counted. */
@@ -426,15 +439,7 @@ static PyObject *stretch_levels(PyObject *self, PyObject *args) {
         }
     }
     PyBuffer_Release(&g.view);
-    int64_t total = 0;
-    for (int v = first; v < 256; v++) total += counts[v];
-    double target = 0.9 * (double)total;
-    int64_t running = 0;
-    for (int v = first; v < 256; v++) {
-        running += counts[v];
-        if ((double)running >= target) return Py_BuildValue("ii", top, v);
-    }
-    return Py_BuildValue("ii", top, 256);
+    return Py_BuildValue("ii", top, levels_above(counts, first));
 }
 
 /* erosion(image, threshold) -> (area, eroded, top, bottom, left, right) (kernels). */
@@ -556,6 +561,140 @@ done:
     PyBuffer_Release(&m.view);
     PyBuffer_Release(&rows);
     PyBuffer_Release(&cols);
+    return result;
+}
+
+/* Round a non-negative float to the nearest integer, ties to even, as OpenCV's saturating casts
+ * do (cvRound), and saturate it to 255: adding 2^23 leaves no fraction bits, and the addition
+ * rounds in the default mode. */
+static inline unsigned char saturate_round(float x) {
+    return (unsigned char)(x < 255.0f ? (x + 8388608.0f) - 8388608.0f : 255.0f);
+}
+
+/* One row of ink absorbed from the paper, 255 * (paper - pixel) / paper in float32 as OpenCV's
+ * divide of 8-bit operands computes it (a * 255, then / b; paper darker than the pixel: 0, paper
+ * at least 1), times `alpha`, rounded and saturated as OpenCV's convertScaleAbs does (alpha 1:
+ * the product is the value itself). */
+static void absorbed_row(const unsigned char *g, const unsigned char *p, Py_ssize_t w, float alpha,
+                         unsigned char *out) {
+    Py_ssize_t c = 0;
+#if defined(__SSE2__)
+    const __m128i zero = _mm_setzero_si128(), one = _mm_set1_epi8(1);
+    const __m128 k255 = _mm_set1_ps(255.0f), scale = _mm_set1_ps(alpha);
+    for (; c + 16 <= w; c += 16) {
+        __m128i gv = _mm_loadu_si128((const __m128i *)(g + c)), pv = _mm_loadu_si128((const __m128i *)(p + c));
+        __m128i a = _mm_subs_epu8(pv, gv), b = _mm_max_epu8(pv, one);
+        __m128i a16[2] = {_mm_unpacklo_epi8(a, zero), _mm_unpackhi_epi8(a, zero)};
+        __m128i b16[2] = {_mm_unpacklo_epi8(b, zero), _mm_unpackhi_epi8(b, zero)};
+        __m128i rounded[4];
+        for (int half = 0; half < 2; half++) {
+            for (int quarter = 0; quarter < 2; quarter++) {
+                __m128i a32 = quarter ? _mm_unpackhi_epi16(a16[half], zero) : _mm_unpacklo_epi16(a16[half], zero);
+                __m128i b32 = quarter ? _mm_unpackhi_epi16(b16[half], zero) : _mm_unpacklo_epi16(b16[half], zero);
+                __m128 v = _mm_div_ps(_mm_mul_ps(_mm_cvtepi32_ps(a32), k255), _mm_cvtepi32_ps(b32));
+                /* Under 65,025 x 255: the conversion (the default rounding, to even) cannot overflow. */
+                rounded[2 * half + quarter] = _mm_cvtps_epi32(_mm_mul_ps(v, scale));
+            }
+        }
+        __m128i packed = _mm_packus_epi16(_mm_packs_epi32(rounded[0], rounded[1]), _mm_packs_epi32(rounded[2], rounded[3]));
+        _mm_storeu_si128((__m128i *)(out + c), packed);
+    }
+#endif
+    for (; c < w; c++) {
+        int a = p[c] > g[c] ? p[c] - g[c] : 0, b = p[c] > 0 ? p[c] : 1;
+        out[c] = saturate_round((((float)a * 255.0f) / (float)b) * alpha);
+    }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+/* absorbed_row with AVX2, eight pixels a division: the same arithmetic, twice the width (the
+ * divisions bound the row). Used where the processor has it (absorbed_ink asks). */
+__attribute__((target("avx2"))) static void absorbed_row_avx2(const unsigned char *g, const unsigned char *p,
+                                                                Py_ssize_t w, float alpha, unsigned char *out) {
+    Py_ssize_t c = 0;
+    const __m256 k255 = _mm256_set1_ps(255.0f), scale = _mm256_set1_ps(alpha);
+    const __m128i one = _mm_set1_epi8(1);
+    for (; c + 16 <= w; c += 16) {
+        __m128i gv = _mm_loadu_si128((const __m128i *)(g + c)), pv = _mm_loadu_si128((const __m128i *)(p + c));
+        __m128i a = _mm_subs_epu8(pv, gv), b = _mm_max_epu8(pv, one);
+        __m256i a0 = _mm256_cvtepu8_epi32(a), a1 = _mm256_cvtepu8_epi32(_mm_srli_si128(a, 8));
+        __m256i b0 = _mm256_cvtepu8_epi32(b), b1 = _mm256_cvtepu8_epi32(_mm_srli_si128(b, 8));
+        __m256 v0 = _mm256_div_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(a0), k255), _mm256_cvtepi32_ps(b0));
+        __m256 v1 = _mm256_div_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(a1), k255), _mm256_cvtepi32_ps(b1));
+        __m256i r0 = _mm256_cvtps_epi32(_mm256_mul_ps(v0, scale)), r1 = _mm256_cvtps_epi32(_mm256_mul_ps(v1, scale));
+        __m256i words = _mm256_packs_epi32(r0, r1); /* per 128-bit lane: r0 lo, r1 lo | r0 hi, r1 hi */
+        __m128i lo = _mm256_castsi256_si128(words), hi = _mm256_extracti128_si256(words, 1);
+        /* lo: pixels 0-3, 8-11; hi: 4-7, 12-15 */
+        __m128i first = _mm_unpacklo_epi64(lo, hi), second = _mm_unpackhi_epi64(lo, hi);
+        _mm_storeu_si128((__m128i *)(out + c), _mm_packus_epi16(first, second));
+    }
+    for (; c < w; c++) {
+        int a = p[c] > g[c] ? p[c] - g[c] : 0, b = p[c] > 0 ? p[c] : 1;
+        out[c] = saturate_round((((float)a * 255.0f) / (float)b) * alpha);
+    }
+}
+#endif
+
+typedef void (*absorbed_row_fn)(const unsigned char *, const unsigned char *, Py_ssize_t, float, unsigned char *);
+
+/* The widest absorbed_row this processor runs (`widest` 0: the one every x86-64 runs). */
+static absorbed_row_fn absorbed_row_here(int widest) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (widest && __builtin_cpu_supports("avx2")) return absorbed_row_avx2;
+#endif
+    (void)widest;
+    return absorbed_row;
+}
+
+/* absorbed_ink(gray, paper, min_top, out[, widest]) -> (top, scale) (kernels; `widest=False`
+ * is for the tests, which check both ways of computing a row). */
+static PyObject *absorbed_ink(PyObject *self, PyObject *args) {
+    PyObject *gobj, *pobj, *oobj;
+    int min_top, widest = 1;
+    if (!PyArg_ParseTuple(args, "OOiO|p", &gobj, &pobj, &min_top, &oobj, &widest)) return NULL;
+    grid g, p, o;
+    if (get_grid(gobj, &g, 0) < 0) return NULL;
+    if (get_grid(pobj, &p, 0) < 0) {
+        PyBuffer_Release(&g.view);
+        return NULL;
+    }
+    if (get_grid(oobj, &o, 1) < 0) {
+        PyBuffer_Release(&g.view);
+        PyBuffer_Release(&p.view);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    const Py_ssize_t h = g.h, w = g.w;
+    if (p.h != h || p.w != w || o.h != h || o.w != w || g.s1 != 1 || p.s1 != 1 || o.s1 != 1) {
+        PyErr_SetString(PyExc_ValueError, "expected three 8-bit images of one shape, rows contiguous");
+        goto done;
+    }
+    /* The ink rounded to 8 bits (into `out`, for now), its levels, then the stretched ink. */
+    absorbed_row_fn row_of = absorbed_row_here(widest);
+    int top = 0;
+    for (Py_ssize_t r = 0; r < h; r++) {
+        unsigned char *row = (unsigned char *)o.data + r * o.s0;
+        row_of((const unsigned char *)g.data + r * g.s0, (const unsigned char *)p.data + r * p.s0, w, 1.0f, row);
+        unsigned char m = row_max(row, w);
+        top = m > top ? m : top;
+    }
+    int first = top / 2 + 1;
+    int64_t counts[256];
+    memset(counts, 0, sizeof(counts));
+    for (Py_ssize_t r = 0; r < h; r++) count_high((const unsigned char *)o.data + r * o.s0, w, first, counts);
+    int scale = levels_above(counts, first);
+    if (top >= min_top) {
+        float alpha = (float)(255.0 / (double)scale); /* what OpenCV multiplies by */
+        for (Py_ssize_t r = 0; r < h; r++)
+            row_of((const unsigned char *)g.data + r * g.s0, (const unsigned char *)p.data + r * p.s0, w, alpha,
+                   (unsigned char *)o.data + r * o.s0);
+    }
+    result = Py_BuildValue("ii", top, scale);
+done:
+    PyBuffer_Release(&g.view);
+    PyBuffer_Release(&p.view);
+    PyBuffer_Release(&o.view);
     return result;
 }
 
@@ -944,6 +1083,7 @@ static PyMethodDef methods[] = {
     {"line_pixels", line_pixels, METH_VARARGS, "A line's strip and ticks (see kernels.line_pixels)."},
     {"erosion", erosion, METH_VARARGS, "Ink, what a 3x3 erosion leaves of it, and where (see kernels.erosion)."},
     {"profile", profile, METH_VARARGS, "Ink per row and column, and where it lies (see kernels.profile)."},
+    {"absorbed_ink", absorbed_ink, METH_VARARGS, "Ink absorbed from the paper, stretched (see kernels.absorbed_ink)."},
     {"stretch_levels", stretch_levels, METH_VARARGS, "Strongest level and scale (see kernels.stretch_levels)."},
     {"resize", resize, METH_VARARGS, "PIL's Image.resize of an 8-bit image (see kernels.resize)."},
     {"frame", frame, METH_VARARGS, "Sum, light pixels and count of the border frame (see kernels.frame)."},

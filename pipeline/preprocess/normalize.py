@@ -63,8 +63,6 @@ def _local_level(gray: np.ndarray, light_paper: bool) -> np.ndarray:
 
 # The paper level's working size, in pixels.
 _LEVEL_SIDE = 64
-# The least paper level divided by (a 1x1 array: cv2.max broadcasts it).
-_ONE = np.ones((1, 1), np.uint8)
 
 
 def _ink_values(gray: np.ndarray) -> np.ndarray:
@@ -78,18 +76,20 @@ def _ink_values(gray: np.ndarray) -> np.ndarray:
     accurate with one global paper level, 99/99/16% with the local one (at 70% the border no
     longer tells the polarity: the limit of this method).
 
-    The stretched ink is rounded to 8 bits here, where OpenCV is fastest and each later full-size
-    pass touches a quarter of the memory float32 would; the digit ends in 8 bits anyway.
+    The stretched ink is rounded to 8 bits here, so each later full-size pass touches a quarter of
+    the memory float32 would; the digit ends in 8 bits anyway. The common case, dark ink on light
+    paper under the local level, is one C loop (`kernels.absorbed_ink`) giving the bytes OpenCV's
+    divide and `_stretch` gave.
     """
     light_paper = _paper(gray)[1]
     if min(gray.shape) >= 2 * defaults.FIELD_SIZE:
         paper = _local_level(gray, light_paper)
         if light_paper:  # 255 * (paper - pixel) / paper, negatives (paper darker than ink) to 0
-            values = cv2.divide(
-                cv2.subtract(paper, gray), cv2.max(paper, _ONE), scale=255.0, dtype=cv2.CV_32F
-            )
-        else:
-            values = cv2.subtract(gray, paper)
+            ink = kernels.absorbed_ink(np.ascontiguousarray(gray), paper, defaults.BLANK_MAX_INK)
+            if ink is None:
+                raise BlankImageError("blank: no ink found")
+            return ink  # stretched as `_stretch` stretches
+        values = cv2.subtract(gray, paper)
     else:
         values = 255 - gray if light_paper else gray
         values = np.clip(values.astype(np.float32) - float(np.median(_border(values))), 0, None)
