@@ -442,6 +442,28 @@ static PyObject *stretch_levels(PyObject *self, PyObject *args) {
     return Py_BuildValue("ii", top, levels_above(counts, first));
 }
 
+/* One row's ink (pixels above `threshold`, 0 or 1) and, in `across`, whether each pixel and
+ * both its neighbours along the row are ink (the row's ends repeated); returns the ink count. */
+static Py_ssize_t ink_across(const char *p, Py_ssize_t w, Py_ssize_t step, int threshold, unsigned char *ink,
+                             unsigned char *across) {
+    const unsigned char *u = (const unsigned char *)p;
+    if (step == 1) {
+        for (Py_ssize_t c = 0; c < w; c++) ink[c] = u[c] > threshold;
+    } else {
+        for (Py_ssize_t c = 0; c < w; c++) ink[c] = u[c * step] > threshold;
+    }
+    Py_ssize_t count = 0;
+    for (Py_ssize_t c = 0; c < w; c++) count += ink[c];
+    if (w == 1) {
+        across[0] = ink[0];
+        return count;
+    }
+    across[0] = ink[0] & ink[1];
+    for (Py_ssize_t c = 1; c + 1 < w; c++) across[c] = ink[c - 1] & ink[c] & ink[c + 1];
+    across[w - 1] = ink[w - 2] & ink[w - 1];
+    return count;
+}
+
 /* erosion(image, threshold) -> (area, eroded, top, bottom, left, right) (kernels). */
 static PyObject *erosion(PyObject *self, PyObject *args) {
     PyObject *obj;
@@ -450,52 +472,47 @@ static PyObject *erosion(PyObject *self, PyObject *args) {
     grid g;
     if (get_grid(obj, &g, 0) < 0) return NULL;
     const Py_ssize_t h = g.h, w = g.w;
-    /* Three rows of "this pixel and both its neighbours along the row are ink" (edges repeated),
-     * the rows above, at and below the one being eroded, in turn. */
-    unsigned char *buffer = malloc((size_t)(3 * (w > 0 ? w : 1))), *ink = malloc((size_t)(w > 0 ? w : 1));
-    if (!buffer || !ink) {
-        free(buffer);
-        free(ink);
+    if (h == 0 || w == 0) {
+        PyBuffer_Release(&g.view);
+        return Py_BuildValue("LLnnnn", 0LL, 0LL, (Py_ssize_t)-1, (Py_ssize_t)-1, (Py_ssize_t)-1, (Py_ssize_t)-1);
+    }
+    /* "across" for the rows above, at and below the one being eroded (rows repeated at the
+     * edges), made once per row and rotated; then one row of the eroded pixels. */
+    unsigned char *buffer = malloc((size_t)(5 * w));
+    if (!buffer) {
         PyBuffer_Release(&g.view);
         return PyErr_NoMemory();
     }
-    unsigned char *across[3] = {buffer, buffer + w, buffer + 2 * w};
-    long long area = 0, eroded = 0;
+    unsigned char *across[3] = {buffer, buffer + w, buffer + 2 * w}, *ink = buffer + 3 * w, *kept = buffer + 4 * w;
+    long long area = ink_across(g.data, w, g.s1, threshold, ink, across[1]), eroded = 0;
+    memcpy(across[0], across[1], (size_t)w); /* above row 0: row 0 again */
     Py_ssize_t top = -1, bottom = -1, left = w, right = -1;
-    /* across[k] holds row r - 1 + k (clamped to the image) when row r is eroded. */
-    Py_ssize_t loaded = -2; /* the row whose "across" was made last */
     for (Py_ssize_t r = 0; r < h; r++) {
-        for (Py_ssize_t want = r - 1; want <= r + 1; want++) {
-            Py_ssize_t row = want < 0 ? 0 : want >= h ? h - 1 : want;
-            unsigned char *out = across[want - (r - 1)];
-            if (want <= loaded) continue; /* made already (rotated below) */
-            const char *p = g.data + row * g.s0;
-            for (Py_ssize_t c = 0; c < w; c++) ink[c] = (unsigned char)p[c * g.s1] > threshold;
-            for (Py_ssize_t c = 0; c < w; c++) {
-                unsigned char l = ink[c > 0 ? c - 1 : 0], m = ink[c], rr = ink[c + 1 < w ? c + 1 : w - 1];
-                out[c] = l & m & rr;
-            }
-            if (want == row) /* each row's own ink counted once */
-                for (Py_ssize_t c = 0; c < w; c++) area += ink[c];
-            loaded = want;
-        }
+        if (r + 1 < h)
+            area += ink_across(g.data + (r + 1) * g.s0, w, g.s1, threshold, ink, across[2]);
+        else
+            memcpy(across[2], across[1], (size_t)w); /* below the last row: itself */
+        Py_ssize_t n = 0;
         for (Py_ssize_t c = 0; c < w; c++) {
-            if (across[0][c] & across[1][c] & across[2][c]) {
-                eroded++;
-                if (top < 0) top = r;
-                bottom = r;
-                if (c < left) left = c;
-                if (c > right) right = c;
-            }
+            kept[c] = across[0][c] & across[1][c] & across[2][c];
+            n += kept[c];
         }
-        /* Rotate: row r's "across" becomes the one above row r + 1. */
-        unsigned char *first = across[0];
+        if (n) {
+            eroded += n;
+            if (top < 0) top = r;
+            bottom = r;
+            Py_ssize_t c0 = 0, c1 = w - 1;
+            while (!kept[c0]) c0++;
+            while (!kept[c1]) c1--;
+            if (c0 < left) left = c0;
+            if (c1 > right) right = c1;
+        }
+        unsigned char *done = across[0];
         across[0] = across[1];
         across[1] = across[2];
-        across[2] = first;
+        across[2] = done;
     }
     free(buffer);
-    free(ink);
     PyBuffer_Release(&g.view);
     if (eroded == 0) return Py_BuildValue("LLnnnn", area, eroded, (Py_ssize_t)-1, (Py_ssize_t)-1, (Py_ssize_t)-1, (Py_ssize_t)-1);
     return Py_BuildValue("LLnnnn", area, eroded, top, bottom + 1, left, right + 1);
