@@ -323,6 +323,10 @@ def test_resize_gives_pils_pixels(resample: str) -> None:
                     width,
                     height,
                 )
+    image = rng.integers(0, 256, (90, 200), dtype=np.uint8)
+    into = np.zeros((64, 40), np.uint8).T  # an output whose pixels are not contiguous in its rows
+    _loops.resize(image, 64, 40, int(mode), into)
+    assert np.array_equal(into, np.asarray(Image.fromarray(image).resize((64, 40), mode)))
     for size in [(4, 5), (5, 4), (64, 64), (200, 90), (90, 200)]:  # the weights kept from earlier calls
         image = rng.integers(0, 256, (90, 200), dtype=np.uint8)
         expected = np.asarray(Image.fromarray(image).resize(size, mode))

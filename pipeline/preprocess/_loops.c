@@ -1081,7 +1081,13 @@ static PyObject *resize(PyObject *self, PyObject *args) {
     }
     for (Py_ssize_t r = 0; r < height; r++) {
         const uint8_t *from = need_h || need_v ? dst + r * width : image + r * stride;
-        for (Py_ssize_t c = 0; c < width; c++) AT(&out, r, c) = (char)from[c];
+        char *to = out.data + r * out.s0;
+        if (out.s1 == 1) {
+            memcpy(to, from, (size_t)width);
+        } else {
+            const Py_ssize_t step = out.s1;
+            for (Py_ssize_t c = 0; c < width; c++) to[c * step] = (char)from[c];
+        }
     }
     done = Py_NewRef(Py_None);
 release:
