@@ -804,7 +804,16 @@ REVIEW_ROWS_EXIT = 12
 
 
 def main() -> None:
-    """Entry point: like `app()`, but usage errors are one line instead of a help panel."""
+    """Entry point: like `app()`, but usage errors are one line instead of a help panel.
+
+    numpy's BLAS is kept to one thread for every command, unless the user set it: OpenBLAS starts
+    a thread per core when numpy is imported, and they spin, waiting for work, long enough to take
+    a core from the first moments of every run (classify's decoding workers are forked then). No
+    command gives numpy's BLAS heavy work: TensorFlow and onnxruntime have their own threads, and
+    classify keeps it on one thread anyway (threadpoolctl, once numpy is loaded). Set before any
+    command imports numpy, which reads it once.
+    """
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     try:
         code = app(standalone_mode=False)
     except typer.Abort:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -129,6 +130,25 @@ def test_run_leaves_the_ordinary_exit_to_a_process_with_threads(monkeypatch: pyt
     with pytest.raises(SystemExit) as exited:
         cli.run()
     assert exited.value.code == 4
+
+
+@pytest.mark.parametrize(("user", "seen"), [(None, "1"), ("4", "4")])
+def test_commands_keep_numpys_blas_on_one_thread_unless_the_user_says(
+    user: str | None, seen: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OpenBLAS's idle threads spin at numpy's import: every command runs with one, before any
+    imports numpy, and a user's own setting wins."""
+    from pipeline import cli
+
+    if user is None:
+        monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OPENBLAS_NUM_THREADS", user)
+    found: list[str | None] = []
+    monkeypatch.setattr(cli, "app", lambda **_: found.append(os.environ.get("OPENBLAS_NUM_THREADS")) or 0)
+    with pytest.raises(SystemExit):
+        cli.main()
+    assert found == [seen]
 
 
 def test_data_prints_location_and_counts() -> None:
