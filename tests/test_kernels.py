@@ -226,6 +226,67 @@ def test_absorbed_ink_is_opencvs_divide_and_stretch(widest: bool) -> None:
     assert len(scales) > 200  # the stretch's scale, and so its rounding, took most of its values
 
 
+def _fit_by_pil(digit: np.ndarray) -> np.ndarray | None:
+    """`kernels.fit_and_centre` as the scan path computed it before, step by step (PIL's resizes
+    through `kernels.resize`, OpenCV's dilation and moments, numpy's shift): the reference."""
+    import cv2
+
+    from pipeline.preprocess.masks import max_filter, stroke_width
+
+    h, w = digit.shape
+    scale = 80 / max(h, w)
+    mode = Image.Resampling.LANCZOS if scale < 1 else Image.Resampling.BICUBIC
+    mid = kernels.resize(digit, (max(1, round(w * scale)), max(1, round(h * scale))), mode)
+    width = stroke_width(mid > max(int(mid.max()), 1) // 2)
+    if 0 < width < 4.8:
+        mid = max_filter(mid, max(3, 2 * round((7.3 - width) / 2) + 1))
+    factor = 20 / max(h, w)
+    nh, nw = max(1, round(h * factor)), max(1, round(w * factor))
+    out = np.zeros((28, 28), np.uint8)
+    top, left = (28 - nh) // 2, (28 - nw) // 2
+    out[top : top + nh, left : left + nw] = kernels.resize(mid, (nw, nh), Image.Resampling.LANCZOS)
+    moments = cv2.moments(out)
+    if moments["m00"] <= 0:
+        return None
+    dy, dx = round(14 - moments["m01"] / moments["m00"]), round(14 - moments["m10"] / moments["m00"])
+    shifted = np.zeros_like(out)
+    shifted[max(0, dy) : 28 - max(0, -dy), max(0, dx) : 28 - max(0, -dx)] = out[
+        max(0, -dy) : 28 - max(0, dy), max(0, -dx) : 28 - max(0, dx)
+    ]
+    return shifted
+
+
+def test_fit_and_centre_is_the_step_by_step_fit() -> None:
+    """The digit's last steps in one call must give the 28x28 the separate steps gave: crops
+    smaller and larger than the 80-pixel check (bicubic up, Lanczos down), thin strokes (the
+    dilation), thick ones, a digit at an edge (the move clipped), a speck, a blank, views."""
+    rng = np.random.default_rng(21)
+    cases = [np.zeros((30, 20), np.uint8), np.full((5, 3), 255, np.uint8)]
+    for i in range(400):
+        h, w = (int(n) for n in rng.integers(3, 260, 2))
+        crop = np.zeros((h, w), np.uint8)
+        for _ in range(int(rng.integers(1, 6))):  # strokes: lines of some width and strength
+            y0, y1 = (int(n) for n in rng.integers(0, h, 2))
+            x0, x1 = (int(n) for n in rng.integers(0, w, 2))
+            thick = int(rng.integers(1, 1 + max(1, min(h, w) // (4 if i % 2 else 30))))
+            ys = np.linspace(y0, y1, 200).round().astype(int)
+            xs = np.linspace(x0, x1, 200).round().astype(int)
+            level, half = int(rng.integers(60, 256)), thick // 2
+            for y, x in zip(ys, xs, strict=True):
+                crop[max(0, y - half) : y + half + 1, max(0, x - half) : x + half + 1] = level
+        if i % 7 == 0:
+            crop = (rng.random((h, w)) < 0.05).astype(np.uint8) * int(rng.integers(1, 256))
+        cases.append(crop)
+    page = np.zeros((120, 140), np.uint8)
+    page[30:90, 50:80] = 200
+    cases += [page[20:100, 40:90], page.T[40:90, 20:100], page[::-1, ::-1][20:100, 40:90]]
+    for i, crop in enumerate(cases):
+        got = kernels.fit_and_centre(crop, 20, 28, 80, 4.8, 7.3)
+        expected = _fit_by_pil(np.ascontiguousarray(crop))
+        assert (got is None) == (expected is None), i
+        assert got is None or np.array_equal(got, expected), (i, crop.shape)
+
+
 def _read_only(shape: tuple[int, int]) -> np.ndarray:
     out = np.zeros(shape, bool)
     out.setflags(write=False)

@@ -464,32 +464,28 @@ static Py_ssize_t ink_across(const char *p, Py_ssize_t w, Py_ssize_t step, int t
     return count;
 }
 
-/* erosion(image, threshold) -> (area, eroded, top, bottom, left, right) (kernels). */
-static PyObject *erosion(PyObject *self, PyObject *args) {
-    PyObject *obj;
-    int threshold;
-    if (!PyArg_ParseTuple(args, "Oi", &obj, &threshold)) return NULL;
-    grid g;
-    if (get_grid(obj, &g, 0) < 0) return NULL;
-    const Py_ssize_t h = g.h, w = g.w;
-    if (h == 0 || w == 0) {
-        PyBuffer_Release(&g.view);
-        return Py_BuildValue("LLnnnn", 0LL, 0LL, (Py_ssize_t)-1, (Py_ssize_t)-1, (Py_ssize_t)-1, (Py_ssize_t)-1);
-    }
+/* The ink of an h x w image (pixels above `threshold`), what a 3x3 erosion with the edges
+ * repeated leaves of it, and that box (top, bottom, left, right; -1s when nothing is left):
+ * erosion's counts. 0, or -1 with MemoryError set. */
+static int erosion_counts(const char *data, Py_ssize_t h, Py_ssize_t w, Py_ssize_t s0, Py_ssize_t s1, int threshold,
+                          long long *area_out, long long *eroded_out, Py_ssize_t box[4]) {
+    box[0] = box[1] = box[2] = box[3] = -1;
+    *area_out = *eroded_out = 0;
+    if (h == 0 || w == 0) return 0;
     /* "across" for the rows above, at and below the one being eroded (rows repeated at the
      * edges), made once per row and rotated; then one row of the eroded pixels. */
     unsigned char *buffer = malloc((size_t)(5 * w));
     if (!buffer) {
-        PyBuffer_Release(&g.view);
-        return PyErr_NoMemory();
+        PyErr_NoMemory();
+        return -1;
     }
     unsigned char *across[3] = {buffer, buffer + w, buffer + 2 * w}, *ink = buffer + 3 * w, *kept = buffer + 4 * w;
-    long long area = ink_across(g.data, w, g.s1, threshold, ink, across[1]), eroded = 0;
+    long long area = ink_across(data, w, s1, threshold, ink, across[1]), eroded = 0;
     memcpy(across[0], across[1], (size_t)w); /* above row 0: row 0 again */
     Py_ssize_t top = -1, bottom = -1, left = w, right = -1;
     for (Py_ssize_t r = 0; r < h; r++) {
         if (r + 1 < h)
-            area += ink_across(g.data + (r + 1) * g.s0, w, g.s1, threshold, ink, across[2]);
+            area += ink_across(data + (r + 1) * s0, w, s1, threshold, ink, across[2]);
         else
             memcpy(across[2], across[1], (size_t)w); /* below the last row: itself */
         Py_ssize_t n = 0;
@@ -513,9 +509,30 @@ static PyObject *erosion(PyObject *self, PyObject *args) {
         across[2] = done;
     }
     free(buffer);
+    *area_out = area;
+    *eroded_out = eroded;
+    if (eroded) {
+        box[0] = top;
+        box[1] = bottom + 1;
+        box[2] = left;
+        box[3] = right + 1;
+    }
+    return 0;
+}
+
+/* erosion(image, threshold) -> (area, eroded, top, bottom, left, right) (kernels). */
+static PyObject *erosion(PyObject *self, PyObject *args) {
+    PyObject *obj;
+    int threshold;
+    if (!PyArg_ParseTuple(args, "Oi", &obj, &threshold)) return NULL;
+    grid g;
+    if (get_grid(obj, &g, 0) < 0) return NULL;
+    long long area, eroded;
+    Py_ssize_t box[4];
+    int failed = erosion_counts(g.data, g.h, g.w, g.s0, g.s1, threshold, &area, &eroded, box);
     PyBuffer_Release(&g.view);
-    if (eroded == 0) return Py_BuildValue("LLnnnn", area, eroded, (Py_ssize_t)-1, (Py_ssize_t)-1, (Py_ssize_t)-1, (Py_ssize_t)-1);
-    return Py_BuildValue("LLnnnn", area, eroded, top, bottom + 1, left, right + 1);
+    if (failed) return NULL;
+    return Py_BuildValue("LLnnnn", area, eroded, box[0], box[1], box[2], box[3]);
 }
 
 /* profile(mask, per_row, per_col) -> (height, first, last, total) of a bool mask (kernels). */
@@ -1020,6 +1037,49 @@ static void resample_pass(const uint8_t *in, Py_ssize_t stride, Py_ssize_t h, Py
  * 8-bit image into `out` (height x width). Both passes are needed when both sizes change; PIL
  * (13) runs the vertical one first when the height shrinks by more than twice what the width
  * shrinks by, and the rounding between passes makes the order matter. */
+/* PIL's resize of an h x w image whose rows are `stride` bytes apart (pixels contiguous) into
+ * the contiguous height x width `dst`; 0, or -1 with MemoryError set. Both passes are needed when
+ * both sizes change; PIL (13) runs the vertical one first when the height shrinks by more than
+ * twice what the width shrinks by, and the rounding between passes makes the order matter. */
+static int resize_pixels(const uint8_t *image, Py_ssize_t stride, Py_ssize_t h, Py_ssize_t w, Py_ssize_t width,
+                         Py_ssize_t height, int filter, uint8_t *dst) {
+    int need_h = width != w, need_v = height != h;
+    if (!need_h && !need_v) {
+        for (Py_ssize_t r = 0; r < h; r++) memcpy(dst + r * w, image + r * stride, (size_t)w);
+        return 0;
+    }
+    int vertical_first = need_h && need_v && h - height > 0 && h - height > 2 * (w - width);
+    Py_ssize_t mid_h = vertical_first ? height : h, mid_w = vertical_first ? w : width;
+    uint8_t *mid = need_h && need_v ? malloc((size_t)(mid_h * mid_w)) : NULL;
+    int32_t *sum = malloc(sizeof(int32_t) * (size_t)(w > width ? w : width));
+    const int *hf = NULL, *hc = NULL, *vf = NULL, *vc = NULL;
+    const int32_t *hk = NULL, *vk = NULL;
+    int hks = need_h ? axis_weights(ALONG_ROWS, w, width, filter, &hf, &hc, &hk) : 1;
+    int vks = need_v ? axis_weights(DOWN_COLUMNS, h, height, filter, &vf, &vc, &vk) : 1;
+    if ((need_h && need_v && !mid) || !sum || !hks || !vks) {
+        free(mid);
+        free(sum);
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (vertical_first) {
+        resample_pass(image, stride, h, w, mid, height, 0, vks, vf, vc, vk, sum);
+        resample_pass(mid, w, height, w, dst, width, 1, hks, hf, hc, hk, sum);
+    } else if (need_h && need_v) {
+        resample_pass(image, stride, h, w, mid, width, 1, hks, hf, hc, hk, sum);
+        resample_pass(mid, width, h, width, dst, height, 0, vks, vf, vc, vk, sum);
+    } else if (need_h) {
+        resample_pass(image, stride, h, w, dst, width, 1, hks, hf, hc, hk, sum);
+    } else {
+        resample_pass(image, stride, h, w, dst, height, 0, vks, vf, vc, vk, sum);
+    }
+    free(mid);
+    free(sum);
+    return 0;
+}
+
+/* resize(image, width, height, filter, out): PIL's Image.resize((width, height), filter) of an
+ * 8-bit image into `out` (height x width). */
 static PyObject *resize(PyObject *self, PyObject *args) {
     PyObject *in_obj, *out_obj;
     Py_ssize_t width, height;
@@ -1042,21 +1102,12 @@ static PyObject *resize(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "out must be height x width, both at least 1, of a non-empty image");
         return NULL;
     }
-    int need_h = width != w, need_v = height != h;
-    int vertical_first = need_h && need_v && h - height > 0 && h - height > 2 * (w - width);
-    Py_ssize_t mid_h = vertical_first ? height : h, mid_w = vertical_first ? w : width;
     /* The image is read where it is when its pixels are contiguous within rows (a scan's are);
      * any other layout is copied first. */
     int in_place = in.s1 == 1;
-    uint8_t *src = in_place ? NULL : malloc((size_t)(h * w)), *mid = malloc((size_t)(mid_h * mid_w)),
-            *dst = malloc((size_t)(height * width));
-    int32_t *sum = malloc(sizeof(int32_t) * (size_t)(w > width ? w : width));
-    const int *hf = NULL, *hc = NULL, *vf = NULL, *vc = NULL;
-    const int32_t *hk = NULL, *vk = NULL;
-    int hks = need_h ? axis_weights(ALONG_ROWS, w, width, filter, &hf, &hc, &hk) : 1;
-    int vks = need_v ? axis_weights(DOWN_COLUMNS, h, height, filter, &vf, &vc, &vk) : 1;
+    uint8_t *src = in_place ? NULL : malloc((size_t)(h * w)), *dst = malloc((size_t)(height * width));
     PyObject *done = NULL;
-    if ((!in_place && !src) || !mid || !dst || !sum || !hks || !vks) {
+    if ((!in_place && !src) || !dst) {
         PyErr_NoMemory();
         goto release;
     }
@@ -1068,19 +1119,9 @@ static PyObject *resize(PyObject *self, PyObject *args) {
         image = src;
         stride = w;
     }
-    if (vertical_first) {
-        resample_pass(image, stride, h, w, mid, height, 0, vks, vf, vc, vk, sum);
-        resample_pass(mid, w, height, w, dst, width, 1, hks, hf, hc, hk, sum);
-    } else if (need_h && need_v) {
-        resample_pass(image, stride, h, w, mid, width, 1, hks, hf, hc, hk, sum);
-        resample_pass(mid, width, h, width, dst, height, 0, vks, vf, vc, vk, sum);
-    } else if (need_h) {
-        resample_pass(image, stride, h, w, dst, width, 1, hks, hf, hc, hk, sum);
-    } else if (need_v) {
-        resample_pass(image, stride, h, w, dst, height, 0, vks, vf, vc, vk, sum);
-    }
+    if (resize_pixels(image, stride, h, w, width, height, filter, dst) < 0) goto release;
     for (Py_ssize_t r = 0; r < height; r++) {
-        const uint8_t *from = need_h || need_v ? dst + r * width : image + r * stride;
+        const uint8_t *from = dst + r * width;
         char *to = out.data + r * out.s0;
         if (out.s1 == 1) {
             memcpy(to, from, (size_t)width);
@@ -1092,18 +1133,144 @@ static PyObject *resize(PyObject *self, PyObject *args) {
     done = Py_NewRef(Py_None);
 release:
     free(src);
-    free(mid);
     free(dst);
-    free(sum);
     PyBuffer_Release(&in.view);
     PyBuffer_Release(&out.view);
     return done;
+}
+
+/* PIL's MaxFilter(k) of a contiguous h x w image in place (k odd; edges repeated, as OpenCV's
+ * dilation with a k x k square and BORDER_REPLICATE): the maximum along the rows, then down the
+ * columns (a square's maximum is separable). `tmp`: h x w bytes. */
+static void max_filter_square(uint8_t *img, Py_ssize_t h, Py_ssize_t w, int k, uint8_t *tmp) {
+    Py_ssize_t r2 = k / 2;
+    for (Py_ssize_t r = 0; r < h; r++) {
+        const uint8_t *row = img + r * w;
+        for (Py_ssize_t c = 0; c < w; c++) {
+            Py_ssize_t lo = c - r2 < 0 ? 0 : c - r2, hi = c + r2 >= w ? w - 1 : c + r2;
+            uint8_t m = 0;
+            for (Py_ssize_t x = lo; x <= hi; x++) m = row[x] > m ? row[x] : m;
+            tmp[r * w + c] = m;
+        }
+    }
+    for (Py_ssize_t r = 0; r < h; r++) {
+        Py_ssize_t lo = r - r2 < 0 ? 0 : r - r2, hi = r + r2 >= h ? h - 1 : r + r2;
+        uint8_t *out = img + r * w;
+        memcpy(out, tmp + lo * w, (size_t)w);
+        for (Py_ssize_t y = lo + 1; y <= hi; y++) {
+            const uint8_t *row = tmp + y * w;
+            for (Py_ssize_t c = 0; c < w; c++) out[c] = row[c] > out[c] ? row[c] : out[c];
+        }
+    }
+}
+
+/* fit_and_centre(digit, box, field, side, min_stroke, target_stroke, out) -> whether the digit
+ * kept any ink (normalize._fit_and_centre; `out` is the field x field result). */
+static PyObject *fit_and_centre(PyObject *self, PyObject *args) {
+    PyObject *dobj, *oobj;
+    int box, field, side;
+    double min_stroke, target_stroke;
+    if (!PyArg_ParseTuple(args, "OiiiddO", &dobj, &box, &field, &side, &min_stroke, &target_stroke, &oobj))
+        return NULL;
+    grid d, o;
+    if (get_grid(dobj, &d, 0) < 0) return NULL;
+    if (get_grid(oobj, &o, 1) < 0) {
+        PyBuffer_Release(&d.view);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    uint8_t *src = NULL, *mid = NULL, *tmp = NULL, *small = NULL, *placed = NULL;
+    const Py_ssize_t h = d.h, w = d.w, longer = h > w ? h : w;
+    if (h < 1 || w < 1 || o.h != field || o.w != field || box < 1 || box > field || side < 1) {
+        PyErr_SetString(PyExc_ValueError, "expected a non-empty digit and a field x field output");
+        goto done;
+    }
+    /* The sizes as Python computes them: true division, round() to even. */
+    double factor = (double)box / (double)longer, scale = (double)side / (double)longer;
+    Py_ssize_t nh = (Py_ssize_t)nearbyint((double)h * factor), nw = (Py_ssize_t)nearbyint((double)w * factor);
+    Py_ssize_t mh = (Py_ssize_t)nearbyint((double)h * scale), mw = (Py_ssize_t)nearbyint((double)w * scale);
+    nh = nh < 1 ? 1 : nh;
+    nw = nw < 1 ? 1 : nw;
+    mh = mh < 1 ? 1 : mh;
+    mw = mw < 1 ? 1 : mw;
+    const uint8_t *image = (const uint8_t *)d.data;
+    Py_ssize_t stride = d.s0;
+    if (d.s1 != 1) {
+        src = malloc((size_t)(h * w));
+        if (!src) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        for (Py_ssize_t r = 0; r < h; r++)
+            for (Py_ssize_t c = 0; c < w; c++) src[r * w + c] = (uint8_t)AT(&d, r, c);
+        image = src;
+        stride = w;
+    }
+    /* The stroke check at the intermediate scale (normalize._normalize_stroke). */
+    mid = malloc((size_t)(mh * mw));
+    tmp = malloc((size_t)(mh * mw));
+    small = malloc((size_t)(nh * nw));
+    placed = calloc((size_t)(field * field), 1);
+    if (!mid || !tmp || !small || !placed) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (resize_pixels(image, stride, h, w, mw, mh, scale < 1 ? FILTER_LANCZOS : FILTER_BICUBIC, mid) < 0) goto done;
+    int strongest = 0;
+    for (Py_ssize_t i = 0; i < mh * mw; i++) strongest = mid[i] > strongest ? mid[i] : strongest;
+    long long area, eroded;
+    Py_ssize_t unused[4];
+    if (erosion_counts((const char *)mid, mh, mw, mw, 1, (strongest > 1 ? strongest : 1) / 2, &area, &eroded, unused) < 0)
+        goto done;
+    double width = 0.0;
+    if (area) {
+        long long boundary = area - eroded;
+        width = 2.0 * (double)area / (double)(boundary > 1 ? boundary : 1);
+    }
+    if (0 < width && width < min_stroke) {
+        int grow = 2 * (int)nearbyint((target_stroke - width) / 2) + 1; /* MaxFilter(k) widens by k - 1 */
+        max_filter_square(mid, mh, mw, grow > 3 ? grow : 3, tmp);
+    }
+    /* Into the box, placed in the field, then moved so its centre of mass is the field's. */
+    if (resize_pixels(mid, mw, mh, mw, nw, nh, FILTER_LANCZOS, small) < 0) goto done;
+    Py_ssize_t top = (field - nh) / 2, left = (field - nw) / 2;
+    for (Py_ssize_t r = 0; r < nh; r++) memcpy(placed + (top + r) * field + left, small + r * nw, (size_t)nw);
+    int64_t m00 = 0, m01 = 0, m10 = 0;
+    for (Py_ssize_t y = 0; y < field; y++)
+        for (Py_ssize_t x = 0; x < field; x++) {
+            int64_t v = placed[y * field + x];
+            m00 += v;
+            m01 += y * v;
+            m10 += x * v;
+        }
+    if (m00 <= 0) {
+        result = Py_NewRef(Py_False);
+        goto done;
+    }
+    double mass = (double)m00, cy = (double)m01 / mass, cx = (double)m10 / mass;
+    Py_ssize_t dy = (Py_ssize_t)nearbyint((double)field / 2 - cy), dx = (Py_ssize_t)nearbyint((double)field / 2 - cx);
+    for (Py_ssize_t y = 0; y < field; y++)
+        for (Py_ssize_t x = 0; x < field; x++) {
+            Py_ssize_t sy = y - dy, sx = x - dx;
+            AT(&o, y, x) = (char)(sy >= 0 && sy < field && sx >= 0 && sx < field ? placed[sy * field + sx] : 0);
+        }
+    result = Py_NewRef(Py_True);
+done:
+    free(src);
+    free(mid);
+    free(tmp);
+    free(small);
+    free(placed);
+    PyBuffer_Release(&d.view);
+    PyBuffer_Release(&o.view);
+    return result;
 }
 
 static PyMethodDef methods[] = {
     {"long_bands", long_bands, METH_VARARGS, "Bands of long runs, fitted (see kernels.long_bands)."},
     {"strip", strip, METH_VARARGS, "A line's rows in each of its columns (see kernels.strip)."},
     {"line_pixels", line_pixels, METH_VARARGS, "A line's strip and ticks (see kernels.line_pixels)."},
+    {"fit_and_centre", fit_and_centre, METH_VARARGS, "A digit into the box, centred by mass (see kernels.fit_and_centre)."},
     {"erosion", erosion, METH_VARARGS, "Ink, what a 3x3 erosion leaves of it, and where (see kernels.erosion)."},
     {"profile", profile, METH_VARARGS, "Ink per row and column, and where it lies (see kernels.profile)."},
     {"absorbed_ink", absorbed_ink, METH_VARARGS, "Ink absorbed from the paper, stretched (see kernels.absorbed_ink)."},

@@ -17,6 +17,16 @@ def line_pixels(mask: np.ndarray, line: np.ndarray, extent: int, out: np.ndarray
 def absorbed_ink(
     gray: np.ndarray, paper: np.ndarray, min_top: int, out: np.ndarray, widest: bool = ..., /
 ) -> tuple[int, int]: ...
+def fit_and_centre(
+    digit: np.ndarray,
+    box: int,
+    field: int,
+    side: int,
+    min_stroke: float,
+    target_stroke: float,
+    out: np.ndarray,
+    /,
+) -> bool: ...
 def erosion(image: np.ndarray, threshold: int, /) -> tuple[int, int, int, int, int, int]: ...
 def profile(mask: np.ndarray, per_row: np.ndarray, per_col: np.ndarray, /) -> tuple[int, int, int, int]: ...
 def stretch_levels(rounded: np.ndarray, /) -> tuple[int, int]: ...

@@ -70,6 +70,21 @@ def line_pixels(m: np.ndarray, line: np.ndarray, extent: int, out: np.ndarray) -
     _loops.line_pixels(m, line, extent, out)
 
 
+def fit_and_centre(
+    digit: np.ndarray, box: int, field: int, side: int, min_stroke: float, target_stroke: float
+) -> np.ndarray | None:
+    """`normalize._fit_and_centre` of an 8-bit digit crop (any strides): resized (PIL's Lanczos,
+    bicubic when enlarging) to `side` pixels on its longer side; if its strokes there (over half
+    the strongest level, width from `erosion`'s counts) are thinner than `min_stroke`, a square
+    max filter (PIL's MaxFilter, edges repeated) widens them towards `target_stroke`; resized
+    into a `box` square and centred in a `field` square, then moved by its centre of mass to the
+    field's centre, without wrapping. Sizes and the move rounded as Python's round() rounds
+    (to even). Returns the field, or None when no ink is left (a blank)."""
+    out = np.empty((field, field), np.uint8)
+    kept = _loops.fit_and_centre(digit, box, field, side, min_stroke, target_stroke, out)
+    return out if kept else None
+
+
 def erosion(image: np.ndarray, threshold: int = 0) -> tuple[int, int, tuple[int, int, int, int] | None]:
     """The ink of an 8-bit or bool image (pixels above `threshold`; any strides), what a 3x3
     erosion with the edges repeated leaves of it (PIL's MinFilter(3), OpenCV's erode), and the box
