@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,17 @@ from PIL import Image
 from pipeline import defaults
 from pipeline.errors import BlankImageError
 from pipeline.preprocess import _loops, kernels
+
+
+@pytest.fixture(params=[True, False], ids=["widest", "sse2"])
+def widest(request: pytest.FixtureRequest) -> Iterator[bool]:
+    """Run a test with the AVX2 loops (where the processor has them) and with the loops every
+    x86-64 runs: both must give the same pixels."""
+    _loops.use_widest(request.param)
+    try:
+        yield request.param
+    finally:
+        _loops.use_widest(True)
 
 
 def _level_line() -> np.ndarray:
@@ -183,7 +195,6 @@ def test_erosion_counts_what_opencvs_erosion_leaves() -> None:
             assert opened == grown, i
 
 
-@pytest.mark.parametrize("widest", [True, False])
 def test_absorbed_ink_is_opencvs_divide_and_stretch(widest: bool) -> None:
     """The absorbed ink must be the bytes OpenCV's divide and `_stretch`'s two convertScaleAbs
     made: for every (pixel, paper) pair of 8-bit levels, and on random pages (faint to dark ink,
@@ -203,7 +214,7 @@ def test_absorbed_ink_is_opencvs_divide_and_stretch(widest: bool) -> None:
 
     def absorbed(gray: np.ndarray, paper: np.ndarray, min_top: int) -> np.ndarray | None:
         out = np.empty(gray.shape, np.uint8)
-        top, _ = _loops.absorbed_ink(gray, paper, min_top, out, widest)
+        top, _ = _loops.absorbed_ink(gray, paper, min_top, out)
         return out if top >= min_top else None
 
     levels = np.arange(256, dtype=np.uint8)
@@ -256,7 +267,7 @@ def _fit_by_pil(digit: np.ndarray) -> np.ndarray | None:
     return shifted
 
 
-def test_fit_and_centre_is_the_step_by_step_fit() -> None:
+def test_fit_and_centre_is_the_step_by_step_fit(widest: bool) -> None:
     """The digit's last steps in one call must give the 28x28 the separate steps gave: crops
     smaller and larger than the 80-pixel check (bicubic up, Lanczos down), thin strokes (the
     dilation), thick ones, a digit at an edge (the move clipped), a speck, a blank, views."""
@@ -348,7 +359,7 @@ def test_frame_counts_the_border_as_normalize_cuts_it() -> None:
 
 
 @pytest.mark.parametrize("resample", ["BOX", "BICUBIC", "LANCZOS"])
-def test_resize_gives_pils_pixels(resample: str) -> None:
+def test_resize_gives_pils_pixels(resample: str, widest: bool) -> None:
     """Scans are resized three times (the paper level, the 80-pixel stroke check, the 20-pixel
     box): the pixels must be PIL's to the level, passes in PIL's order included (vertical first
     when the height shrinks by more than twice what the width does: 200x90 -> 40x80 is, 200x150

@@ -68,6 +68,28 @@ static int get_vector(PyObject *obj, Py_buffer *view, Py_ssize_t size, int writa
     return 0;
 }
 
+/* Whether the AVX2 loops run: where the processor has them (asked once), unless
+ * `use_widest(False)` turned them off (the tests check the loops every x86-64 runs that way). */
+static int widest_allowed = 1;
+
+static int avx2_here(void) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    static int known = -1;
+    if (known < 0) known = __builtin_cpu_supports("avx2") ? 1 : 0;
+    return known && widest_allowed;
+#else
+    return 0;
+#endif
+}
+
+/* use_widest(flag) -> whether AVX2 loops will run. */
+static PyObject *use_widest(PyObject *self, PyObject *args) {
+    int flag;
+    if (!PyArg_ParseTuple(args, "p", &flag)) return NULL;
+    widest_allowed = flag;
+    return PyBool_FromLong(avx2_here());
+}
+
 static int compare_int64(const void *a, const void *b) {
     int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
     return (x > y) - (x < y);
@@ -672,21 +694,11 @@ __attribute__((target("avx2"))) static void absorbed_row_avx2(const unsigned cha
 
 typedef void (*absorbed_row_fn)(const unsigned char *, const unsigned char *, Py_ssize_t, float, unsigned char *);
 
-/* The widest absorbed_row this processor runs (`widest` 0: the one every x86-64 runs). */
-static absorbed_row_fn absorbed_row_here(int widest) {
-#if defined(__x86_64__) && defined(__GNUC__)
-    if (widest && __builtin_cpu_supports("avx2")) return absorbed_row_avx2;
-#endif
-    (void)widest;
-    return absorbed_row;
-}
-
-/* absorbed_ink(gray, paper, min_top, out[, widest]) -> (top, scale) (kernels; `widest=False`
- * is for the tests, which check both ways of computing a row). */
+/* absorbed_ink(gray, paper, min_top, out) -> (top, scale) (kernels). */
 static PyObject *absorbed_ink(PyObject *self, PyObject *args) {
     PyObject *gobj, *pobj, *oobj;
-    int min_top, widest = 1;
-    if (!PyArg_ParseTuple(args, "OOiO|p", &gobj, &pobj, &min_top, &oobj, &widest)) return NULL;
+    int min_top;
+    if (!PyArg_ParseTuple(args, "OOiO", &gobj, &pobj, &min_top, &oobj)) return NULL;
     grid g, p, o;
     if (get_grid(gobj, &g, 0) < 0) return NULL;
     if (get_grid(pobj, &p, 0) < 0) {
@@ -705,7 +717,10 @@ static PyObject *absorbed_ink(PyObject *self, PyObject *args) {
         goto done;
     }
     /* The ink rounded to 8 bits (into `out`, for now), its levels, then the stretched ink. */
-    absorbed_row_fn row_of = absorbed_row_here(widest);
+    absorbed_row_fn row_of = absorbed_row;
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (avx2_here()) row_of = absorbed_row_avx2;
+#endif
     int top = 0;
     for (Py_ssize_t r = 0; r < h; r++) {
         unsigned char *row = (unsigned char *)o.data + r * o.s0;
@@ -979,6 +994,64 @@ static inline uint8_t clip_weighted(int32_t sum) {
     return (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
 }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+/* The pass along the rows for eight rows at a time with AVX2: the eight rows are interleaved
+ * (each column's eight pixels side by side, a transpose of 8 x 16 blocks), so one weight
+ * multiplies a column of eight in one instruction; the same integer sums as the scalar loop,
+ * so the same pixels. `columns`: scratch for 8 * w bytes. Returns the rows done (a multiple of
+ * eight); the caller finishes the rest. */
+__attribute__((target("avx2"))) static Py_ssize_t rows_by_eight_avx2(const uint8_t *in, Py_ssize_t stride,
+                                                                       Py_ssize_t h, Py_ssize_t w, uint8_t *out,
+                                                                       Py_ssize_t out_size, int ksize, const int *first,
+                                                                       const int *count, const int32_t *weights,
+                                                                       uint8_t *columns) {
+    const __m256i half = _mm256_set1_epi32(1 << (WEIGHT_BITS - 1));
+    Py_ssize_t y = 0;
+    for (; y + 8 <= h; y += 8) {
+        const uint8_t *r[8];
+        for (int j = 0; j < 8; j++) r[j] = in + (y + j) * stride;
+        Py_ssize_t x = 0;
+        for (; x + 16 <= w; x += 16) {
+            __m128i a[8];
+            for (int j = 0; j < 8; j++) a[j] = _mm_loadu_si128((const __m128i *)(r[j] + x));
+            __m128i b0 = _mm_unpacklo_epi8(a[0], a[1]), b1 = _mm_unpackhi_epi8(a[0], a[1]);
+            __m128i b2 = _mm_unpacklo_epi8(a[2], a[3]), b3 = _mm_unpackhi_epi8(a[2], a[3]);
+            __m128i b4 = _mm_unpacklo_epi8(a[4], a[5]), b5 = _mm_unpackhi_epi8(a[4], a[5]);
+            __m128i b6 = _mm_unpacklo_epi8(a[6], a[7]), b7 = _mm_unpackhi_epi8(a[6], a[7]);
+            __m128i c0 = _mm_unpacklo_epi16(b0, b2), c1 = _mm_unpackhi_epi16(b0, b2);
+            __m128i c2 = _mm_unpacklo_epi16(b1, b3), c3 = _mm_unpackhi_epi16(b1, b3);
+            __m128i c4 = _mm_unpacklo_epi16(b4, b6), c5 = _mm_unpackhi_epi16(b4, b6);
+            __m128i c6 = _mm_unpacklo_epi16(b5, b7), c7 = _mm_unpackhi_epi16(b5, b7);
+            __m128i *dst = (__m128i *)(columns + x * 8);
+            _mm_storeu_si128(dst + 0, _mm_unpacklo_epi32(c0, c4)); /* columns x, x + 1 */
+            _mm_storeu_si128(dst + 1, _mm_unpackhi_epi32(c0, c4));
+            _mm_storeu_si128(dst + 2, _mm_unpacklo_epi32(c1, c5));
+            _mm_storeu_si128(dst + 3, _mm_unpackhi_epi32(c1, c5));
+            _mm_storeu_si128(dst + 4, _mm_unpacklo_epi32(c2, c6));
+            _mm_storeu_si128(dst + 5, _mm_unpackhi_epi32(c2, c6));
+            _mm_storeu_si128(dst + 6, _mm_unpacklo_epi32(c3, c7));
+            _mm_storeu_si128(dst + 7, _mm_unpackhi_epi32(c3, c7));
+        }
+        for (; x < w; x++)
+            for (int j = 0; j < 8; j++) columns[x * 8 + j] = r[j][x];
+        for (Py_ssize_t xx = 0; xx < out_size; xx++) {
+            const int32_t *k = weights + xx * ksize;
+            const uint8_t *col = columns + (Py_ssize_t)first[xx] * 8;
+            __m256i acc = half;
+            for (int t = 0; t < count[xx]; t++) {
+                __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(col + t * 8)));
+                acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(v, _mm256_set1_epi32(k[t])));
+            }
+            acc = _mm256_srai_epi32(acc, WEIGHT_BITS);
+            __m128i words = _mm_packs_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+            uint64_t bytes = (uint64_t)_mm_cvtsi128_si64(_mm_packus_epi16(words, words));
+            for (int j = 0; j < 8; j++) out[(y + j) * out_size + xx] = (uint8_t)(bytes >> (8 * j));
+        }
+    }
+    return y;
+}
+#endif
+
 /* One pass along the rows (`along_rows`) or down the columns of an h x w image whose rows are
  * `stride` bytes apart (pixels contiguous within a row) into a contiguous image whose size along
  * that axis is the output's; `sum`: scratch for w int32. */
@@ -986,8 +1059,17 @@ static void resample_pass(const uint8_t *in, Py_ssize_t stride, Py_ssize_t h, Py
                           Py_ssize_t out_size, int along_rows, int ksize, const int *first, const int *count,
                           const int32_t *weights, int32_t *sum) {
     if (along_rows) {
-        /* Four rows at a time: four independent sums share each weight. */
+        /* Eight rows at a time with AVX2, then four: independent sums share each weight. */
         Py_ssize_t y = 0;
+#if defined(__x86_64__) && defined(__GNUC__)
+        if (h >= 8 && avx2_here()) {
+            uint8_t *columns = malloc((size_t)(8 * w + 16));
+            if (columns) {
+                y = rows_by_eight_avx2(in, stride, h, w, out, out_size, ksize, first, count, weights, columns);
+                free(columns);
+            }
+        }
+#endif
         for (; y + 4 <= h; y += 4) {
             const uint8_t *r0 = in + y * stride, *r1 = r0 + stride, *r2 = r1 + stride, *r3 = r2 + stride;
             for (Py_ssize_t xx = 0; xx < out_size; xx++) {
@@ -1267,6 +1349,7 @@ done:
 }
 
 static PyMethodDef methods[] = {
+    {"use_widest", use_widest, METH_VARARGS, "Allow the AVX2 loops (the default) or not (for tests)."},
     {"long_bands", long_bands, METH_VARARGS, "Bands of long runs, fitted (see kernels.long_bands)."},
     {"strip", strip, METH_VARARGS, "A line's rows in each of its columns (see kernels.strip)."},
     {"line_pixels", line_pixels, METH_VARARGS, "A line's strip and ticks (see kernels.line_pixels)."},
