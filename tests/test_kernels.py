@@ -298,6 +298,40 @@ def test_fit_and_centre_is_the_step_by_step_fit(widest: bool) -> None:
         assert got is None or np.array_equal(got, expected), (i, crop.shape)
 
 
+def test_bbox_and_locate_find_opencvs_box() -> None:
+    """The ink's box (and its mask, `values > level`) as OpenCV's boundingRect gives it: empty
+    masks, one pixel at each edge and corner, widths below, at and beyond the 16 bytes a compare
+    takes, transposed and strided views."""
+    import cv2
+
+    def by_opencv(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+        left, top, width, height = cv2.boundingRect(np.ascontiguousarray(mask).astype(np.uint8))
+        return None if width == 0 else (top, top + height, left, left + width)
+
+    rng = np.random.default_rng(17)
+    masks = [np.zeros((5, 40), bool), np.zeros((1, 1), bool), np.ones((1, 1), bool)]
+    for h, w in [(3, 16), (4, 17), (7, 33), (40, 1), (1, 40)]:
+        for y, x in [(0, 0), (0, w - 1), (h - 1, 0), (h - 1, w - 1), (h // 2, w // 2)]:
+            one = np.zeros((h, w), bool)
+            one[y, x] = True
+            masks.append(one)
+    for _ in range(500):
+        h, w = (int(n) for n in rng.integers(1, 70, 2))
+        masks.append(rng.random((h, w)) < float(rng.choice([0.0005, 0.01, 0.3])))
+    for i, mask in enumerate(masks):
+        for view in (mask, mask.T, mask[::-1, ::2]):
+            assert kernels.bbox(view) == by_opencv(view), i
+            values = (view * rng.integers(40, 256)).astype(np.uint8) + rng.integers(
+                0, 20, view.shape, dtype=np.uint8
+            )
+            found, box = kernels.locate(values, 30)
+            assert np.array_equal(found, values > 30) and box == by_opencv(values > 30), i
+    levels = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    for level in (-1, 0, 1, 127, 254, 255, 256):  # the byte compare at its ends
+        found, box = kernels.locate(levels, level)
+        assert np.array_equal(found, levels.astype(int) > level) and box == by_opencv(found), level
+
+
 def _read_only(shape: tuple[int, int]) -> np.ndarray:
     out = np.zeros(shape, bool)
     out.setflags(write=False)

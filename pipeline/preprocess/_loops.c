@@ -464,6 +464,120 @@ static PyObject *stretch_levels(PyObject *self, PyObject *args) {
     return Py_BuildValue("ii", top, levels_above(counts, first));
 }
 
+/* The first nonzero byte of n contiguous bytes (n if none): 16 bytes a compare where SSE2 is. */
+static Py_ssize_t first_nonzero(const unsigned char *p, Py_ssize_t n) {
+    Py_ssize_t c = 0;
+#if defined(__SSE2__)
+    const __m128i zero = _mm_setzero_si128();
+    for (; c + 16 <= n; c += 16) {
+        int zeros = _mm_movemask_epi8(_mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)(p + c)), zero));
+        if (zeros != 0xFFFF) return c + __builtin_ctz((unsigned)~zeros & 0xFFFF);
+    }
+#endif
+    for (; c < n; c++)
+        if (p[c]) return c;
+    return n;
+}
+
+/* The last nonzero byte of n contiguous bytes (-1 if none). */
+static Py_ssize_t last_nonzero(const unsigned char *p, Py_ssize_t n) {
+    Py_ssize_t c = n;
+#if defined(__SSE2__)
+    const __m128i zero = _mm_setzero_si128();
+    for (; c >= 16; c -= 16) {
+        int zeros = _mm_movemask_epi8(_mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)(p + c - 16)), zero));
+        if (zeros != 0xFFFF) return c - 16 + 31 - __builtin_clz((unsigned)~zeros & 0xFFFF);
+    }
+#endif
+    for (; c > 0; c--)
+        if (p[c - 1]) return c - 1;
+    return -1;
+}
+
+/* Grow the box (top, bottom, left, right; inclusive, top -1 when empty) by row r's nonzero
+ * bytes (`n` of them contiguous at `p`). */
+static inline void box_row(const unsigned char *p, Py_ssize_t n, Py_ssize_t r, Py_ssize_t box[4]) {
+    Py_ssize_t first = first_nonzero(p, n);
+    if (first == n) return;
+    Py_ssize_t last = last_nonzero(p, n);
+    if (box[0] < 0) box[0] = r;
+    box[1] = r;
+    if (first < box[2]) box[2] = first;
+    if (last > box[3]) box[3] = last;
+}
+
+/* The box of a grid's nonzero pixels as bbox returns it (exclusive ends; None if none). */
+static PyObject *box_value(const Py_ssize_t box[4]) {
+    if (box[0] < 0) Py_RETURN_NONE;
+    return Py_BuildValue("nnnn", box[0], box[1] + 1, box[2], box[3] + 1);
+}
+
+/* bbox(mask) -> (top, bottom, left, right) or None (kernels). */
+static PyObject *bbox(PyObject *self, PyObject *args) {
+    grid g;
+    if (only_grid(args, &g) < 0) return NULL;
+    Py_ssize_t box[4] = {-1, -1, g.w, -1};
+    unsigned char *row = g.s1 == 1 ? NULL : malloc((size_t)(g.w > 0 ? g.w : 1));
+    if (g.s1 != 1 && !row) {
+        PyBuffer_Release(&g.view);
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t r = 0; r < g.h; r++) {
+        const unsigned char *p = (const unsigned char *)g.data + r * g.s0;
+        if (row) {
+            for (Py_ssize_t c = 0; c < g.w; c++) row[c] = p[c * g.s1];
+            p = row;
+        }
+        box_row(p, g.w, r, box);
+    }
+    free(row);
+    PyBuffer_Release(&g.view);
+    return box_value(box);
+}
+
+/* locate(values, level, mask) -> the box of mask = values > level (kernels). */
+static PyObject *locate(PyObject *self, PyObject *args) {
+    PyObject *vobj, *mobj;
+    int level;
+    if (!PyArg_ParseTuple(args, "OiO", &vobj, &level, &mobj)) return NULL;
+    grid v, m;
+    if (get_grid(vobj, &v, 0) < 0) return NULL;
+    if (get_grid(mobj, &m, 1) < 0) {
+        PyBuffer_Release(&v.view);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    if (m.h != v.h || m.w != v.w || m.s1 != 1) {
+        PyErr_SetString(PyExc_ValueError, "the mask must have the image's shape, rows contiguous");
+        goto done;
+    }
+    Py_ssize_t box[4] = {-1, -1, v.w, -1};
+    const Py_ssize_t w = v.w, step = v.s1;
+    /* p > level as bytes: p >= level + 1, i.e. max(p, level + 1) == p (level 255: nothing is). */
+    const unsigned char floor_level = (unsigned char)(level < 0 ? 0 : level > 254 ? 255 : level + 1);
+    const int none = level >= 255, all = level < 0;
+    for (Py_ssize_t r = 0; r < v.h; r++) {
+        const unsigned char *p = (const unsigned char *)v.data + r * v.s0;
+        unsigned char *out = (unsigned char *)m.data + r * m.s0;
+        if (none || all) {
+            memset(out, all, (size_t)w);
+        } else if (step == 1) {
+            for (Py_ssize_t c = 0; c < w; c++) {
+                unsigned char high = p[c] > floor_level ? p[c] : floor_level;
+                out[c] = high == p[c];
+            }
+        } else {
+            for (Py_ssize_t c = 0; c < w; c++) out[c] = p[c * step] > level;
+        }
+        box_row(out, w, r, box);
+    }
+    result = box_value(box);
+done:
+    PyBuffer_Release(&v.view);
+    PyBuffer_Release(&m.view);
+    return result;
+}
+
 /* One row's ink (pixels above `threshold`, 0 or 1) and, in `across`, whether each pixel and
  * both its neighbours along the row are ink (the row's ends repeated); returns the ink count. */
 static Py_ssize_t ink_across(const char *p, Py_ssize_t w, Py_ssize_t step, int threshold, unsigned char *ink,
@@ -1354,6 +1468,8 @@ static PyMethodDef methods[] = {
     {"strip", strip, METH_VARARGS, "A line's rows in each of its columns (see kernels.strip)."},
     {"line_pixels", line_pixels, METH_VARARGS, "A line's strip and ticks (see kernels.line_pixels)."},
     {"fit_and_centre", fit_and_centre, METH_VARARGS, "A digit into the box, centred by mass (see kernels.fit_and_centre)."},
+    {"bbox", bbox, METH_VARARGS, "The box of a mask's nonzero pixels (see kernels.bbox)."},
+    {"locate", locate, METH_VARARGS, "The ink mask and its box (see kernels.locate)."},
     {"erosion", erosion, METH_VARARGS, "Ink, what a 3x3 erosion leaves of it, and where (see kernels.erosion)."},
     {"profile", profile, METH_VARARGS, "Ink per row and column, and where it lies (see kernels.profile)."},
     {"absorbed_ink", absorbed_ink, METH_VARARGS, "Ink absorbed from the paper, stretched (see kernels.absorbed_ink)."},

@@ -45,19 +45,18 @@ class Located(NamedTuple):
 
 def locate(values: np.ndarray) -> Located:
     """The ink mask and its box, made once per ink image: form-line erasure and the digit's box
-    both start from them, and left alone by the erasure (most scans), the ink is the same."""
+    both start from them, and left alone by the erasure (most scans), the ink is the same. 8-bit
+    ink (every scan's) in one C pass (`kernels.locate`)."""
+    if values.dtype == np.uint8:
+        return Located(*kernels.locate(values, _INK_LEVEL))
     mask = ink_mask(values)
     return Located(mask, bbox(mask))
 
 
 def bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    """(top, bottom, left, right), exclusive ends, of a mask's nonzero pixels; None if it has none."""
-    if mask.dtype == np.bool_:
-        mask = mask.view(np.uint8)
-    left, top, width, height = cv2.boundingRect(mask if mask.strides[-1] == 1 else np.ascontiguousarray(mask))
-    if width == 0:
-        return None
-    return top, top + height, left, left + width
+    """(top, bottom, left, right), exclusive ends, of a mask's nonzero pixels; None if it has none
+    (`kernels.bbox`)."""
+    return kernels.bbox(mask)
 
 
 def stroke_width(image: np.ndarray, threshold: int = 0) -> float:
