@@ -360,7 +360,7 @@ def test_wrong_arrays_are_refused(call: object) -> None:
 
 
 @pytest.mark.parametrize("radius", [0.0, 0.5, 1.0, 4.0, 7.3, 40.0])
-def test_gaussian_blur_gives_pils_pixels(radius: float) -> None:
+def test_gaussian_blur_gives_pils_pixels(radius: float, widest: bool) -> None:
     """The paper level's blur must be PIL's to the level: on noise, on sparse ink (the edges and
     the fixed-point rounding matter there), on images narrower than the box, on a strided view."""
     from PIL import Image, ImageFilter
