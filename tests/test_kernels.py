@@ -235,6 +235,10 @@ def test_absorbed_ink_is_opencvs_divide_and_stretch(widest: bool) -> None:
         assert got is None or np.array_equal(got, expected), i
         scales.add(_loops.absorbed_ink(gray, paper, 0, np.empty((h, w), np.uint8))[1])
     assert len(scales) > 200  # the stretch's scale, and so its rounding, took most of its values
+    # Larger than the float ink kept between the passes (4 megapixels): divided again instead.
+    paper = np.full((2100, 2100), 230, np.uint8)
+    gray = paper - (rng.random(paper.shape) < 0.1).astype(np.uint8) * np.uint8(150)
+    assert np.array_equal(absorbed(gray, paper, 0), by_opencv(gray, paper))
 
 
 def _fit_by_pil(digit: np.ndarray) -> np.ndarray | None:

@@ -746,7 +746,7 @@ static inline unsigned char saturate_round(float x) {
  * at least 1), times `alpha`, rounded and saturated as OpenCV's convertScaleAbs does (alpha 1:
  * the product is the value itself). */
 static void absorbed_row(const unsigned char *g, const unsigned char *p, Py_ssize_t w, float alpha,
-                         unsigned char *out) {
+                         unsigned char *out, float *keep) {
     Py_ssize_t c = 0;
 #if defined(__SSE2__)
     const __m128i zero = _mm_setzero_si128(), one = _mm_set1_epi8(1);
@@ -762,6 +762,7 @@ static void absorbed_row(const unsigned char *g, const unsigned char *p, Py_ssiz
                 __m128i a32 = quarter ? _mm_unpackhi_epi16(a16[half], zero) : _mm_unpacklo_epi16(a16[half], zero);
                 __m128i b32 = quarter ? _mm_unpackhi_epi16(b16[half], zero) : _mm_unpacklo_epi16(b16[half], zero);
                 __m128 v = _mm_div_ps(_mm_mul_ps(_mm_cvtepi32_ps(a32), k255), _mm_cvtepi32_ps(b32));
+                if (keep) _mm_storeu_ps(keep + c + 8 * half + 4 * quarter, v);
                 /* Under 65,025 x 255: the conversion (the default rounding, to even) cannot overflow. */
                 rounded[2 * half + quarter] = _mm_cvtps_epi32(_mm_mul_ps(v, scale));
             }
@@ -772,8 +773,26 @@ static void absorbed_row(const unsigned char *g, const unsigned char *p, Py_ssiz
 #endif
     for (; c < w; c++) {
         int a = p[c] > g[c] ? p[c] - g[c] : 0, b = p[c] > 0 ? p[c] : 1;
-        out[c] = saturate_round((((float)a * 255.0f) / (float)b) * alpha);
+        float v = ((float)a * 255.0f) / (float)b;
+        if (keep) keep[c] = v;
+        out[c] = saturate_round(v * alpha);
     }
+}
+
+/* A row of kept ink values times `alpha`, rounded and saturated as absorbed_row rounds them. */
+static void scaled_row(const float *v, Py_ssize_t w, float alpha, unsigned char *out) {
+    Py_ssize_t c = 0;
+#if defined(__SSE2__)
+    const __m128 scale = _mm_set1_ps(alpha);
+    for (; c + 16 <= w; c += 16) {
+        __m128i r0 = _mm_cvtps_epi32(_mm_mul_ps(_mm_loadu_ps(v + c), scale));
+        __m128i r1 = _mm_cvtps_epi32(_mm_mul_ps(_mm_loadu_ps(v + c + 4), scale));
+        __m128i r2 = _mm_cvtps_epi32(_mm_mul_ps(_mm_loadu_ps(v + c + 8), scale));
+        __m128i r3 = _mm_cvtps_epi32(_mm_mul_ps(_mm_loadu_ps(v + c + 12), scale));
+        _mm_storeu_si128((__m128i *)(out + c), _mm_packus_epi16(_mm_packs_epi32(r0, r1), _mm_packs_epi32(r2, r3)));
+    }
+#endif
+    for (; c < w; c++) out[c] = saturate_round(v[c] * alpha);
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -781,7 +800,8 @@ static void absorbed_row(const unsigned char *g, const unsigned char *p, Py_ssiz
 /* absorbed_row with AVX2, eight pixels a division: the same arithmetic, twice the width (the
  * divisions bound the row). Used where the processor has it (absorbed_ink asks). */
 __attribute__((target("avx2"))) static void absorbed_row_avx2(const unsigned char *g, const unsigned char *p,
-                                                                Py_ssize_t w, float alpha, unsigned char *out) {
+                                                                Py_ssize_t w, float alpha, unsigned char *out,
+                                                                float *keep) {
     Py_ssize_t c = 0;
     const __m256 k255 = _mm256_set1_ps(255.0f), scale = _mm256_set1_ps(alpha);
     const __m128i one = _mm_set1_epi8(1);
@@ -792,6 +812,10 @@ __attribute__((target("avx2"))) static void absorbed_row_avx2(const unsigned cha
         __m256i b0 = _mm256_cvtepu8_epi32(b), b1 = _mm256_cvtepu8_epi32(_mm_srli_si128(b, 8));
         __m256 v0 = _mm256_div_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(a0), k255), _mm256_cvtepi32_ps(b0));
         __m256 v1 = _mm256_div_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(a1), k255), _mm256_cvtepi32_ps(b1));
+        if (keep) {
+            _mm256_storeu_ps(keep + c, v0);
+            _mm256_storeu_ps(keep + c + 8, v1);
+        }
         __m256i r0 = _mm256_cvtps_epi32(_mm256_mul_ps(v0, scale)), r1 = _mm256_cvtps_epi32(_mm256_mul_ps(v1, scale));
         __m256i words = _mm256_packs_epi32(r0, r1); /* per 128-bit lane: r0 lo, r1 lo | r0 hi, r1 hi */
         __m128i lo = _mm256_castsi256_si128(words), hi = _mm256_extracti128_si256(words, 1);
@@ -801,12 +825,32 @@ __attribute__((target("avx2"))) static void absorbed_row_avx2(const unsigned cha
     }
     for (; c < w; c++) {
         int a = p[c] > g[c] ? p[c] - g[c] : 0, b = p[c] > 0 ? p[c] : 1;
-        out[c] = saturate_round((((float)a * 255.0f) / (float)b) * alpha);
+        float v = ((float)a * 255.0f) / (float)b;
+        if (keep) keep[c] = v;
+        out[c] = saturate_round(v * alpha);
     }
 }
 #endif
 
-typedef void (*absorbed_row_fn)(const unsigned char *, const unsigned char *, Py_ssize_t, float, unsigned char *);
+typedef void (*absorbed_row_fn)(const unsigned char *, const unsigned char *, Py_ssize_t, float, unsigned char *,
+                                float *);
+
+/* The most floats absorbed_ink keeps between its passes (16 MB). */
+#define KEEP_MAX (4 * 1024 * 1024)
+
+/* A float buffer of at least n, kept by the process and grown as needed (NULL if it cannot
+ * grow: the caller divides again). The extension runs under the GIL, so one buffer serves. */
+static float *kept_floats(size_t n) {
+    static float *buffer = NULL;
+    static size_t capacity = 0;
+    if (n > capacity) {
+        float *grown = realloc(buffer, n * sizeof(float));
+        if (!grown) return NULL;
+        buffer = grown;
+        capacity = n;
+    }
+    return buffer;
+}
 
 /* absorbed_ink(gray, paper, min_top, out) -> (top, scale) (kernels). */
 static PyObject *absorbed_ink(PyObject *self, PyObject *args) {
@@ -835,10 +879,15 @@ static PyObject *absorbed_ink(PyObject *self, PyObject *args) {
 #if defined(__x86_64__) && defined(__GNUC__)
     if (avx2_here()) row_of = absorbed_row_avx2;
 #endif
+    /* The float ink is kept for the second pass where it is no larger than KEEP_MAX floats (a
+     * scan's is far smaller; a larger image divides again instead), in a buffer the process
+     * keeps and grows: the divisions bound this loop. */
+    float *keep = h * w <= KEEP_MAX ? kept_floats((size_t)(h * w)) : NULL;
     int top = 0;
     for (Py_ssize_t r = 0; r < h; r++) {
         unsigned char *row = (unsigned char *)o.data + r * o.s0;
-        row_of((const unsigned char *)g.data + r * g.s0, (const unsigned char *)p.data + r * p.s0, w, 1.0f, row);
+        row_of((const unsigned char *)g.data + r * g.s0, (const unsigned char *)p.data + r * p.s0, w, 1.0f, row,
+               keep ? keep + r * w : NULL);
         unsigned char m = row_max(row, w);
         top = m > top ? m : top;
     }
@@ -849,9 +898,14 @@ static PyObject *absorbed_ink(PyObject *self, PyObject *args) {
     int scale = levels_above(counts, first);
     if (top >= min_top) {
         float alpha = (float)(255.0 / (double)scale); /* what OpenCV multiplies by */
-        for (Py_ssize_t r = 0; r < h; r++)
-            row_of((const unsigned char *)g.data + r * g.s0, (const unsigned char *)p.data + r * p.s0, w, alpha,
-                   (unsigned char *)o.data + r * o.s0);
+        for (Py_ssize_t r = 0; r < h; r++) {
+            unsigned char *row = (unsigned char *)o.data + r * o.s0;
+            if (keep)
+                scaled_row(keep + r * w, w, alpha, row);
+            else
+                row_of((const unsigned char *)g.data + r * g.s0, (const unsigned char *)p.data + r * p.s0, w, alpha,
+                       row, NULL);
+        }
     }
     result = Py_BuildValue("ii", top, scale);
 done:

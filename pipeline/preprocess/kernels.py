@@ -132,10 +132,11 @@ def absorbed_ink(gray: np.ndarray, paper: np.ndarray, min_top: int) -> np.ndarra
     the fraction of the paper's light it absorbs, 255 * (paper - pixel) / paper (0 where the paper
     is darker), in float32 as OpenCV's divide gives it, then `normalize._stretch` of it (the levels
     of its rounding, then scaled, rounded and saturated as OpenCV's convertScaleAbs does): the same
-    bytes, without the float image and the six OpenCV calls, each a pass over it (the division is
-    made twice instead, eight or four pixels an instruction: AVX2 where the processor has it,
-    SSE2). Returns the stretched ink, or None when its strongest level is under `min_top` (a
-    blank). `gray` and `paper`: 8-bit images of one shape, rows contiguous."""
+    bytes in two passes instead of six OpenCV calls, each a pass over the image. The divisions,
+    eight or four pixels an instruction (AVX2 where the processor has it, SSE2), bound it: their
+    float results are kept for the second pass in a buffer the process reuses (an image over 4
+    megapixels divides again instead). Returns the stretched ink, or None when its strongest level
+    is under `min_top` (a blank). `gray` and `paper`: 8-bit images of one shape, rows contiguous."""
     out = np.empty(gray.shape, np.uint8)
     top, _ = _loops.absorbed_ink(gray, paper, min_top, out)
     return out if top >= min_top else None
