@@ -90,6 +90,51 @@ static PyObject *use_widest(PyObject *self, PyObject *args) {
     return PyBool_FromLong(avx2_here());
 }
 
+/* The first nonzero byte of n contiguous bytes (n if none): 16 bytes a compare where SSE2 is. */
+static Py_ssize_t first_nonzero(const unsigned char *p, Py_ssize_t n) {
+    Py_ssize_t c = 0;
+#if defined(__SSE2__)
+    const __m128i zero = _mm_setzero_si128();
+    for (; c + 16 <= n; c += 16) {
+        int zeros = _mm_movemask_epi8(_mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)(p + c)), zero));
+        if (zeros != 0xFFFF) return c + __builtin_ctz((unsigned)~zeros & 0xFFFF);
+    }
+#endif
+    for (; c < n; c++)
+        if (p[c]) return c;
+    return n;
+}
+
+/* The last nonzero byte of n contiguous bytes (-1 if none). */
+static Py_ssize_t last_nonzero(const unsigned char *p, Py_ssize_t n) {
+    Py_ssize_t c = n;
+#if defined(__SSE2__)
+    const __m128i zero = _mm_setzero_si128();
+    for (; c >= 16; c -= 16) {
+        int zeros = _mm_movemask_epi8(_mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)(p + c - 16)), zero));
+        if (zeros != 0xFFFF) return c - 16 + 31 - __builtin_clz((unsigned)~zeros & 0xFFFF);
+    }
+#endif
+    for (; c > 0; c--)
+        if (p[c - 1]) return c - 1;
+    return -1;
+}
+
+/* The first zero byte of n contiguous bytes (n if none). */
+static Py_ssize_t first_zero(const unsigned char *p, Py_ssize_t n) {
+    Py_ssize_t c = 0;
+#if defined(__SSE2__)
+    const __m128i zero = _mm_setzero_si128();
+    for (; c + 16 <= n; c += 16) {
+        int zeros = _mm_movemask_epi8(_mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)(p + c)), zero));
+        if (zeros) return c + __builtin_ctz((unsigned)zeros);
+    }
+#endif
+    for (; c < n; c++)
+        if (!p[c]) return c;
+    return n;
+}
+
 static int compare_int64(const void *a, const void *b) {
     int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
     return (x > y) - (x < y);
@@ -183,10 +228,8 @@ static PyObject *long_bands(PyObject *self, PyObject *args) {
     Py_ssize_t h = m.h, w = m.w, found = 0, runs = 0;
     /* A row holds at most w / length + 1 long runs (length >= 1). */
     Py_ssize_t per_row = w / (length > 0 ? length : 1) + 1;
-    int32_t *prefix = malloc(sizeof(int32_t) * (size_t)((h + 1) * (w > 0 ? w : 1)));
     Py_ssize_t *run = malloc(sizeof(Py_ssize_t) * 3 * (size_t)(h * per_row + 1));
-    if (!prefix || !run || out.len < (Py_ssize_t)sizeof(double) * ROW * h) {
-        free(prefix);
+    if (!run || out.len < (Py_ssize_t)sizeof(double) * ROW * h) {
         free(run);
         PyBuffer_Release(&m.view);
         PyBuffer_Release(&out);
@@ -198,31 +241,61 @@ static PyObject *long_bands(PyObject *self, PyObject *args) {
         }
         return NULL;
     }
-    /* Column prefix counts: row r grown is any ink in rows r-reach .. r+reach. */
-    memset(prefix, 0, sizeof(int32_t) * (size_t)w);
-    for (Py_ssize_t r = 0; r < h; r++)
-        for (Py_ssize_t c = 0; c < w; c++)
-            prefix[(r + 1) * w + c] = prefix[r * w + c] + (AT(&m, r, c) ? 1 : 0);
+    /* The mask with its pixels contiguous along the rows (the vertical lines' view is a
+     * transposed one, read a column at a time otherwise), as 0/1 bytes. */
+    unsigned char *flat = malloc((size_t)(h * w > 0 ? h * w : 1));
+    unsigned char *grown = malloc((size_t)(w > 0 ? w : 1));
+    uint16_t *count = calloc((size_t)(w > 0 ? w : 1), sizeof(uint16_t));
+    if (!flat || !grown || !count) {
+        free(flat);
+        free(grown);
+        free(count);
+        free(run);
+        PyBuffer_Release(&m.view);
+        PyBuffer_Release(&out);
+        return PyErr_NoMemory();
+    }
     for (Py_ssize_t r = 0; r < h; r++) {
-        Py_ssize_t top = r - reach > 0 ? r - reach : 0;
-        Py_ssize_t bottom = r + reach + 1 < h ? r + reach + 1 : h;
-        int32_t *pt = prefix + top * w, *pb = prefix + bottom * w;
-        Py_ssize_t c = 0;
-        while (c < w) {
-            if (pb[c] - pt[c] > 0) {
-                Py_ssize_t s = c;
-                while (c < w && pb[c] - pt[c] > 0) c++;
-                if (c - s >= length) {
-                    run[3 * runs] = r;
-                    run[3 * runs + 1] = s;
-                    run[3 * runs + 2] = c;
-                    runs++;
-                }
-            } else {
-                c++;
-            }
+        const unsigned char *src = (const unsigned char *)m.data + r * m.s0;
+        unsigned char *dst = flat + r * w;
+        if (m.s1 == 1) {
+            for (Py_ssize_t c = 0; c < w; c++) dst[c] = src[c] != 0;
+        } else {
+            const Py_ssize_t step = m.s1;
+            for (Py_ssize_t c = 0; c < w; c++) dst[c] = src[c * step] != 0;
         }
     }
+    /* Row r grown is any ink in rows r - reach .. r + reach: a count per column over that window,
+     * slid down a row at a time. */
+    for (Py_ssize_t r = 0; r < (reach + 1 < h ? reach + 1 : h); r++)
+        for (Py_ssize_t c = 0; c < w; c++) count[c] += flat[r * w + c];
+    for (Py_ssize_t r = 0; r < h; r++) {
+        if (r > 0) {
+            if (r + reach < h) {
+                const unsigned char *add = flat + (r + reach) * w;
+                for (Py_ssize_t c = 0; c < w; c++) count[c] += add[c];
+            }
+            if (r - reach - 1 >= 0) {
+                const unsigned char *drop = flat + (r - reach - 1) * w;
+                for (Py_ssize_t c = 0; c < w; c++) count[c] -= drop[c];
+            }
+        }
+        for (Py_ssize_t c = 0; c < w; c++) grown[c] = count[c] != 0;
+        Py_ssize_t c = first_nonzero(grown, w);
+        while (c < w) {
+            Py_ssize_t e = c + first_zero(grown + c, w - c);
+            if (e - c >= length) {
+                run[3 * runs] = r;
+                run[3 * runs + 1] = c;
+                run[3 * runs + 2] = e;
+                runs++;
+            }
+            c = e >= w ? w : e + first_nonzero(grown + e, w - e);
+        }
+    }
+    free(flat);
+    free(grown);
+    free(count);
     double *rows = (double *)out.buf;
     int failed = 0;
     Py_ssize_t i = 0;
@@ -246,7 +319,6 @@ static PyObject *long_bands(PyObject *self, PyObject *args) {
         }
         i = j + 1;
     }
-    free(prefix);
     free(run);
     PyBuffer_Release(&m.view);
     PyBuffer_Release(&out);
@@ -462,36 +534,6 @@ static PyObject *stretch_levels(PyObject *self, PyObject *args) {
     }
     PyBuffer_Release(&g.view);
     return Py_BuildValue("ii", top, levels_above(counts, first));
-}
-
-/* The first nonzero byte of n contiguous bytes (n if none): 16 bytes a compare where SSE2 is. */
-static Py_ssize_t first_nonzero(const unsigned char *p, Py_ssize_t n) {
-    Py_ssize_t c = 0;
-#if defined(__SSE2__)
-    const __m128i zero = _mm_setzero_si128();
-    for (; c + 16 <= n; c += 16) {
-        int zeros = _mm_movemask_epi8(_mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)(p + c)), zero));
-        if (zeros != 0xFFFF) return c + __builtin_ctz((unsigned)~zeros & 0xFFFF);
-    }
-#endif
-    for (; c < n; c++)
-        if (p[c]) return c;
-    return n;
-}
-
-/* The last nonzero byte of n contiguous bytes (-1 if none). */
-static Py_ssize_t last_nonzero(const unsigned char *p, Py_ssize_t n) {
-    Py_ssize_t c = n;
-#if defined(__SSE2__)
-    const __m128i zero = _mm_setzero_si128();
-    for (; c >= 16; c -= 16) {
-        int zeros = _mm_movemask_epi8(_mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)(p + c - 16)), zero));
-        if (zeros != 0xFFFF) return c - 16 + 31 - __builtin_clz((unsigned)~zeros & 0xFFFF);
-    }
-#endif
-    for (; c > 0; c--)
-        if (p[c - 1]) return c - 1;
-    return -1;
 }
 
 /* Grow the box (top, bottom, left, right; inclusive, top -1 when empty) by row r's nonzero
