@@ -336,6 +336,72 @@ def test_bbox_and_locate_find_opencvs_box() -> None:
         assert np.array_equal(found, levels.astype(int) > level) and box == by_opencv(found), level
 
 
+def _jpeg_frame_by_python(data: bytes) -> tuple[int, int, bool] | None:
+    """The marker walk as decode._jpeg_frame made it in Python: the reference."""
+    import struct
+
+    at, size = 2, len(data)
+    frame: tuple[int, int] | None = None
+    exif = False
+    while at + 4 <= size:
+        if data[at] != 0xFF:
+            return None
+        marker = data[at + 1]
+        if marker == 0xFF:
+            at += 1
+            continue
+        if marker in {0x01, *range(0xD0, 0xD8)}:
+            at += 2
+            continue
+        if marker in (0xD8, 0xD9):
+            return None
+        (length,) = struct.unpack_from(">H", data, at + 2)
+        if length < 2 or at + 2 + length > size:
+            return None
+        if marker == 0xDA:
+            return None if frame is None else (*frame, exif)
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            if marker not in (0xC0, 0xC1, 0xC2) or frame is not None or length < 8:
+                return None
+            precision, height, width, components = struct.unpack_from(">BHHB", data, at + 4)
+            if precision != 8 or components not in (1, 3) or not width or not height:
+                return None
+            frame = (width, height)
+        elif marker == 0xE1 and data[at + 4 : at + 10] == b"Exif\x00\x00":
+            exif = True
+        at += 2 + length
+    return None
+
+
+def test_jpeg_frame_reads_the_markers_as_the_python_walk_did() -> None:
+    """Every JPEG the short way may take, and every way one can be odd: gray, colour, progressive,
+    CMYK, with EXIF, each cut at every byte of its header, and with random bytes changed there."""
+    import io
+
+    rng = np.random.default_rng(8)
+    files = []
+    for mode, options in [("L", {}), ("RGB", {}), ("L", {"progressive": True}), ("CMYK", {})]:
+        img = Image.fromarray(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)).convert(mode)
+        for exif in (False, True):
+            buffer = io.BytesIO()
+            tags = Image.Exif()
+            tags[0x0112] = 6  # rotated: the short way leaves it to PIL, but reads that it is there
+            img.save(buffer, "JPEG", **options, **({"exif": tags} if exif else {}))
+            files.append(buffer.getvalue())
+    cases = []
+    for data in files:
+        header = data.index(b"\xff\xda") + 4
+        cases += [data, b"", data[:2], data[:3]]
+        cases += [data[:cut] for cut in range(4, header)]
+        for _ in range(200):
+            changed = bytearray(data[:header])
+            for at in rng.integers(2, header, int(rng.integers(1, 4))):
+                changed[int(at)] = int(rng.integers(0, 256))
+            cases.append(bytes(changed))
+    for i, data in enumerate(cases):
+        assert kernels.jpeg_frame(data) == _jpeg_frame_by_python(data), i
+
+
 def _read_only(shape: tuple[int, int]) -> np.ndarray:
     out = np.zeros(shape, bool)
     out.setflags(write=False)

@@ -1626,12 +1626,58 @@ done:
     return result;
 }
 
+/* jpeg_frame(data) -> (width, height, exif) or None (kernels; decode._jpeg_frame's rules). */
+static PyObject *jpeg_frame(PyObject *self, PyObject *args) {
+    Py_buffer view;
+    if (!PyArg_ParseTuple(args, "y*", &view)) return NULL;
+    const unsigned char *d = (const unsigned char *)view.buf;
+    Py_ssize_t at = 2, size = view.len;
+    long width = -1, height = -1;
+    int exif = 0, done = 0;
+    PyObject *result = NULL;
+    while (!done && at + 4 <= size) {
+        if (d[at] != 0xFF) break;
+        unsigned marker = d[at + 1];
+        if (marker == 0xFF) { /* fill byte before a marker */
+            at += 1;
+            continue;
+        }
+        if (marker == 0x01 || (marker >= 0xD0 && marker <= 0xD7)) { /* TEM, restarts: no length */
+            at += 2;
+            continue;
+        }
+        if (marker == 0xD8 || marker == 0xD9) break;
+        Py_ssize_t length = ((Py_ssize_t)d[at + 2] << 8) | d[at + 3];
+        if (length < 2 || at + 2 + length > size) break;
+        if (marker == 0xDA) { /* start of scan: the header is over */
+            if (width >= 0) result = Py_BuildValue("llO", width, height, exif ? Py_True : Py_False);
+            done = 1;
+            break;
+        }
+        if (marker >= 0xC0 && marker <= 0xCF && marker != 0xC4 && marker != 0xC8 && marker != 0xCC) {
+            if (marker > 0xC2 || width >= 0 || length < 8) break;
+            unsigned precision = d[at + 4], components = d[at + 9];
+            long h = ((long)d[at + 5] << 8) | d[at + 6], w = ((long)d[at + 7] << 8) | d[at + 8];
+            if (precision != 8 || (components != 1 && components != 3) || !w || !h) break;
+            width = w;
+            height = h;
+        } else if (marker == 0xE1 && at + 10 <= size && memcmp(d + at + 4, "Exif\0\0", 6) == 0) {
+            exif = 1;
+        }
+        at += 2 + length;
+    }
+    PyBuffer_Release(&view);
+    if (result) return result;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"use_widest", use_widest, METH_VARARGS, "Allow the AVX2 loops (the default) or not (for tests)."},
     {"long_bands", long_bands, METH_VARARGS, "Bands of long runs, fitted (see kernels.long_bands)."},
     {"strip", strip, METH_VARARGS, "A line's rows in each of its columns (see kernels.strip)."},
     {"line_pixels", line_pixels, METH_VARARGS, "A line's strip and ticks (see kernels.line_pixels)."},
     {"fit_and_centre", fit_and_centre, METH_VARARGS, "A digit into the box, centred by mass (see kernels.fit_and_centre)."},
+    {"jpeg_frame", jpeg_frame, METH_VARARGS, "A JPEG's size and EXIF presence from its markers (see kernels.jpeg_frame)."},
     {"bbox", bbox, METH_VARARGS, "The box of a mask's nonzero pixels (see kernels.bbox)."},
     {"locate", locate, METH_VARARGS, "The ink mask and its box (see kernels.locate)."},
     {"erosion", erosion, METH_VARARGS, "Ink, what a 3x3 erosion leaves of it, and where (see kernels.erosion)."},

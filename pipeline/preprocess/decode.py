@@ -19,6 +19,7 @@ from PIL import Image, ImageOps
 
 from pipeline import defaults
 from pipeline.errors import ImageError
+from pipeline.preprocess import kernels
 
 # PIL's own bomb guard would warn, then raise at twice its limit; we refuse earlier, by our limit,
 # before any pixel is decoded, so switch PIL's off to keep a single rule.
@@ -227,11 +228,6 @@ def _jpeg_gray(data: bytes, max_pixels: int, reduce: bool) -> tuple[np.ndarray, 
     return gray, factor
 
 
-# Start-of-frame markers of the JPEGs the short way takes: baseline, extended and progressive
-# Huffman-coded (what PIL opens as L or RGB); lossless and arithmetic-coded ones take PIL's way.
-_SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2})
-# Markers that stand alone, without a length: TEM and the restart markers.
-_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
 
 
 def _jpeg_frame(data: bytes) -> tuple[int, int, bool] | None:
@@ -239,38 +235,9 @@ def _jpeg_frame(data: bytes) -> tuple[int, int, bool] | None:
     first scan, for an 8-bit JPEG of one or three components (what PIL opens as L or RGB); None
     for anything else or anything unexpected (junk between markers, a scan before the frame),
     which PIL's way then opens or refuses with its own message. Why not PIL's parser: it is Python
-    code run for every file, a large share of the time a small scan takes to decode."""
-    at, size = 2, len(data)
-    frame: tuple[int, int] | None = None
-    exif = False
-    while at + 4 <= size:
-        if data[at] != 0xFF:
-            return None
-        marker = data[at + 1]
-        if marker == 0xFF:  # fill byte before a marker
-            at += 1
-            continue
-        if marker in _STANDALONE:
-            at += 2
-            continue
-        if marker in (0xD8, 0xD9):
-            return None
-        (length,) = struct.unpack_from(">H", data, at + 2)
-        if length < 2 or at + 2 + length > size:
-            return None
-        if marker == 0xDA:  # start of scan: the header is over
-            return None if frame is None else (*frame, exif)
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            if marker not in _SOF_MARKERS or frame is not None or length < 8:
-                return None
-            precision, height, width, components = struct.unpack_from(">BHHB", data, at + 4)
-            if precision != 8 or components not in (1, 3) or not width or not height:
-                return None
-            frame = (width, height)
-        elif marker == 0xE1 and data[at + 4 : at + 10] == b"Exif\x00\x00":
-            exif = True
-        at += 2 + length
-    return None
+    code run for every file, a large share of the time a small scan takes to decode; the walk over
+    the markers is C too (`kernels.jpeg_frame`, which says what it accepts)."""
+    return kernels.jpeg_frame(data)
 
 
 def _upright(data: bytes) -> bool:

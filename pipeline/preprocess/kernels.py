@@ -85,6 +85,16 @@ def fit_and_centre(
     return out if kept else None
 
 
+def jpeg_frame(data: bytes) -> tuple[int, int, bool] | None:
+    """`decode._jpeg_frame`: walking a JPEG's markers from the first after start-of-image to the
+    start of scan (fill bytes skipped, TEM and restart markers without a length), the width and
+    height of its one frame and whether an APP1 block starts with "Exif\\0\\0"; None when a
+    marker is missing or cut short, another start or end of image comes first, there are two
+    frames or none, or the frame is not 8-bit baseline, extended or progressive Huffman
+    (SOF0-SOF2) of one or three components with both sizes non-zero."""
+    return _loops.jpeg_frame(data)
+
+
 def bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     """(top, bottom, left, right), exclusive ends, of the nonzero pixels of a bool or 8-bit image
     (any strides); None if there are none. Each row's first and last ink found 16 bytes a compare,
