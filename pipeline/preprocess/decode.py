@@ -228,8 +228,6 @@ def _jpeg_gray(data: bytes, max_pixels: int, reduce: bool) -> tuple[np.ndarray, 
     return gray, factor
 
 
-
-
 def _jpeg_frame(data: bytes) -> tuple[int, int, bool] | None:
     """Width, height and whether an EXIF block is present, read from a JPEG's markers up to its
     first scan, for an 8-bit JPEG of one or three components (what PIL opens as L or RGB); None
