@@ -925,19 +925,22 @@ static PyObject *absorbed_ink(PyObject *self, PyObject *args) {
      * scan's is far smaller; a larger image divides again instead), in a buffer the process
      * keeps and grows: the divisions bound this loop. */
     float *keep = h * w <= KEEP_MAX ? kept_floats((size_t)(h * w)) : NULL;
-    int top = 0;
+    /* The levels are counted as each row is made, from the least that can matter: a page whose
+     * strongest level reaches min_top reads its counts from top / 2 + 1 >= min_top / 2 + 1 up
+     * (one below min_top is a blank, whose scale nobody reads). */
+    int low = (min_top > 0 ? min_top : 0) / 2 + 1, top = 0;
+    int64_t counts[256];
+    memset(counts, 0, sizeof(counts));
     for (Py_ssize_t r = 0; r < h; r++) {
         unsigned char *row = (unsigned char *)o.data + r * o.s0;
         row_of((const unsigned char *)g.data + r * g.s0, (const unsigned char *)p.data + r * p.s0, w, 1.0f, row,
                keep ? keep + r * w : NULL);
         unsigned char m = row_max(row, w);
         top = m > top ? m : top;
+        count_high(row, w, low, counts);
     }
     int first = top / 2 + 1;
-    int64_t counts[256];
-    memset(counts, 0, sizeof(counts));
-    for (Py_ssize_t r = 0; r < h; r++) count_high((const unsigned char *)o.data + r * o.s0, w, first, counts);
-    int scale = levels_above(counts, first);
+    int scale = levels_above(counts, first > low ? first : low);
     if (top >= min_top) {
         float alpha = (float)(255.0 / (double)scale); /* what OpenCV multiplies by */
         for (Py_ssize_t r = 0; r < h; r++) {
