@@ -843,14 +843,15 @@ def run() -> None:
     tear down every module (onnxruntime's, OpenCV's, numpy's), time that every run paid and no
     output needs (docs/benchmarks.md). So the exit handlers run (multiprocessing's,
     Ray's shutdown, logging's flush), the standard streams are flushed, and the process exits. An
-    uncaught exception, or a thread still running, takes the ordinary exit instead.
+    uncaught exception, a thread still running, or a profiler or tracer watching (cProfile writes
+    its figures after the command returns) takes the ordinary exit instead.
     """
     try:
         main()
         code: str | int | None = 0
     except SystemExit as exc:
         code = exc.code
-    if threading.active_count() > 1:
+    if threading.active_count() > 1 or sys.getprofile() is not None or sys.gettrace() is not None:
         sys.exit(code)
     if code is None:
         code = 0

@@ -132,6 +132,18 @@ def test_run_leaves_the_ordinary_exit_to_a_process_with_threads(monkeypatch: pyt
     assert exited.value.code == 4
 
 
+def test_a_profiled_run_still_writes_its_profile(tmp_path: Path) -> None:
+    """cProfile writes its figures after the command returns: a run under it exits the ordinary
+    way, so `python -m cProfile -o FILE -m pipeline ...` still works for whoever measures."""
+    out = tmp_path / "run.prof"
+    result = subprocess.run(
+        [sys.executable, "-m", "cProfile", "-o", str(out), "-m", "pipeline", "--version"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0 and "pipeline " in result.stdout, result.stderr
+    assert out.stat().st_size > 0
+
+
 @pytest.mark.parametrize(("user", "seen"), [(None, "1"), ("4", "4")])
 def test_commands_keep_numpys_blas_on_one_thread_unless_the_user_says(
     user: str | None, seen: str, monkeypatch: pytest.MonkeyPatch
