@@ -38,7 +38,7 @@ $(STAMP): pyproject.toml setup.py pipeline/preprocess/_loops.c
 	@# Ray is optional (classify --engine ray); its tests are skipped, with the reason, if it cannot install.
 	$(BIN)/pip install --quiet -e '.[ray]' || echo "warning: Ray could not be installed; --engine ray tests will be skipped"
 	@# An editable install leaves the package's own modules uncompiled, where pip compiles a wheel's:
-	@# with PYTHONDONTWRITEBYTECODE set (CI, this workplace) every run compiled them again (0.05 s).
+	@# with PYTHONDONTWRITEBYTECODE set (CI, this workplace) every run compiled them again.
 	$(BIN)/python -m compileall -q pipeline
 	touch $(STAMP)
 

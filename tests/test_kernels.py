@@ -402,6 +402,64 @@ def test_jpeg_frame_reads_the_markers_as_the_python_walk_did() -> None:
         assert kernels.jpeg_frame(data) == _jpeg_frame_by_python(data), i
 
 
+def _png_plain_by_python(data: bytes) -> tuple[int, int] | None:
+    """decode._png_gray's test as it was written in Python: the reference."""
+    import struct
+
+    if len(data) < 33 or data[12:16] != b"IHDR":
+        return None
+    width, height, depth, colour = struct.unpack_from(">IIBB", data, 16)
+    if depth != 8 or colour != 0:
+        return None
+    at = 8
+    while True:
+        if at + 8 > len(data):
+            return None
+        length, kind = struct.unpack_from(">I4s", data, at)
+        if kind in (b"tRNS", b"PLTE", b"eXIf"):
+            return None
+        if kind == b"IEND":
+            return width, height
+        at += 12 + length
+
+
+def test_png_plain_gray_reads_the_chunks_as_the_python_walk_did() -> None:
+    """Gray, gray with transparency, palette, colour, 16-bit and 1-bit PNGs, one with text chunks,
+    each cut at every byte and with random bytes changed in its chunk headers."""
+    import io
+
+    from PIL import PngImagePlugin
+
+    rng = np.random.default_rng(9)
+    pixels = rng.integers(0, 256, (28, 31), dtype=np.uint8)
+    files = []
+    text = PngImagePlugin.PngInfo()
+    text.add_text("note", "a scan")
+    for img, options in [
+        (Image.fromarray(pixels), {}),
+        (Image.fromarray(pixels), {"transparency": 0}),
+        (Image.fromarray(pixels).convert("P"), {}),
+        (Image.fromarray(pixels).convert("RGB"), {}),
+        (Image.fromarray(pixels.astype(np.uint16) * 200), {}),
+        (Image.fromarray(pixels > 127), {}),
+        (Image.fromarray(pixels), {"pnginfo": text}),
+    ]:
+        buffer = io.BytesIO()
+        img.save(buffer, "PNG", **options)
+        files.append(buffer.getvalue())
+    cases = []
+    for data in files:
+        cases += [data[:cut] for cut in range(len(data) + 1)]
+        for _ in range(100):
+            changed = bytearray(data)
+            for at in rng.integers(8, min(len(data), 80), int(rng.integers(1, 3))):
+                changed[int(at)] = int(rng.integers(0, 256))
+            cases.append(bytes(changed))
+    for i, data in enumerate(cases):
+        assert kernels.png_plain_gray(data) == _png_plain_by_python(data), i
+    assert kernels.png_plain_gray(files[0]) == (31, 28)
+
+
 def _read_only(shape: tuple[int, int]) -> np.ndarray:
     out = np.zeros(shape, bool)
     out.setflags(write=False)

@@ -1674,12 +1674,42 @@ static PyObject *jpeg_frame(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* png_plain_gray(data) -> (width, height) or None (kernels; decode._png_gray's rules). */
+static PyObject *png_plain_gray(PyObject *self, PyObject *args) {
+    Py_buffer view;
+    if (!PyArg_ParseTuple(args, "y*", &view)) return NULL;
+    const unsigned char *d = (const unsigned char *)view.buf;
+    Py_ssize_t size = view.len;
+    PyObject *result = NULL;
+    if (size >= 33 && memcmp(d + 12, "IHDR", 4) == 0 && d[24] == 8 && d[25] == 0) {
+        unsigned long width = ((unsigned long)d[16] << 24) | ((unsigned long)d[17] << 16) | ((unsigned long)d[18] << 8) | d[19];
+        unsigned long height = ((unsigned long)d[20] << 24) | ((unsigned long)d[21] << 16) | ((unsigned long)d[22] << 8) | d[23];
+        /* Every chunk's header, to IEND: a file cut short has none (None: PIL's way). */
+        Py_ssize_t at = 8;
+        while (at + 8 <= size) {
+            const unsigned char *kind = d + at + 4;
+            if (!memcmp(kind, "tRNS", 4) || !memcmp(kind, "PLTE", 4) || !memcmp(kind, "eXIf", 4)) break;
+            if (!memcmp(kind, "IEND", 4)) {
+                result = Py_BuildValue("kk", width, height);
+                break;
+            }
+            unsigned long length = ((unsigned long)d[at] << 24) | ((unsigned long)d[at + 1] << 16) |
+                                   ((unsigned long)d[at + 2] << 8) | d[at + 3];
+            at += 12 + (Py_ssize_t)length;
+        }
+    }
+    PyBuffer_Release(&view);
+    if (result) return result;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"use_widest", use_widest, METH_VARARGS, "Allow the AVX2 loops (the default) or not (for tests)."},
     {"long_bands", long_bands, METH_VARARGS, "Bands of long runs, fitted (see kernels.long_bands)."},
     {"strip", strip, METH_VARARGS, "A line's rows in each of its columns (see kernels.strip)."},
     {"line_pixels", line_pixels, METH_VARARGS, "A line's strip and ticks (see kernels.line_pixels)."},
     {"fit_and_centre", fit_and_centre, METH_VARARGS, "A digit into the box, centred by mass (see kernels.fit_and_centre)."},
+    {"png_plain_gray", png_plain_gray, METH_VARARGS, "An 8-bit gray PNG's size, if nothing alters it (see kernels.png_plain_gray)."},
     {"jpeg_frame", jpeg_frame, METH_VARARGS, "A JPEG's size and EXIF presence from its markers (see kernels.jpeg_frame)."},
     {"bbox", bbox, METH_VARARGS, "The box of a mask's nonzero pixels (see kernels.bbox)."},
     {"locate", locate, METH_VARARGS, "The ink mask and its box (see kernels.locate)."},

@@ -85,6 +85,14 @@ def fit_and_centre(
     return out if kept else None
 
 
+def png_plain_gray(data: bytes) -> tuple[int, int] | None:
+    """`decode._png_gray`'s test of a PNG file's bytes: (width, height) from its IHDR chunk when
+    it is 8-bit grayscale and, walking the chunk headers to IEND, none changes what PIL makes of
+    it (tRNS transparency, a PLTE palette, an eXIf block); None otherwise, or when IEND is never
+    reached (a file cut short)."""
+    return _loops.png_plain_gray(data)
+
+
 def jpeg_frame(data: bytes) -> tuple[int, int, bool] | None:
     """`decode._jpeg_frame`: walking a JPEG's markers from the first after start-of-image to the
     start of scan (fill bytes skipped, TEM and restart markers without a length), the width and
