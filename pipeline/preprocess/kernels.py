@@ -1,12 +1,15 @@
-"""The scan path's pixel loops: form-line search and tracing, ink stretch, PIL's resampling and
-Gaussian blur, the border's levels; compiled C (`_loops.c`).
+"""The scan path's pixel loops: form-line search and tracing, the ink's absorption, stretch, mask
+and box, erosion counts, PIL's resampling and Gaussian blur, the digit's fit into the 28x28 field,
+the border's levels, and the JPEG and PNG header walks; compiled C (`_loops.c`).
 
 Why compiled: on a scan of a few hundred pixels each step touches only a few thousand pixels, so
 the time went into the dozens of numpy calls per image and their Python overhead, not into the
 pixels; one loop per step does the same work in one call. The rules that decide what the lines
-mean stay in `forms` in Python; what is here is mechanical (runs, bands, fits, strips, ticks, a
-histogram). Steps whose cost is in the pixels stay with OpenCV's vectorised code and PIL's
-resampling, which scalar loops do not beat.
+mean stay in `forms` in Python; what is here is mechanical (runs, bands, fits, strips, ticks,
+histograms, boxes). Each loop gives the bytes the library it replaced gave (OpenCV's, PIL's,
+numpy's; the tests hold them to it). Where the pixels are the cost, the loops are vectorised:
+SSE2 (every x86-64) by the compiler or by hand, and AVX2 where the processor has it, chosen at
+run time (`_loops.use_widest(False)` turns AVX2 off, for the tests, which run both ways).
 
 Why C and not a JIT: the loops are built with the package (setup.py), so a process loads them
 at once, where numba's import and compiler were paid by every run of scans before its workers
