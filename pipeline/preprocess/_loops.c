@@ -83,6 +83,28 @@ static int get_vector(PyObject *obj, Py_buffer *view, Py_ssize_t size, int writa
     return 0;
 }
 
+/* A grid's pixels as rows of contiguous bytes: the grid's own memory where they already are
+ * (rows `*stride` bytes apart, possibly negative), else a packed copy in `*copy`, which the caller
+ * frees. 0, or -1 with MemoryError set. */
+static int contiguous_rows(const grid *g, const uint8_t **image, Py_ssize_t *stride, uint8_t **copy) {
+    *copy = NULL;
+    if (g->s1 == 1) {
+        *image = (const uint8_t *)g->data;
+        *stride = g->s0;
+        return 0;
+    }
+    *copy = malloc((size_t)(g->h * g->w > 0 ? g->h * g->w : 1));
+    if (!*copy) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t r = 0; r < g->h; r++)
+        for (Py_ssize_t c = 0; c < g->w; c++) (*copy)[r * g->w + c] = (uint8_t)AT(g, r, c);
+    *image = *copy;
+    *stride = g->w;
+    return 0;
+}
+
 /* Whether the AVX2 loops run: where the processor has them (asked once), unless
  * `use_widest(False)` turned them off (the tests check the loops every x86-64 runs that way). */
 static int widest_allowed = 1;
@@ -1461,21 +1483,15 @@ static PyObject *resize(PyObject *self, PyObject *args) {
     }
     /* The image is read where it is when its pixels are contiguous within rows (a scan's are);
      * any other layout is copied first. */
-    int in_place = in.s1 == 1;
-    uint8_t *src = in_place ? NULL : malloc((size_t)(h * w)), *dst = malloc((size_t)(height * width));
+    const uint8_t *image;
+    Py_ssize_t stride;
+    uint8_t *src = NULL, *dst = malloc((size_t)(height * width));
     PyObject *done = NULL;
-    if ((!in_place && !src) || !dst) {
+    if (!dst) {
         PyErr_NoMemory();
         goto release;
     }
-    const uint8_t *image = (const uint8_t *)in.data;
-    Py_ssize_t stride = in.s0;
-    if (!in_place) {
-        for (Py_ssize_t r = 0; r < h; r++)
-            for (Py_ssize_t c = 0; c < w; c++) src[r * w + c] = (uint8_t)AT(&in, r, c);
-        image = src;
-        stride = w;
-    }
+    if (contiguous_rows(&in, &image, &stride, &src) < 0) goto release;
     if (resize_pixels(image, stride, h, w, width, height, filter, dst) < 0) goto release;
     for (Py_ssize_t r = 0; r < height; r++) {
         const uint8_t *from = dst + r * width;
@@ -1546,19 +1562,9 @@ static PyObject *fit_and_centre(PyObject *self, PyObject *args) {
     nw = nw < 1 ? 1 : nw;
     mh = mh < 1 ? 1 : mh;
     mw = mw < 1 ? 1 : mw;
-    const uint8_t *image = (const uint8_t *)d.data;
-    Py_ssize_t stride = d.s0;
-    if (d.s1 != 1) {
-        src = malloc((size_t)(h * w));
-        if (!src) {
-            PyErr_NoMemory();
-            goto done;
-        }
-        for (Py_ssize_t r = 0; r < h; r++)
-            for (Py_ssize_t c = 0; c < w; c++) src[r * w + c] = (uint8_t)AT(&d, r, c);
-        image = src;
-        stride = w;
-    }
+    const uint8_t *image;
+    Py_ssize_t stride;
+    if (contiguous_rows(&d, &image, &stride, &src) < 0) goto done;
     /* The stroke check at the intermediate scale (normalize._normalize_stroke). */
     mid = malloc((size_t)(mh * mw));
     tmp = malloc((size_t)(mh * mw));
