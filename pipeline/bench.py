@@ -17,7 +17,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -201,15 +201,17 @@ with open(os.devnull, "w") as out:
 
 @dataclass(frozen=True)
 class ClassifyRun:
-    """One whole-process run on a benchmark folder, against the decode-only ceiling on it."""
+    """One whole-process run on a benchmark folder, against the decode-only ceiling on it: of
+    several rounds, the one whose share of its ceiling is the median (`shares` has them all)."""
 
     run: RunBench
-    ceiling: float  # images/s of the decode-only run on the same files
+    ceiling: float  # images/s of the decode-only run on the same files, just before `run`
     accuracy: (
         float | None
     )  # right answers / files (blank and unreadable count as wrong); None: not a classifier
     model: Path | None = None
     ece: float | None = None  # of the CSV's confidence column, over the rows with a digit
+    shares: tuple[float, ...] = ()  # every round's share of its ceiling, lowest first
 
     @property
     def share_of_ceiling(self) -> float:
@@ -222,42 +224,64 @@ def _label(path: str) -> int:
 
 
 def _classify_runs(
-    folder: Path, models: list[Path], workers: int | None, naive: Path | None
-) -> list[ClassifyRun]:
+    folder: Path, models: list[Path], workers: int | None, naive: Path | None,
+    rounds: int = defaults.BENCH_ROUNDS,
+) -> list[ClassifyRun]:  # fmt: skip
     """The decode-only ceiling, then `pipeline classify` with each model, on the same files, in the
     page cache; each classify run is timed as a whole process (start-up included, as a user pays
     it), the ceiling without its start-up.
 
-    The ceiling is measured again just before each classify run after the first, and each run's
-    share is of the ceiling measured next to it: a machine whose speed drifts by a third within
-    minutes (this project's) would otherwise move a later run's share with the drift."""
+    Each model gets `rounds` rounds of the ceiling and then classify, and each round's share is of
+    the ceiling measured just before it: a machine whose speed drifts by a third within minutes
+    (this project's) would otherwise move a later run's share with the drift. The round with the
+    median share is reported (its peak memory replaced by the highest of any round), and every
+    round must write the same CSV. The first row is the median of all ceiling runs."""
     from pipeline.classify import ENCODING, ERRORS
 
+    if rounds < 1:
+        raise PipelineError("--rounds must be at least 1")
     warm_cache(folder)
     count = sum(1 for _ in walk(folder, defaults.IMAGE_EXTENSIONS))
     n_workers = workers or os.cpu_count() or 1
     py = sys.executable
     decode_only = [py, "-c", _DECODE_ONLY, str(folder), str(n_workers)]
-    ceiling = _measure("decode only (ceiling)", decode_only, count)
-    runs = [ClassifyRun(ceiling, ceiling.per_second, None)]
+    ceilings = [_measure("decode only (ceiling)", decode_only, count)]
+    naive_run = None
     if naive is not None:
         run = _measure("naive loop", [py, "-c", _NAIVE, str(folder), str(naive)], count)
-        runs.append(ClassifyRun(run, ceiling.per_second, None, naive))
+        naive_run = ClassifyRun(run, ceilings[0].per_second, None, naive)
+    runs: list[ClassifyRun] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for i, model in enumerate(models):
-            beside = ceiling if i == 0 and naive is None else _measure("decode only", decode_only, count)
-            out = Path(tmp) / "results.csv"
-            cmd = [py, "-m", "pipeline", "classify", str(folder), "--out", str(out), "--model", str(model)]
-            if workers:
-                cmd += ["--workers", str(workers)]
-            run = _measure(f"classify {model.name}", cmd, count)
+        out = Path(tmp) / "results.csv"
+        cmd = [py, "-m", "pipeline", "classify", str(folder), "--out", str(out)]
+        if workers:
+            cmd += ["--workers", str(workers)]
+        for model in models:
+            pairs: list[tuple[RunBench, RunBench]] = []
+            written: bytes | None = None
+            for _ in range(rounds):
+                if naive_run is not None or pairs or runs:  # else the first ceiling is just before
+                    ceilings.append(_measure("decode only", decode_only, count))
+                run = _measure(f"classify {model.name}", [*cmd, "--model", str(model)], count)
+                if written is None:
+                    written = out.read_bytes()
+                elif out.read_bytes() != written:
+                    raise PipelineError(f"classify with {model.name} wrote a different CSV in a later round")
+                pairs.append((ceilings[-1], run))
             with open(out, encoding=ENCODING, errors=ERRORS, newline="") as f:
                 read = [r for r in csv.DictReader(f) if r["status"] in ("ok", "review")]
             right = np.array([r["prediction"] == str(_label(r["path"])) for r in read], dtype=bool)
             confidence = np.array([float(r["confidence"]) for r in read])
             ece = calibration.ece_of(calibration.binned(confidence, right)) if read else None
-            runs.append(ClassifyRun(run, beside.per_second, int(right.sum()) / count, model, ece))
-    return runs
+            pairs.sort(key=lambda pair: pair[1].per_second / pair[0].per_second)
+            beside, run = pairs[(len(pairs) - 1) // 2]
+            run = replace(run, peak_mib=max(r.peak_mib for _, r in pairs))
+            shares = tuple(r.per_second / c.per_second for c, r in pairs)
+            runs.append(ClassifyRun(run, beside.per_second, int(right.sum()) / count, model, ece, shares))
+    ceiling = sorted(ceilings, key=lambda c: c.per_second)[(len(ceilings) - 1) // 2]
+    ceiling = replace(ceiling, name="decode only (ceiling)")
+    head = [ClassifyRun(ceiling, ceiling.per_second, None)]
+    return head + ([naive_run] if naive_run else []) + runs
 
 
 def bench_classify(
@@ -266,10 +290,11 @@ def bench_classify(
     folder: Path | None = None,
     workers: int | None = None,
     naive: bool = True,
+    rounds: int = defaults.BENCH_ROUNDS,
 ) -> list[ClassifyRun]:
     """Decode-only ceiling, the naive loop and `pipeline classify` on one folder of 28x28 PNGs."""
     folder = make_digit_folder(folder or Path(tempfile.gettempdir()) / f"pipeline-bench-{count}", count)
-    return _classify_runs(folder, models, workers, models[0] if naive and models else None)
+    return _classify_runs(folder, models, workers, models[0] if naive and models else None, rounds)
 
 
 _RAY_STARTUP = """
@@ -321,6 +346,7 @@ def bench_scans(
     style: str = "scan",
     folder: Path | None = None,
     workers: int | None = None,
+    rounds: int = defaults.BENCH_ROUNDS,
 ) -> ScanBench:
     """Throughput and accuracy on MNIST test digits rendered as scans or form fields
     (`pipeline.samples`), from one run on the same files.
@@ -331,7 +357,7 @@ def bench_scans(
     """
     name = f"pipeline-bench-{style}-{start}-{count}-{seed}"
     folder = make_scan_folder(folder or Path(tempfile.gettempdir()) / name, count, style, start, seed)
-    runs = _classify_runs(folder, models, workers, None)
+    runs = _classify_runs(folder, models, workers, None, rounds)
     names = sorted(walk(folder, defaults.IMAGE_EXTENSIONS))
     truth = np.array([_label(n) for n in names])
     without = preprocess.scale(np.stack([_digit_or_blank(folder / n) for n in names]))

@@ -643,25 +643,33 @@ BenchModels = Annotated[
 ]
 
 
+BenchRounds = Annotated[
+    int,
+    typer.Option("--rounds", min=1, help="Rounds of ceiling then classify; the median share is reported."),
+]
+
+
 def _print_classify_runs(runs: list[Any], title: str) -> None:
-    """The decode-only ceiling and each classify run: ratio, accuracy, calibration (ECE), memory."""
+    """The decode-only ceiling and each classify run: ratio, accuracy, calibration (ECE), memory,
+    and every round's share where there were several."""
     table = Table(
-        "run", "images", "seconds", "images/s", "of ceiling", "accuracy", "ECE", "peak memory", title=title
-    )
+        "run", "images", "seconds", "images/s", "of ceiling", "accuracy", "ECE", "peak memory", "rounds",
+        title=title,
+    )  # fmt: skip
     for r in runs:
         accuracy = f"{r.accuracy:.2%}" if r.accuracy is not None else "-"
         ece = f"{r.ece:.4f}" if r.ece is not None else "-"
+        rounds = " ".join(f"{share:.0%}" for share in r.shares) or "-"
         table.add_row(
             r.run.name, f"{r.run.images:,}", f"{r.run.seconds:.2f}", f"{r.run.per_second:,.0f}",
-            f"{r.share_of_ceiling:.0%}", accuracy, ece, f"{r.run.peak_mib:,.0f} MiB",
+            f"{r.share_of_ceiling:.0%}", accuracy, ece, f"{r.run.peak_mib:,.0f} MiB", rounds,
         )  # fmt: skip
     console.print(table)
-    ceilings = [r.ceiling for r in runs if r.model is not None and r.accuracy is not None]
-    if len(ceilings) > 1:
+    if any(len(r.shares) > 1 for r in runs):
         console.print(
-            "the ceiling, measured again before each classify run (each share is of the one before it): "
-            + ", ".join(f"{c:,.0f}" for c in ceilings)
-            + " images/s"
+            "each round: the decode-only ceiling, then classify; a run's share is of the ceiling just "
+            "before it, and the row is the round with the median share (the ceiling's row: the median "
+            "of its runs)"
         )
 
 
@@ -682,12 +690,13 @@ def bench_classify_cli(
     folder: BenchFolder = None,
     workers: Annotated[int | None, typer.Option("--workers", min=1)] = None,
     naive: Annotated[bool, typer.Option("--naive/--no-naive", help="Also time the naive loop.")] = True,
+    rounds: BenchRounds = defaults.BENCH_ROUNDS,
 ) -> None:
     """Decode-only ceiling, naive loop and `pipeline classify` on one folder of 28x28 PNG digits:
     images/s, share of the ceiling, accuracy, peak memory."""
     from pipeline import bench
 
-    runs = _run(bench.bench_classify, _bench_models(model), count, folder, workers, naive)
+    runs = _run(bench.bench_classify, _bench_models(model), count, folder, workers, naive, rounds)
     _print_classify_runs(runs, f"classify on {count:,} PNG digits")
 
 
@@ -720,13 +729,14 @@ def bench_scans_cli(
         Path | None, typer.Option("--folder", help="Where to render the files (reused).")
     ] = None,
     workers: Annotated[int | None, typer.Option("--workers", min=1)] = None,
+    rounds: BenchRounds = defaults.BENCH_ROUNDS,
 ) -> None:
     """Decode-only ceiling and `pipeline classify` on MNIST test digits rendered as scans or form
     fields (ink on paper, blur, JPEG): images/s, share of the ceiling, accuracy, peak memory."""
     from pipeline import bench
 
     models = _bench_models(model)
-    r = _run(bench.bench_scans, models, count, start, seed, style.value, folder, workers)
+    r = _run(bench.bench_scans, models, count, start, seed, style.value, folder, workers, rounds)
     _print_classify_runs(r.runs, f"classify on {count:,} rendered {style.value}s")
     for path, clean, without in zip(models, r.clean_accuracy, r.without_lines_accuracy, strict=True):
         console.print(

@@ -156,6 +156,12 @@ LATENCY_BATCH_SIZES = (1, 256)
 # Batches timed per batch size; the median is reported.
 LATENCY_REPEATS = 20
 
+# Rounds of the classify benchmarks (`bench classify`, `bench scans`): each round times the
+# decode-only ceiling and then classify, and the round with the median share is reported. This
+# machine's speed drifts by a third within minutes, so one pair's share moved by as much as the
+# changes it was meant to show; three pairs cost three times the runs and give a middle one.
+BENCH_ROUNDS = 3
+
 # --- classify ---------------------------------------------------------------------------------
 
 # Extensions classify picks up (case-insensitive): what scanners and phones write.

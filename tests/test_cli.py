@@ -206,12 +206,13 @@ def test_bench_augment_prints_a_rate_per_thread_count() -> None:
 
 
 def test_bench_classify_prints_the_ceiling_ratio_accuracy_and_memory(exported: Path, tmp_path: Path) -> None:
-    """One run on one folder: the decode-only ceiling, then classify with its share of it, its
-    accuracy (read from the labelled file names) and its peak memory."""
+    """One folder: rounds of the decode-only ceiling then classify; the row is the round with the
+    median share of the ceiling just before it (of two: the lower), with its accuracy (read from
+    the labelled file names), ECE and the peak memory of any round."""
     int8_onnx = exported / "conv2d.int8.onnx"
     result = run_cli(
         "bench", "classify", "--count", "300", "--no-naive", "--model", str(int8_onnx),
-        "--folder", str(tmp_path / "pngs"),
+        "--folder", str(tmp_path / "pngs"), "--rounds", "2",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     rows = [
@@ -221,10 +222,12 @@ def test_bench_classify_prints_the_ceiling_ratio_accuracy_and_memory(exported: P
     ]
     assert [r[0] for r in rows] == ["decode only (ceiling)", f"classify {int8_onnx.name}"]
     ceiling, run = rows
-    assert ceiling[4] == "100%" and ceiling[5] == "-" and ceiling[6] == "-"
-    share = float(run[3].replace(",", "")) / float(ceiling[3].replace(",", ""))
-    assert run[4] == f"{share:.0%}" and float(run[5].rstrip("%")) > 80
+    assert ceiling[4] == "100%" and ceiling[5] == "-" and ceiling[6] == "-" and ceiling[8] == "-"
+    shares = [float(s.rstrip("%")) for s in run[8].split()]
+    assert len(shares) == 2 and shares == sorted(shares) and run[4] == run[8].split()[0]
+    assert float(run[3].replace(",", "")) > 0 and float(run[5].rstrip("%")) > 80
     assert 0 <= float(run[6]) <= 1 and run[7].endswith("MiB")  # ECE of the confidence column, memory
+    assert "the row is the round with the median share" in result.stdout
 
 
 def test_bench_photo_compares_preprocessing_with_the_decode() -> None:
