@@ -181,6 +181,14 @@ def train_cli(
         bool,
         typer.Option("--fast", help="bncnn in a lean JAX loop (augmentation on the device, no checkpoints)."),
     ] = False,
+    teacher: Annotated[
+        Path | None,
+        typer.Option(
+            "--teacher",
+            help="Distil from this .keras (bncnn, or an ensemble of them) with --fast: the student "
+            "learns its probabilities.",
+        ),
+    ] = None,
     out: Annotated[
         Path | None, typer.Option("--out", help="Run folder (default runs/<model>-<time>).")
     ] = None,
@@ -195,7 +203,7 @@ def train_cli(
         model=model, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
         limit=limit, validation_split=validation_split, dataset=dataset, backend=backend.value,
         deskew=deskew, target_accuracy=target_accuracy, augment=augment, precision=precision.value,
-        fast=fast, split_seed=split_seed,
+        fast=fast, split_seed=split_seed, teacher=str(teacher) if teacher else None,
     )  # fmt: skip
     if not resume:
         _run(config.check)

@@ -148,3 +148,89 @@ def test_what_the_fast_loop_does_not_do_is_refused(change: dict[str, object], me
     config = TrainConfig(**{"model": "bncnn", "fast": True, **change})  # type: ignore[arg-type]
     with pytest.raises(TrainError, match=message):
         config.check()
+
+
+def _teacher_of_one_digit(digit: int) -> list[tuple[dict[str, object], dict[str, object]]]:
+    """A bncnn that answers `digit` for every image (its output bias far above the rest)."""
+    params, stats = fastfit.init_params(seed=9)
+    params["probabilities"]["bias"] = np.where(np.arange(10) == digit, 20.0, 0.0).astype(np.float32)
+    return [(params, stats)]
+
+
+def test_the_release_ensembles_members_are_the_teacher() -> None:
+    """`teacher_weights` reads every bncnn member of an ensemble file; their averaged softmax is the
+    ensemble's own output. A model with no bncnn in it cannot teach."""
+    import jax.numpy as jnp
+
+    from pipeline import manifest, runtime
+
+    release = manifest.release_dir()
+    assert release is not None
+    ensemble = runtime.load(release / "bncnn-x4.keras").model  # type: ignore[attr-defined]
+    teacher = fastfit.teacher_weights(ensemble)
+    x = np.random.default_rng(8).random((32, 28, 28, 1), dtype=np.float32)
+    ours = np.asarray(fastfit.teacher_probs(teacher, jnp.asarray(x), jnp.float32))
+    assert len(teacher) == 4
+    np.testing.assert_allclose(ours, np.asarray(ensemble(x, training=False)), atol=1e-5)
+    with pytest.raises(TrainError, match="no bncnn"):
+        fastfit.teacher_weights(runtime.load(release / "conv2d.keras").model)  # type: ignore[attr-defined]
+
+
+def test_a_student_learns_what_its_teacher_says() -> None:
+    """Distilling from a teacher that answers 3 for everything makes the student answer 3, whatever
+    the labels say; with the teacher's weight at 0 the run is exactly a run without a teacher."""
+    rng = np.random.default_rng(10)
+    x, y = rng.random((48, 28, 28, 1), dtype=np.float32), rng.integers(0, 10, 48)
+    options = dict(
+        epochs=4, batch_size=16, peak_lr=1e-2, seed=3, target=None, bfloat16=False, clock=lambda: 0.0,
+        scan=False,
+    )  # fmt: skip
+    taught = fastfit.fit(
+        x,
+        y,
+        x[:0],
+        y[:0],
+        teacher=_teacher_of_one_digit(3),
+        teacher_weight=1.0,
+        **options,  # type: ignore[arg-type]
+    )
+    answers = np.asarray(_keras_bncnn(taught.weights)(x, training=False)).argmax(-1)  # type: ignore[operator]
+    assert (answers == 3).mean() > 0.9, answers
+    plain = fastfit.fit(x, y, x[:0], y[:0], **options)  # type: ignore[arg-type]
+    ignored = fastfit.fit(x, y, x[:0], y[:0], teacher=_teacher_of_one_digit(3), teacher_weight=0.0, **options)  # type: ignore[arg-type]
+    for name, ws in plain.weights.items():
+        for a, b in zip(ws, ignored.weights[name], strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_a_distilled_run_records_its_teacher(tmp_path: Path) -> None:
+    from pipeline import manifest
+    from pipeline.files import sha256
+
+    release = manifest.release_dir()
+    assert release is not None
+    teacher = release / "bncnn-x4.keras"
+    config = TrainConfig(
+        model="bncnn", epochs=1, limit=640, batch_size=64, fast=True, augment=False, teacher=str(teacher)
+    )
+    metrics = train(config, out=tmp_path / "run", show_progress=False).metrics
+    assert metrics["teacher"] == {"path": str(teacher), "sha256": sha256(teacher), "members": 4}
+    assert metrics["config"]["distil_temperature"] == 4.0 and metrics["config"]["distil_weight"] == 0.9
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"fast": False}, "add --fast"),
+        ({"teacher": "no/such.keras"}, "no such .keras file"),
+        ({"distil_weight": 1.5}, "weight in"),
+    ],
+)
+def test_what_distillation_needs_is_checked(change: dict[str, object], message: str) -> None:
+    from pipeline import manifest
+
+    release = manifest.release_dir()
+    assert release is not None
+    base = {"model": "bncnn", "fast": True, "teacher": str(release / "bncnn-x4.keras")}
+    with pytest.raises(TrainError, match=message):
+        TrainConfig(**{**base, **change}).check()  # type: ignore[arg-type]

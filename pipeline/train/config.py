@@ -35,6 +35,11 @@ class TrainConfig:
     # Which images are held out for validation (None: `seed`). Runs that share it hold out the same
     # images, so an ensemble of them has a held-out set to be calibrated on (pipeline calibrate).
     split_seed: int | None = None
+    # Distillation (--teacher, with --fast): a .keras bncnn or ensemble of them whose probabilities
+    # the student learns from, with the temperature and weight it learns them at.
+    teacher: str | None = None
+    distil_temperature: float = defaults.DISTIL_TEMPERATURE
+    distil_weight: float = defaults.DISTIL_WEIGHT
 
     def split_order(self, n_images: int) -> np.ndarray:
         """The training split's images in this run's order (at most `limit`); the last
@@ -78,6 +83,13 @@ class TrainConfig:
             from pipeline.train import fastfit
 
             fastfit.check(self.model, self.precision)
+        if self.teacher is not None:
+            if not self.fast:
+                raise TrainError("--teacher distils in the fast loop: add --fast")
+            if not Path(self.teacher).is_file() or Path(self.teacher).suffix != ".keras":
+                raise TrainError(f"--teacher {self.teacher}: no such .keras file")
+            if not self.distil_temperature > 0 or not 0 <= self.distil_weight <= 1:
+                raise TrainError("distillation needs a temperature above 0 and a weight in [0, 1]")
 
 
 @dataclass

@@ -19,6 +19,11 @@ smoothing and AdamW warm-up + cosine schedule as the Keras path (`models.build_b
 (model.keras, metrics, curves) is the same as any run's and export and verify take it unchanged.
 What it leaves out: per-epoch checkpoints and --resume (a run takes seconds to minutes on a GPU).
 Validation still chooses the epoch that is kept.
+
+With a teacher (`train --teacher`, an ensemble of bncnn members or one bncnn) the student learns
+from the teacher's probabilities on the very images it sees, each distorted batch included: the
+teacher runs inside the compiled step, in inference mode, so distilling costs the teacher's
+forward passes and nothing on the host.
 """
 
 from __future__ import annotations
@@ -124,6 +129,63 @@ def init_params(seed: int, in_channels: int = 1, side: int = 28) -> tuple[dict[s
     return params, stats
 
 
+def teacher_weights(model: Any) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(parameters, BatchNorm statistics) of every bncnn in a Keras model, as `init_params` makes
+    them: the model itself if it is one, else each nested sub-model that is (an ensemble's
+    members). The inverse of `keras_weights`. A model holding no bncnn is a TrainError."""
+    found = []
+    for net in [model, *(layer for layer in model.layers if hasattr(layer, "layers"))]:
+        names = {layer.name for layer in net.layers}
+        wanted = [layer[1] for layer in BNCNN if layer[0] in ("conv", "dense")]
+        if not all(name in names for name in wanted):
+            continue
+        params: dict[str, Any] = {}
+        stats: dict[str, Any] = {}
+        for name in wanted:
+            weights = [np.asarray(w, np.float32) for w in net.get_layer(name).get_weights()]
+            if f"{name}_bn" in names:
+                params[name] = {"kernel": weights[0]}
+                gamma, beta, mean, var = (
+                    np.asarray(w, np.float32) for w in net.get_layer(f"{name}_bn").get_weights()
+                )
+                params[f"{name}_bn"] = {"gamma": gamma, "beta": beta}
+                stats[f"{name}_bn"] = {"mean": mean, "var": var}
+            else:
+                params[name] = {"kernel": weights[0], "bias": weights[1]}
+        found.append((params, stats))
+    if not found:
+        raise TrainError(f"{model.name}: no bncnn in it to teach with (a bncnn, or an ensemble of them)")
+    reference = init_params(0)[0]
+    for params, _ in found:
+        shapes = {k: {n: a.shape for n, a in v.items()} for k, v in params.items()}
+        if shapes != {k: {n: a.shape for n, a in v.items()} for k, v in reference.items()}:
+            raise TrainError(f"{model.name}: a member's layers are not bncnn's shapes")
+    return found
+
+
+def teacher_probs(teacher: Any, x: Any, dtype: Any) -> Any:
+    """The teacher's probabilities: the mean of its members' softmax outputs, as the ensemble
+    model computes them (inference mode: moving BatchNorm statistics, no dropout)."""
+    import jax
+
+    probs = [jax.nn.softmax(forward(p, s, x, False, None, dtype)[0]) for p, s in teacher]
+    return sum(probs[1:], probs[0]) / len(probs)
+
+
+def distillation_loss(logits: Any, probs: Any, temperature: float) -> Any:
+    """T^2 * KL(teacher || student), both softened at `temperature` (Hinton et al. 2015; the T^2
+    keeps its gradients the size of a hard-label loss), averaged over the batch. The teacher's
+    softened distribution is softmax(log(probs) / T): the probabilities an ensemble averaged,
+    raised to 1/T and renormalised."""
+    import jax
+    import jax.numpy as jnp
+
+    soft = jax.nn.softmax(jnp.log(jnp.maximum(probs, 1e-12)) / temperature)
+    log_student = jax.nn.log_softmax(logits / temperature)
+    kl = (soft * (jnp.log(jnp.maximum(soft, 1e-12)) - log_student)).sum(-1)
+    return temperature**2 * kl.mean()
+
+
 def forward(params: Any, stats: Any, x: Any, train: bool, key: Any, dtype: Any) -> tuple[Any, Any]:
     """Logits (float32) and, when training, the updated BatchNorm statistics.
 
@@ -190,6 +252,8 @@ def fit(
     x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, *,
     epochs: int, batch_size: int, peak_lr: float, seed: int, target: float | None,
     bfloat16: bool, clock: Any, augment: bool = False, scan: bool | None = None,
+    teacher: list[tuple[dict[str, Any], dict[str, Any]]] | None = None,
+    temperature: float = 4.0, teacher_weight: float = 0.9,
 ) -> FastResult:  # fmt: skip
     """Train bncnn on the default JAX device; stop at `target` validation accuracy if given.
 
@@ -207,6 +271,10 @@ def fit(
     (tested); the CPU gets the loop because XLA's CPU backend runs convolutions inside a loop
     about 25 times slower than alone (measured here: 10 steps 55.5 s in a scan, 2.1 s one by one).
     Programs are compiled ahead of the first epoch, so the timeline can say what compiling cost.
+
+    With `teacher` (`teacher_weights`), the loss is `teacher_weight` times `distillation_loss`
+    against the teacher's probabilities on the same (distorted) batch, plus the rest times the
+    labels' loss; weight 0 trains exactly as without a teacher.
     """
     import jax
     import jax.numpy as jnp
@@ -219,7 +287,7 @@ def fit(
     recipe = Augmentation()
     # The images go in as arguments of the compiled functions, never as closed-over constants,
     # which XLA would copy into the program (170 MB for MNIST's training images).
-    data = (jnp.asarray(x_train), jnp.asarray(y_train.astype(np.int32)))
+    data = (jnp.asarray(x_train), jnp.asarray(y_train.astype(np.int32)), jax.device_put(teacher or []))
     validated = len(x_val) > 0
     val_data = jax.device_put(validation_batches(x_val, y_val, batch_size))
     params, stats = jax.device_put(init_params(seed))
@@ -236,17 +304,22 @@ def fit(
 
         return warp(jnp, xb, recipe.draw(uniform, *xb.shape[:3]))
 
-    def loss_fn(p: Any, s: Any, xb: Any, yb: Any, key: Any) -> tuple[Any, Any]:
+    def loss_fn(p: Any, s: Any, xb: Any, yb: Any, key: Any, tw: Any) -> tuple[Any, Any]:
         logits, new_s = forward(p, s, xb, True, key, dtype)
         target_dist = jax.nn.one_hot(yb, 10) * (1 - smoothing) + smoothing / 10
         loss = -(target_dist * jax.nn.log_softmax(logits)).sum(-1).mean()
+        if tw:  # the teacher's answers on this very batch, held fixed
+            probs = jax.lax.stop_gradient(teacher_probs(tw, xb, dtype))
+            loss = (
+                teacher_weight * distillation_loss(logits, probs, temperature) + (1 - teacher_weight) * loss
+            )
         return loss, (new_s, (logits.argmax(-1) == yb).mean())
 
-    def step_fn(carry: Any, idx: Any, xs: Any, ys: Any) -> tuple[Any, Any]:
+    def step_fn(carry: Any, idx: Any, xs: Any, ys: Any, tw: Any) -> tuple[Any, Any]:
         p, s, o, key = carry
         key, drop_key, warp_key = jax.random.split(key, 3)
         xb = distort(warp_key, xs[idx]) if augment else xs[idx]
-        (loss, (s, acc)), g = jax.value_and_grad(loss_fn, has_aux=True)(p, s, xb, ys[idx], drop_key)
+        (loss, (s, acc)), g = jax.value_and_grad(loss_fn, has_aux=True)(p, s, xb, ys[idx], drop_key, tw)
         t = o["step"] + 1
         lr = learning_rate(o["step"], peak_lr, steps, epochs)
         b1, b2 = ADAM_BETAS
@@ -272,9 +345,9 @@ def fit(
         nll = -(jax.nn.one_hot(yb, 10) * jax.nn.log_softmax(logits)).sum(-1)
         return (nll * mask).sum(), ((logits.argmax(-1) == yb) * mask).sum()
 
-    def scan_epoch(carry: Any, xs: Any, ys: Any, vx: Any, vy: Any, vm: Any) -> tuple[Any, ...]:
+    def scan_epoch(carry: Any, xs: Any, ys: Any, tw: Any, vx: Any, vy: Any, vm: Any) -> tuple[Any, ...]:
         carry, order = shuffle(carry)
-        carry, (losses, accs) = jax.lax.scan(lambda c, idx: step_fn(c, idx, xs, ys), carry, order)
+        carry, (losses, accs) = jax.lax.scan(lambda c, idx: step_fn(c, idx, xs, ys, tw), carry, order)
         nll, correct = jax.lax.map(lambda b: eval_batch(carry[0], carry[1], *b), (vx, vy, vm))
         return carry, losses.mean(), accs.mean(), nll.sum(), correct.sum()
 

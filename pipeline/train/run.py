@@ -9,9 +9,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from pipeline import quiet
-from pipeline.errors import TrainError
-from pipeline.files import write_json
+from pipeline import quiet, runtime
+from pipeline.errors import ArtifactError, TrainError
+from pipeline.files import sha256, write_json
 from pipeline.train import keras_fit, models
 from pipeline.train.backend import (
     Backend,
@@ -125,6 +125,18 @@ def _train_fast(
     precision = resolve_precision(config.precision, device)
     spec = models.get(config.model)
     augment = config.augments()
+    teacher = None
+    if config.teacher is not None:  # read before the run folder: a bad teacher fails first
+        teacher_path = Path(config.teacher)
+        try:
+            teacher = fastfit.teacher_weights(runtime.load(teacher_path).model)  # type: ignore[attr-defined]
+        except ArtifactError as exc:
+            raise TrainError(str(exc)) from exc
+        state["teacher"] = {
+            "path": str(teacher_path),
+            "sha256": sha256(teacher_path),
+            "members": len(teacher),
+        }
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "config.json", {**asdict(config), "backend": Backend.JAX.value})
     fit_start = time.time()
@@ -133,7 +145,8 @@ def _train_fast(
         splits.x_train, splits.y_train, splits.x_val, splits.y_val, epochs=config.epochs,
         batch_size=config.batch_size, peak_lr=config.learning_rate, seed=config.seed,
         target=config.target_accuracy, bfloat16=precision == "mixed_bfloat16",
-        clock=lambda: time.time() - process_start_time(), augment=augment,
+        clock=lambda: time.time() - process_start_time(), augment=augment, teacher=teacher,
+        temperature=config.distil_temperature, teacher_weight=config.distil_weight,
     )  # fmt: skip
     state.update(
         history=result.history, epochs_done=result.epochs_done, best_epoch=result.best_epoch,

@@ -114,6 +114,7 @@ def finish(
         "augment": bool(state.get("augment", False)),
         "precision": state.get("precision", "float32"),
         "target": state.get("target_reached"),
+        "teacher": state.get("teacher"),  # --teacher: the file distilled from (path, sha256, members)
         # Seconds from process start to the fit loop and to each epoch's end (this process's
         # epochs only after a --resume): the breakdown behind a time-to-accuracy figure.
         "timeline": {
