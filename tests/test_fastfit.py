@@ -54,16 +54,21 @@ def test_keras_model_computes_what_the_loop_computes() -> None:
     np.testing.assert_allclose(keras_probs, ours, atol=1e-5)
 
 
+def _tiny_run(seed: int, **changes: object) -> tuple[np.ndarray, np.ndarray, dict[str, object]]:
+    """48 random images with random labels, and `fit`'s options for a few steps of 16 on them."""
+    rng = np.random.default_rng(seed)
+    x, y = rng.random((48, 28, 28, 1), dtype=np.float32), rng.integers(0, 10, 48)
+    options = dict(
+        epochs=1, batch_size=16, peak_lr=1e-3, seed=3, target=None, bfloat16=False, clock=lambda: 0.0
+    )  # fmt: skip
+    return x, y, {**options, **changes}
+
+
 @pytest.mark.parametrize("augment", [False, True])
 def test_scan_and_step_loop_train_the_same(augment: bool) -> None:
     """The GPU's one-program-per-epoch path and the CPU's step loop give the same weights and the
     same validation figures (20 validation images: one full batch and a padded one)."""
-    rng = np.random.default_rng(2)
-    x, y = rng.random((48, 28, 28, 1), dtype=np.float32), rng.integers(0, 10, 48)
-    options = dict(
-        epochs=1, batch_size=16, peak_lr=1e-3, seed=3, target=None, bfloat16=False, clock=lambda: 0.0,
-        augment=augment,
-    )  # fmt: skip
+    x, y, options = _tiny_run(2, augment=augment)
     runs = [fastfit.fit(x, y, x[:20], y[:20], scan=scan, **options) for scan in (True, False)]  # type: ignore[arg-type]
     for metric in ("loss", "accuracy", "val_loss", "val_accuracy"):
         assert runs[0].history[metric] == pytest.approx(runs[1].history[metric], rel=1e-4), metric
@@ -179,25 +184,13 @@ def test_the_release_ensembles_members_are_the_teacher() -> None:
 def test_a_student_learns_what_its_teacher_says() -> None:
     """Distilling from a teacher that answers 3 for everything makes the student answer 3, whatever
     the labels say; with the teacher's weight at 0 the run is exactly a run without a teacher."""
-    rng = np.random.default_rng(10)
-    x, y = rng.random((48, 28, 28, 1), dtype=np.float32), rng.integers(0, 10, 48)
-    options = dict(
-        epochs=4, batch_size=16, peak_lr=1e-2, seed=3, target=None, bfloat16=False, clock=lambda: 0.0,
-        scan=False,
-    )  # fmt: skip
-    taught = fastfit.fit(
-        x,
-        y,
-        x[:0],
-        y[:0],
-        teacher=_teacher_of_one_digit(3),
-        teacher_weight=1.0,
-        **options,  # type: ignore[arg-type]
-    )
+    x, y, options = _tiny_run(10, epochs=4, peak_lr=1e-2, scan=False)
+    one_digit = _teacher_of_one_digit(3)
+    taught = fastfit.fit(x, y, x[:0], y[:0], teacher=one_digit, teacher_weight=1.0, **options)  # type: ignore[arg-type]
     answers = np.asarray(_keras_bncnn(taught.weights)(x, training=False)).argmax(-1)  # type: ignore[operator]
     assert (answers == 3).mean() > 0.9, answers
     plain = fastfit.fit(x, y, x[:0], y[:0], **options)  # type: ignore[arg-type]
-    ignored = fastfit.fit(x, y, x[:0], y[:0], teacher=_teacher_of_one_digit(3), teacher_weight=0.0, **options)  # type: ignore[arg-type]
+    ignored = fastfit.fit(x, y, x[:0], y[:0], teacher=one_digit, teacher_weight=0.0, **options)  # type: ignore[arg-type]
     for name, ws in plain.weights.items():
         for a, b in zip(ws, ignored.weights[name], strict=True):
             np.testing.assert_array_equal(a, b)
