@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline import defaults
 from pipeline.errors import TrainError
 from pipeline.train import models
 from pipeline.train.augment import Augmentation, warp
@@ -134,9 +135,9 @@ def teacher_weights(model: Any) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     them: the model itself if it is one, else each nested sub-model that is (an ensemble's
     members). The inverse of `keras_weights`. A model holding no bncnn is a TrainError."""
     found = []
+    wanted = [layer[1] for layer in BNCNN if layer[0] in ("conv", "dense")]
     for net in [model, *(layer for layer in model.layers if hasattr(layer, "layers"))]:
         names = {layer.name for layer in net.layers}
-        wanted = [layer[1] for layer in BNCNN if layer[0] in ("conv", "dense")]
         if not all(name in names for name in wanted):
             continue
         params: dict[str, Any] = {}
@@ -253,7 +254,7 @@ def fit(
     epochs: int, batch_size: int, peak_lr: float, seed: int, target: float | None,
     bfloat16: bool, clock: Any, augment: bool = False, scan: bool | None = None,
     teacher: list[tuple[dict[str, Any], dict[str, Any]]] | None = None,
-    temperature: float = 4.0, teacher_weight: float = 0.9,
+    temperature: float = defaults.DISTIL_TEMPERATURE, teacher_weight: float = defaults.DISTIL_WEIGHT,
 ) -> FastResult:  # fmt: skip
     """Train bncnn on the default JAX device; stop at `target` validation accuracy if given.
 
