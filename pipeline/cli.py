@@ -179,7 +179,9 @@ def train_cli(
     ] = _PRECISION,
     fast: Annotated[
         bool,
-        typer.Option("--fast", help="bncnn in a lean JAX loop (augmentation on the device, no checkpoints)."),
+        typer.Option(
+            "--fast", help="bncnn or bncnn-s in a lean JAX loop (augmentation on the device, no checkpoints)."
+        ),
     ] = False,
     teacher: Annotated[
         Path | None,

@@ -14,43 +14,45 @@ from pipeline.train import TrainConfig, augment, fastfit, models, train
 pytestmark = pytest.mark.slow  # trains models (or starts Ray)
 
 
-def _keras_bncnn(weights: dict[str, list[np.ndarray]]) -> object:
-    model = models.get("bncnn").build()
+def _keras_bncnn(weights: dict[str, list[np.ndarray]], name: str = "bncnn") -> object:
+    model = models.get(name).build()
     for name, w in weights.items():
         model.get_layer(name).set_weights(w)
     return model
 
 
-def test_layers_match_the_keras_model() -> None:
+@pytest.mark.parametrize(("name", "parameters"), [("bncnn", 346_026), ("bncnn-s", 198_850)])
+def test_layers_match_the_keras_model(name: str, parameters: int) -> None:
     """Same layer names, weight shapes and order as models.build_bncnn: the weights transfer."""
-    params, stats = fastfit.init_params(seed=0)
+    params, stats = fastfit.init_params(seed=0, model=name)
     weights = fastfit.keras_weights(params, stats)
-    model = models.get("bncnn").build()
+    model = models.get(name).build()
     with_weights = {
         layer.name: [w.shape for w in layer.get_weights()] for layer in model.layers if layer.weights
     }
     assert {name: [w.shape for w in ws] for name, ws in weights.items()} == with_weights
-    assert sum(w.size for ws in weights.values() for w in ws) == model.count_params() == 346_026
+    assert sum(w.size for ws in weights.values() for w in ws) == model.count_params() == parameters
 
 
-def test_keras_model_computes_what_the_loop_computes() -> None:
+@pytest.mark.parametrize("name", ["bncnn", "bncnn-s"])
+def test_keras_model_computes_what_the_loop_computes(name: str) -> None:
     """Inference through the transferred Keras model equals the loop's own forward pass: padding,
     strides, BatchNorm statistics and flattening order all agree."""
     import jax
     import jax.numpy as jnp
 
     rng = np.random.default_rng(1)
-    params, stats = fastfit.init_params(seed=1)
-    for name in stats:  # BatchNorm away from identity, so its conventions are tested too
-        width = len(stats[name]["mean"])
-        stats[name] = {"mean": rng.normal(0, 0.1, width).astype(np.float32),
-                       "var": rng.uniform(0.5, 2, width).astype(np.float32)}  # fmt: skip
-        params[name] = {"gamma": rng.uniform(0.5, 1.5, width).astype(np.float32),
-                        "beta": rng.normal(0, 0.1, width).astype(np.float32)}  # fmt: skip
+    params, stats = fastfit.init_params(seed=1, model=name)
+    for bn in stats:  # BatchNorm away from identity, so its conventions are tested too
+        width = len(stats[bn]["mean"])
+        stats[bn] = {"mean": rng.normal(0, 0.1, width).astype(np.float32),
+                     "var": rng.uniform(0.5, 2, width).astype(np.float32)}  # fmt: skip
+        params[bn] = {"gamma": rng.uniform(0.5, 1.5, width).astype(np.float32),
+                      "beta": rng.normal(0, 0.1, width).astype(np.float32)}  # fmt: skip
     x = rng.random((16, 28, 28, 1), dtype=np.float32)
     logits, _ = fastfit.forward(params, stats, jnp.asarray(x), False, None, jnp.float32)
     ours = np.asarray(jax.nn.softmax(logits))
-    keras_probs = np.asarray(_keras_bncnn(fastfit.keras_weights(params, stats))(x, training=False))  # type: ignore[operator]
+    keras_probs = np.asarray(_keras_bncnn(fastfit.keras_weights(params, stats), name)(x, training=False))  # type: ignore[operator]
     np.testing.assert_allclose(keras_probs, ours, atol=1e-5)
 
 
@@ -145,7 +147,7 @@ def test_fast_run_stops_at_the_target(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"model": "conv2d"}, "bncnn only"),
+        ({"model": "conv2d"}, "bncnn and bncnn-s only"),
         ({"precision": "mixed_float16"}, "bfloat16"),
     ],
 )
@@ -179,6 +181,16 @@ def test_the_release_ensembles_members_are_the_teacher() -> None:
     np.testing.assert_allclose(ours, np.asarray(ensemble(x, training=False)), atol=1e-5)
     with pytest.raises(TrainError, match="no bncnn"):
         fastfit.teacher_weights(runtime.load(release / "conv2d.keras").model)  # type: ignore[attr-defined]
+
+
+def test_a_narrower_bncnn_teaches_and_a_broken_one_is_refused() -> None:
+    """`teacher_weights` takes a bncnn of any width (its layers chained), and refuses one whose
+    layers do not follow each other."""
+    student = models.get("bncnn-s").build()
+    ((params, stats),) = fastfit.teacher_weights(student)
+    assert params["head"]["kernel"].shape == (4, 4, 48, 96) and stats["head_bn"]["mean"].shape == (96,)
+    params["s2c1"]["kernel"] = params["s2c1"]["kernel"][:, :, :8]
+    assert not fastfit._chained(params)
 
 
 def test_a_student_learns_what_its_teacher_says() -> None:

@@ -13,10 +13,11 @@ around them:
   the device inside the compiled step, with the same arithmetic as the host's (`augment.warp`),
   so a fast GPU is never left waiting for a 2-core host to distort images.
 
-It trains `bncnn` with the same layers, names, initialisers, BatchNorm momentum, dropout, label
-smoothing and AdamW warm-up + cosine schedule as the Keras path (`models.build_bncnn`,
-`train._optimizer`), and then copies its weights into that Keras model, so the run folder
-(model.keras, metrics, curves) is the same as any run's and export and verify take it unchanged.
+It trains `bncnn` (or the narrower `bncnn-s`) with the same layers, names, initialisers, BatchNorm
+momentum, dropout, label smoothing and AdamW warm-up + cosine schedule as the Keras path
+(`models.build_bncnn`, `train._optimizer`), and then copies its weights into that Keras model, so
+the run folder (model.keras, metrics, curves) is the same as any run's and export and verify take
+it unchanged.
 What it leaves out: per-epoch checkpoints and --resume (a run takes seconds to minutes on a GPU).
 Validation still chooses the epoch that is kept.
 
@@ -39,23 +40,36 @@ from pipeline.errors import TrainError
 from pipeline.train import models
 from pipeline.train.augment import Augmentation, warp
 
-# bncnn, layer by layer, as models.build_bncnn builds it: ("conv", name, kernel, strides, padding,
-# filters), ("drop", rate), ("flatten",), ("dense", name, units). Every conv is followed by
-# BatchNormalization (named <name>_bn) and ReLU. tests/test_fastfit.py checks it against Keras.
-BNCNN: tuple[tuple[Any, ...], ...] = (
-    ("conv", "s1c1", 3, 1, "SAME", 32),
-    ("conv", "s1c2", 3, 1, "SAME", 32),
-    ("conv", "s1down", 5, 2, "SAME", 32),
-    ("drop", 0.4),
-    ("conv", "s2c1", 3, 1, "SAME", 64),
-    ("conv", "s2c2", 3, 1, "SAME", 64),
-    ("conv", "s2down", 5, 2, "SAME", 64),
-    ("drop", 0.4),
-    ("conv", "head", 4, 1, "VALID", 128),
-    ("flatten",),
-    ("drop", 0.4),
-    ("dense", "probabilities", 10),
-)
+# The channels of each model the loop trains (stage 1, stage 2, head): bncnn's, and bncnn-s's,
+# the narrower student for distillation (`models.build_bncnn`, one builder for both).
+WIDTHS: dict[str, tuple[int, int, int]] = {"bncnn": (32, 64, 128), "bncnn-s": (24, 48, 96)}
+
+
+def layout(model: str = "bncnn") -> tuple[tuple[Any, ...], ...]:
+    """The model, layer by layer, as models.build_bncnn builds it: ("conv", name, kernel, strides,
+    padding, filters), ("drop", rate), ("flatten",), ("dense", name, units). Every conv is
+    followed by BatchNormalization (named <name>_bn) and ReLU. tests/test_fastfit.py checks it
+    against Keras. The widths differ between models; names, kernels and strides do not."""
+    first, second, head = WIDTHS[model]
+    return (
+        ("conv", "s1c1", 3, 1, "SAME", first),
+        ("conv", "s1c2", 3, 1, "SAME", first),
+        ("conv", "s1down", 5, 2, "SAME", first),
+        ("drop", 0.4),
+        ("conv", "s2c1", 3, 1, "SAME", second),
+        ("conv", "s2c2", 3, 1, "SAME", second),
+        ("conv", "s2down", 5, 2, "SAME", second),
+        ("drop", 0.4),
+        ("conv", "head", 4, 1, "VALID", head),
+        ("flatten",),
+        ("drop", 0.4),
+        ("dense", "probabilities", 10),
+    )
+
+
+# What forward() walks: the layers' kinds, names, kernels and strides (the widths come from the
+# parameters themselves, so one walk serves every width).
+BNCNN = layout("bncnn")
 BN_MOMENTUM = 0.9  # models._conv_bn
 BN_EPSILON = 1e-3  # Keras' BatchNormalization default
 ADAM_BETAS = (0.9, 0.999)  # Keras' Adam defaults
@@ -79,8 +93,8 @@ class FastResult:
 
 def check(model: str, precision: str) -> None:
     """Refuse what the fast loop does not do, before any data is read."""
-    if model != "bncnn":
-        raise TrainError(f"--fast trains bncnn only (got --model {model})")
+    if model not in WIDTHS:
+        raise TrainError(f"--fast trains {' and '.join(WIDTHS)} only (got --model {model})")
     if precision == "mixed_float16":
         raise TrainError("--fast computes in float32 or bfloat16; use --precision mixed_bfloat16")
 
@@ -92,7 +106,9 @@ def steps_per_epoch(images: int, batch_size: int) -> int:
     return images // batch_size
 
 
-def init_params(seed: int, in_channels: int = 1, side: int = 28) -> tuple[dict[str, Any], dict[str, Any]]:
+def init_params(
+    seed: int, in_channels: int = 1, side: int = 28, model: str = "bncnn"
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Glorot-uniform kernels, zero biases, BatchNorm at identity: Keras' initialisers.
 
     Drawn with numpy (one JAX random call per shape would compile one small program each: 3 s
@@ -108,7 +124,7 @@ def init_params(seed: int, in_channels: int = 1, side: int = 28) -> tuple[dict[s
         limit = math.sqrt(6 / (fan_in + fan_out))
         return rng.uniform(-limit, limit, shape).astype(np.float32)
 
-    for layer in BNCNN:
+    for layer in layout(model):
         if layer[0] == "conv":
             _, name, k, s, pad, filters = layer
             params[name] = {"kernel": glorot((k, k, channels, filters), k * k * channels, k * k * filters)}
@@ -156,12 +172,29 @@ def teacher_weights(model: Any) -> list[tuple[dict[str, Any], dict[str, Any]]]:
         found.append((params, stats))
     if not found:
         raise TrainError(f"{model.name}: no bncnn in it to teach with (a bncnn, or an ensemble of them)")
-    reference = init_params(0)[0]
     for params, _ in found:
-        shapes = {k: {n: a.shape for n, a in v.items()} for k, v in params.items()}
-        if shapes != {k: {n: a.shape for n, a in v.items()} for k, v in reference.items()}:
+        if not _chained(params):
             raise TrainError(f"{model.name}: a member's layers are not bncnn's shapes")
     return found
+
+
+def _chained(params: dict[str, Any]) -> bool:
+    """Whether the kernels have bncnn's sizes and each layer takes what the one before gives (any
+    width: a bncnn-s teaches as well as a bncnn)."""
+    channels, size = 1, 28
+    for layer in BNCNN:
+        if layer[0] == "conv":
+            _, name, k, stride, pad, _ = layer
+            kernel = params[name]["kernel"]
+            if kernel.ndim != 4 or kernel.shape[:3] != (k, k, channels):
+                return False
+            channels = kernel.shape[3]
+            size = -(-size // stride) if pad == "SAME" else size - k + 1
+        elif layer[0] == "flatten":
+            channels, size = channels * size * size, 1
+        elif layer[0] == "dense" and params[layer[1]]["kernel"].shape != (channels, layer[2]):
+            return False
+    return True
 
 
 def teacher_probs(teacher: Any, x: Any, dtype: Any) -> Any:
@@ -255,8 +288,10 @@ def fit(
     bfloat16: bool, clock: Any, augment: bool = False, scan: bool | None = None,
     teacher: list[tuple[dict[str, Any], dict[str, Any]]] | None = None,
     temperature: float = defaults.DISTIL_TEMPERATURE, teacher_weight: float = defaults.DISTIL_WEIGHT,
+    model: str = "bncnn",
 ) -> FastResult:  # fmt: skip
-    """Train bncnn on the default JAX device; stop at `target` validation accuracy if given.
+    """Train `model` (bncnn or bncnn-s) on the default JAX device; stop at `target` validation
+    accuracy if given.
 
     `clock()` returns seconds from process start (train.process_start_time), so the recorded
     times are the ones time-to-accuracy reports. The last partial batch of an epoch is dropped
@@ -280,7 +315,7 @@ def fit(
     import jax
     import jax.numpy as jnp
 
-    spec = models.get("bncnn")
+    spec = models.get(model)
     dtype = jnp.bfloat16 if bfloat16 else jnp.float32
     n = len(x_train)
     steps = steps_per_epoch(n, batch_size)
@@ -291,7 +326,7 @@ def fit(
     data = (jnp.asarray(x_train), jnp.asarray(y_train.astype(np.int32)), jax.device_put(teacher or []))
     validated = len(x_val) > 0
     val_data = jax.device_put(validation_batches(x_val, y_val, batch_size))
-    params, stats = jax.device_put(init_params(seed))
+    params, stats = jax.device_put(init_params(seed, model=model))
     zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
     opt = {"m": zeros, "v": zeros, "step": jnp.zeros((), jnp.int32)}
     key = jax.random.PRNGKey(seed + 1)

@@ -114,26 +114,34 @@ def _conv_bn(
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
-def build_bncnn() -> keras.Model:
+def build_bncnn(widths: tuple[int, int, int] = (32, 64, 128), name: str = "bncnn") -> keras.Model:
     """A stronger edge CNN (~330k parameters): BatchNorm, strided 5x5 convolutions instead of
     pooling, dropout. The shape of the best single Kaggle MNIST CNNs (about 99.7% with
     augmentation), small enough for a microcontroller once quantized (about 0.4 MB int8).
+    `widths`: the channels of its two stages and its head (`build_bncnn_s` is narrower).
     """
     import keras
     from keras import layers
 
     inputs = _input()
     x = inputs
-    for stage, filters in enumerate((32, 64), start=1):
+    for stage, filters in enumerate(widths[:2], start=1):
         x = _conv_bn(x, filters, 3, name=f"s{stage}c1")
         x = _conv_bn(x, filters, 3, name=f"s{stage}c2")
         x = _conv_bn(x, filters, 5, strides=2, name=f"s{stage}down")
         x = layers.Dropout(0.4, name=f"s{stage}drop")(x)
-    x = _conv_bn(x, 128, 4, padding="valid", name="head")
+    x = _conv_bn(x, widths[2], 4, padding="valid", name="head")
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dropout(0.4, name="head_drop")(x)
     outputs = _output(x, "softmax")
-    return keras.Model(inputs, outputs, name="bncnn")
+    return keras.Model(inputs, outputs, name=name)
+
+
+def build_bncnn_s() -> keras.Model:
+    """bncnn with three quarters of its channels (24, 48, 96): about 56% of its multiply-adds, a
+    student for distilling the release ensemble into one network cheap enough for classify's
+    throughput (docs/training.md, "Distillation")."""
+    return build_bncnn((24, 48, 96), "bncnn-s")
 
 
 def build_micro() -> keras.Model:
@@ -170,6 +178,10 @@ REGISTRY: dict[str, ModelSpec] = {
     "bncnn": ModelSpec(
         "bncnn", "edge CNN: BatchNorm, strided convs, dropout, augmentation, label smoothing",
         build_bncnn, label_smoothing=0.1, augment=True, cosine=True, weight_decay=1e-4,
+    ),
+    "bncnn-s": ModelSpec(
+        "bncnn-s", "bncnn at three quarters of its channels: a distillation student",
+        build_bncnn_s, label_smoothing=0.1, augment=True, cosine=True, weight_decay=1e-4,
     ),
     "micro": ModelSpec(
         "micro", "microcontroller CNN: 5 Conv-BN-ReLU, global average pooling, ~50k parameters",

@@ -146,7 +146,7 @@ def _train_fast(
         batch_size=config.batch_size, peak_lr=config.learning_rate, seed=config.seed,
         target=config.target_accuracy, bfloat16=precision == "mixed_bfloat16",
         clock=lambda: time.time() - process_start_time(), augment=augment, teacher=teacher,
-        temperature=config.distil_temperature, teacher_weight=config.distil_weight,
+        temperature=config.distil_temperature, teacher_weight=config.distil_weight, model=config.model,
     )  # fmt: skip
     state.update(
         history=result.history, epochs_done=result.epochs_done, best_epoch=result.best_epoch,
