@@ -34,7 +34,9 @@ for student in ${STUDENTS:-bncnn bncnn-s}; do
     --epochs "$epochs" --seed 1 --split-seed 0 --validation-split 0.1 \
     --out "runs/distil-$student-e$epochs-val" ${TRAIN_ARGS:-}
 done
-( sleep $((budget - SECONDS - 20)); pkill -TERM -f 'pipeline train' ) &
+# A SIGTERM ends a --fast run after its epoch in progress and saves it (metrics.json: "stopped"):
+# a minute leaves time for that epoch, the test evaluation and the save.
+( sleep $((budget - SECONDS - 60)); pkill -TERM -f 'pipeline train' ) &
 killer=$!
 wait_all || echo "some runs did not finish in time: see logs/"
 kill "$killer" 2>/dev/null || true

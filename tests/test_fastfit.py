@@ -239,3 +239,44 @@ def test_what_distillation_needs_is_checked(change: dict[str, object], message: 
     base = {"model": "bncnn", "fast": True, "teacher": str(release / "bncnn-x4.keras")}
     with pytest.raises(TrainError, match=message):
         TrainConfig(**{**base, **change}).check()  # type: ignore[arg-type]
+
+
+def test_the_loop_stops_after_the_epoch_it_is_asked_to() -> None:
+    x, y, options = _tiny_run(11, epochs=5, scan=False)
+    asked: list[int] = []
+
+    def second_time() -> bool:
+        asked.append(1)
+        return len(asked) >= 2
+
+    result = fastfit.fit(x, y, x[:16], y[:16], should_stop=second_time, **options)  # type: ignore[arg-type]
+    assert result.epochs_done == 2 and len(result.history["loss"]) == 2 and result.weights
+
+
+def test_a_terminated_fast_run_saves_what_it_has(tmp_path: Path) -> None:
+    """A SIGTERM (the GPU scripts' time limit) ends a --fast run after its epoch in progress, and
+    the run folder is written as for any run, saying it stopped."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "train", "--model", "bncnn-s", "--fast", "--epochs", "200",
+         "--limit", "640", "--batch-size", "64", "--no-augment", "--out", str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ},
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not (out / "config.json").is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)  # config.json is written after the handler is set, before the first epoch
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (
+        1 <= metrics["epochs"] < 200
+        and metrics["stopped"] == f"SIGTERM after epoch {metrics['epochs']} of 200"
+    )
+    assert (out / "model.keras").is_file() and metrics["model"] == "bncnn-s"

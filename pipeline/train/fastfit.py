@@ -18,7 +18,8 @@ momentum, dropout, label smoothing and AdamW warm-up + cosine schedule as the Ke
 (`models.build_bncnn`, `train._optimizer`), and then copies its weights into that Keras model, so
 the run folder (model.keras, metrics, curves) is the same as any run's and export and verify take
 it unchanged.
-What it leaves out: per-epoch checkpoints and --resume (a run takes seconds to minutes on a GPU).
+What it leaves out: per-epoch checkpoints and --resume (a run takes seconds to minutes on a GPU);
+a SIGTERM (a time limit) ends it after the epoch in progress instead, and it is saved as it is.
 Validation still chooses the epoch that is kept.
 
 With a teacher (`train --teacher`, an ensemble of bncnn members or one bncnn) the student learns
@@ -30,6 +31,7 @@ forward passes and nothing on the host.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -288,7 +290,7 @@ def fit(
     bfloat16: bool, clock: Any, augment: bool = False, scan: bool | None = None,
     teacher: list[tuple[dict[str, Any], dict[str, Any]]] | None = None,
     temperature: float = defaults.DISTIL_TEMPERATURE, teacher_weight: float = defaults.DISTIL_WEIGHT,
-    model: str = "bncnn",
+    model: str = "bncnn", should_stop: Callable[[], bool] | None = None,
 ) -> FastResult:  # fmt: skip
     """Train `model` (bncnn or bncnn-s) on the default JAX device; stop at `target` validation
     accuracy if given.
@@ -307,6 +309,9 @@ def fit(
     (tested); the CPU gets the loop because XLA's CPU backend runs convolutions inside a loop
     about 25 times slower than alone (measured here: 10 steps 55.5 s in a scan, 2.1 s one by one).
     Programs are compiled ahead of the first epoch, so the timeline can say what compiling cost.
+
+    `should_stop()`, asked after each epoch, ends the run there with what it has (a time limit's
+    SIGTERM: `train` asks it; the run has no checkpoints to lose otherwise).
 
     With `teacher` (`teacher_weights`), the loss is `teacher_weight` times `distillation_loss`
     against the teacher's probabilities on the same (distorted) batch, plus the rest times the
@@ -430,6 +435,8 @@ def fit(
             best, best_epoch, best_score = (carry[0], carry[1]), epoch, score
         if validated and target is not None and score >= target:
             reached = {"epoch": epoch, "val_accuracy": score, "seconds_from_process_start": ends[-1]}
+            break
+        if should_stop is not None and should_stop():
             break
     return FastResult(
         keras_weights(*best), history, len(ends), best_epoch, best_score, ends, reached, timeline

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import signal
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -115,7 +117,26 @@ def train(
 def _train_fast(
     config: TrainConfig, splits: Splits, run_dir: Path, state: dict[str, Any], started: float
 ) -> TrainResult:
-    """Train with pipeline.fastfit (JAX, no Keras until it stops), then save the run like any other."""
+    """Train with pipeline.fastfit (JAX, no Keras until it stops), then save the run like any other.
+
+    A SIGTERM (a time limit: the GPU scripts send one before the device's own deadline) ends the
+    run after the epoch in progress and saves what it has, since the loop keeps no checkpoints;
+    `metrics.json` then says so (`stopped`)."""
+    stop = threading.Event()
+    on_main = threading.current_thread() is threading.main_thread()  # where handlers can be set
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set()) if on_main else None
+    try:
+        return _fast_run(config, splits, run_dir, state, started, stop)
+    finally:
+        if on_main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _fast_run(
+    config: TrainConfig, splits: Splits, run_dir: Path, state: dict[str, Any], started: float,
+    stop: threading.Event,
+) -> TrainResult:  # fmt: skip
+    """`_train_fast`'s run, `stop` set by its signal handler."""
     from pipeline.train import fastfit
 
     if importlib.util.find_spec("jax") is None:
@@ -147,7 +168,10 @@ def _train_fast(
         target=config.target_accuracy, bfloat16=precision == "mixed_bfloat16",
         clock=lambda: time.time() - process_start_time(), augment=augment, teacher=teacher,
         temperature=config.distil_temperature, teacher_weight=config.distil_weight, model=config.model,
+        should_stop=stop.is_set,
     )  # fmt: skip
+    if stop.is_set():
+        state["stopped"] = f"SIGTERM after epoch {result.epochs_done} of {config.epochs}"
     state.update(
         history=result.history, epochs_done=result.epochs_done, best_epoch=result.best_epoch,
         best_score=result.best_score, epoch_end_seconds=result.epoch_end_times,

@@ -115,6 +115,7 @@ def finish(
         "precision": state.get("precision", "float32"),
         "target": state.get("target_reached"),
         "teacher": state.get("teacher"),  # --teacher: the file distilled from (path, sha256, members)
+        "stopped": state.get("stopped"),  # --fast: a SIGTERM ended the run early (which epoch)
         # Seconds from process start to the fit loop and to each epoch's end (this process's
         # epochs only after a --resume): the breakdown behind a time-to-accuracy figure.
         "timeline": {
