@@ -19,8 +19,7 @@ for seed in 101 202 303 404; do
   train_parallel "cal-e60-s$seed" --model bncnn --epochs "${EPOCHS:-60}" --seed "$seed" --split-seed 0 \
     --validation-split 0.1 --out "runs/cal-e60-s$seed" ${TRAIN_ARGS:-}
 done
-( sleep $((budget - SECONDS - 20)); pkill -TERM -f 'pipeline train' ) &
-killer=$!
+deadline $((budget - SECONDS - 20))
 wait_all || echo "some runs did not finish in time: see logs/"
-kill "$killer" 2>/dev/null || true
+stop_deadline
 bring_back calibrate

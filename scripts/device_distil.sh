@@ -36,9 +36,8 @@ for student in ${STUDENTS:-bncnn bncnn-s}; do
 done
 # A SIGTERM ends a --fast run after its epoch in progress and saves it (metrics.json: "stopped"):
 # a minute leaves time for that epoch, the test evaluation and the save.
-( sleep $((budget - SECONDS - 60)); pkill -TERM -f 'pipeline train' ) &
-killer=$!
+deadline $((budget - SECONDS - 60))
 wait_all || echo "some runs did not finish in time: see logs/"
-kill "$killer" 2>/dev/null || true
+stop_deadline
 grep -h "test accuracy\|epochs (best)\|train / wall" logs/*.log | tee "$OUT/summary.txt" || true
 bring_back distil

@@ -31,6 +31,17 @@ wait_all() {
   pids=()
   return $failed
 }
+# deadline SECONDS: SIGTERM every `pipeline train` in SECONDS (a time limit inside the device's
+# own); stop_deadline cancels it. The timer writes nowhere and its sleep dies with it: a sleep
+# left holding the call's output would keep the call, and the device, until it ran out.
+deadline() {
+  ( sleep "$1" && pkill -TERM -f 'pipeline train' ) >/dev/null 2>&1 &
+  killer=$!
+}
+stop_deadline() {
+  pkill -P "$killer" 2>/dev/null || true
+  kill "$killer" 2>/dev/null || true
+}
 # bring_back NAME: the run folders and logs as one archive in $OUT (the tool returns at most 8
 # files); resumable checkpoints stay behind.
 bring_back() {

@@ -44,9 +44,8 @@ done
 if [ "${CONV2D:-0}" = 1 ]; then
   train_parallel conv2d-gpu --model conv2d --epochs 100 --augment --out runs/conv2d-gpu
 fi
-( sleep $((budget - SECONDS - 20)); pkill -TERM -f 'pipeline train' ) &
-killer=$!
+deadline $((budget - SECONDS - 20))
 wait_all || echo "some runs did not finish in time: see logs/"
-kill "$killer" 2>/dev/null || true
+stop_deadline
 python3 scripts/select_epochs.py runs | tee "$OUT/selection.txt" || true
 bring_back train
