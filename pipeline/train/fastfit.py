@@ -42,9 +42,9 @@ from pipeline.errors import TrainError
 from pipeline.train import models
 from pipeline.train.augment import Augmentation, warp
 
-# The channels of each model the loop trains (stage 1, stage 2, head): bncnn's, and bncnn-s's,
-# the narrower student for distillation (`models.build_bncnn`, one builder for both).
-WIDTHS: dict[str, tuple[int, int, int]] = {"bncnn": (32, 64, 128), "bncnn-s": (24, 48, 96)}
+# The channels of each model the loop trains (stage 1, stage 2, head): bncnn's and its narrower
+# distillation student's, as `models.build_bncnn` builds them.
+WIDTHS = models.BNCNN_WIDTHS
 
 
 def layout(model: str = "bncnn") -> tuple[tuple[Any, ...], ...]:

@@ -114,7 +114,12 @@ def _conv_bn(
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
-def build_bncnn(widths: tuple[int, int, int] = (32, 64, 128), name: str = "bncnn") -> keras.Model:
+# Channels of bncnn's two stages and head, and of its narrower distillation student (the fast
+# loop, `train.fastfit`, builds the same widths).
+BNCNN_WIDTHS: dict[str, tuple[int, int, int]] = {"bncnn": (32, 64, 128), "bncnn-s": (24, 48, 96)}
+
+
+def build_bncnn(widths: tuple[int, int, int] = BNCNN_WIDTHS["bncnn"], name: str = "bncnn") -> keras.Model:
     """A stronger edge CNN (~330k parameters): BatchNorm, strided 5x5 convolutions instead of
     pooling, dropout. The shape of the best single Kaggle MNIST CNNs (about 99.7% with
     augmentation), small enough for a microcontroller once quantized (about 0.4 MB int8).
@@ -141,7 +146,7 @@ def build_bncnn_s() -> keras.Model:
     """bncnn with three quarters of its channels (24, 48, 96): about 56% of its multiply-adds, a
     student for distilling the release ensemble into one network cheap enough for classify's
     throughput (docs/training.md, "Distillation")."""
-    return build_bncnn((24, 48, 96), "bncnn-s")
+    return build_bncnn(BNCNN_WIDTHS["bncnn-s"], "bncnn-s")
 
 
 def build_micro() -> keras.Model:
