@@ -228,6 +228,7 @@ def test_a_distilled_run_records_its_teacher(tmp_path: Path) -> None:
     [
         ({"fast": False}, "add --fast"),
         ({"teacher": "no/such.keras"}, "no such .keras file"),
+        ({"teacher": "__onnx__"}, "not a .keras file"),
         ({"distil_weight": 1.5}, "weight in"),
     ],
 )
@@ -237,6 +238,8 @@ def test_what_distillation_needs_is_checked(change: dict[str, object], message: 
     release = manifest.release_dir()
     assert release is not None
     base = {"model": "bncnn", "fast": True, "teacher": str(release / "bncnn-x4.keras")}
+    if change.get("teacher") == "__onnx__":  # a release file that exists, in another format
+        change = {"teacher": str(release / "bncnn-x4.int8.onnx")}
     with pytest.raises(TrainError, match=message):
         TrainConfig(**{**base, **change}).check()  # type: ignore[arg-type]
 

@@ -86,8 +86,10 @@ class TrainConfig:
         if self.teacher is not None:
             if not self.fast:
                 raise TrainError("--teacher distils in the fast loop: add --fast")
-            if not Path(self.teacher).is_file() or Path(self.teacher).suffix != ".keras":
+            if not Path(self.teacher).is_file():
                 raise TrainError(f"--teacher {self.teacher}: no such .keras file")
+            if Path(self.teacher).suffix != ".keras":
+                raise TrainError(f"--teacher {self.teacher}: not a .keras file (the teacher runs in JAX)")
             if not self.distil_temperature > 0 or not 0 <= self.distil_weight <= 1:
                 raise TrainError("distillation needs a temperature above 0 and a weight in [0, 1]")
 
