@@ -337,7 +337,7 @@ def test_bbox_and_locate_find_opencvs_box() -> None:
 
 
 def _jpeg_frame_by_python(data: bytes) -> tuple[int, int, bool] | None:
-    """The marker walk as decode._jpeg_frame made it in Python: the reference."""
+    """The marker walk as decode made it in Python before `kernels.jpeg_frame`: the reference."""
     import struct
 
     at, size = 2, len(data)

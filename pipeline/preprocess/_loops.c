@@ -1625,7 +1625,7 @@ done:
     return result;
 }
 
-/* jpeg_frame(data) -> (width, height, exif) or None (kernels; decode._jpeg_frame's rules). */
+/* jpeg_frame(data) -> (width, height, exif) or None (kernels.jpeg_frame says its rules). */
 static PyObject *jpeg_frame(PyObject *self, PyObject *args) {
     Py_buffer view;
     if (!PyArg_ParseTuple(args, "y*", &view)) return NULL;

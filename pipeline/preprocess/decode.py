@@ -217,12 +217,12 @@ _JPEG_FLAGS = {
 
 def _jpeg_gray(data: bytes, max_pixels: int, reduce: bool) -> tuple[np.ndarray, int] | None:
     """A gray or YCbCr JPEG's luma and its reduction (see `read_gray`), or None where PIL should
-    decode it: another kind of JPEG (`_jpeg_frame`), a rotation to apply, a file that does not end
+    decode it: another kind of JPEG (`kernels.jpeg_frame`), a rotation to apply, a file that does not end
     with JPEG's end-of-image marker (truncated: OpenCV would fill the missing part with grey where
     PIL fails)."""
     if not data.endswith(b"\xff\xd9"):
         return None
-    frame = _jpeg_frame(data)
+    frame = kernels.jpeg_frame(data)
     if frame is None:
         return None
     width, height, exif = frame
@@ -235,16 +235,6 @@ def _jpeg_gray(data: bytes, max_pixels: int, reduce: bool) -> tuple[np.ndarray, 
     if gray is None or gray.shape != (-(-height // factor), -(-width // factor)):
         return None
     return gray, factor
-
-
-def _jpeg_frame(data: bytes) -> tuple[int, int, bool] | None:
-    """Width, height and whether an EXIF block is present, read from a JPEG's markers up to its
-    first scan, for an 8-bit JPEG of one or three components (what PIL opens as L or RGB); None
-    for anything else or anything unexpected (junk between markers, a scan before the frame),
-    which PIL's way then opens or refuses with its own message. Why not PIL's parser: it is Python
-    code run for every file, a large share of the time a small scan takes to decode; the walk over
-    the markers is C too (`kernels.jpeg_frame`, which says what it accepts)."""
-    return kernels.jpeg_frame(data)
 
 
 def _upright(data: bytes) -> bool:
