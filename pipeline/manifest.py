@@ -133,11 +133,14 @@ def read(path: Path, missing_ok: bool = False) -> Manifest:
 
 
 def record(path: Path, entry: dict[str, Any]) -> None:
-    """Insert or replace the entry for entry['path'], then rewrite the manifest atomically."""
+    """Replace the entry for entry['path'] where it stands, or add it at the end, then rewrite the
+    manifest atomically (a re-exported file keeps its place: the release's diff is its entry)."""
     current = read(path, missing_ok=True)
     ArtifactEntry.parse(entry, path)  # what is written can be read back
-    kept = [e.raw for e in current.entries if e.path != entry["path"]]
-    write_json(path, {"pipeline_version": __version__, "artifacts": [*kept, entry]})
+    entries = [entry if e.path == entry["path"] else e.raw for e in current.entries]
+    if all(e.path != entry["path"] for e in current.entries):
+        entries.append(entry)
+    write_json(path, {"pipeline_version": __version__, "artifacts": entries})
 
 
 # --- the parity report --------------------------------------------------------------------------

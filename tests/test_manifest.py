@@ -220,3 +220,16 @@ def test_missing_runtime_is_one_line_naming_the_extra(
     assert result.exit_code == ArtifactError.exit_code
     assert "running .keras files needs keras: pip install 'pipeline[export]'" in result.output
     assert not (tmp_path / "parity.json").exists()
+
+
+def test_a_re_recorded_artifact_keeps_its_place(tmp_path: Path) -> None:
+    """Re-exporting one file of a release replaces its entry where it stands; a new one goes last."""
+    path = tmp_path / "manifest.json"
+    for name in ("a.int8.onnx", "b.int8.onnx", "c.int8.onnx"):
+        manifest.record(path, {"path": name, "format": "onnx", "quantization": "int8", "bytes": 1})
+    manifest.record(path, {"path": "a.int8.onnx", "format": "onnx", "quantization": "int8", "bytes": 2})
+    manifest.record(path, {"path": "d.int8.onnx", "format": "onnx", "quantization": "int8", "bytes": 1})
+    entries = json.loads(path.read_text())["artifacts"]
+    assert [(e["path"], e["bytes"]) for e in entries] == [
+        ("a.int8.onnx", 2), ("b.int8.onnx", 1), ("c.int8.onnx", 1), ("d.int8.onnx", 1)
+    ]  # fmt: skip
