@@ -124,6 +124,27 @@ def test_int8_keeps_the_classifier_head_float(
         assert second.mean() > 0.9, (name, second.mean())
 
 
+def test_int8_dense_layers_all_run_as_integer_products(exported: Path, tmp_path: Path) -> None:
+    """The seed CNN's second Dense is read twice by the normalization after it. With its output
+    quantized, onnxruntime left that Dense in float and dequantized its 512x512 int8 weights at
+    every call; the exporter gives it a float output, so every dense layer is fused (QGemm)."""
+    import onnxruntime as ort
+
+    from pipeline.export.onnx import shared_products
+
+    path = exported / "conv2d.int8.onnx"
+    model = onnx.load(str(path))
+    producer = {out: node for node in model.graph.node for out in node.output}
+    readers = [n for n in model.graph.node if n.op_type == "Mul" and "normalize" in n.name]
+    assert readers and all(producer[name].op_type == "Gemm" for name in readers[0].input)
+    assert shared_products(model.graph) == set()  # none left behind a shared int8 pair
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    fused = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    assert fused.count("QGemm") == 3 and "Gemm" not in fused, fused
+
+
 @pytest.mark.slow
 def test_float_head_of_an_averaging_ensemble(tmp_path: Path) -> None:
     """Two members' Dense -> Softmax, averaged (the shape of bncnn-x4): quantized, both Dense

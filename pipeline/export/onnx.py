@@ -141,7 +141,9 @@ def _onnx_quantized(
                 activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                 nodes_to_exclude=after,
             )  # fmt: skip
-            onnx.save(float_outputs(onnx.load(str(out)), set(last_layers)), str(out))
+            quantized = onnx.load(str(out))
+            float_layers = set(last_layers) | shared_products(quantized.graph)
+            onnx.save(float_outputs(quantized, float_layers), str(out))
 
 
 def _dims(value_info: Any) -> list[int | None]:
@@ -219,6 +221,40 @@ def onnx_head(graph: Any) -> tuple[list[str], list[str]]:
     }
     names = [o.name for o in graph.output]
     return classifier_head([defaults.OUTPUT_NAME] if defaults.OUTPUT_NAME in names else names, producer)
+
+
+def shared_products(graph: Any) -> set[str]:
+    """The quantized matrix products (Gemm, MatMul) whose quantized output more than one operator
+    input reads: `float_outputs` gives them float outputs.
+
+    Why: onnxruntime gives each reader of a dequantized tensor its own DequantizeLinear, and on
+    x86 it then turns int8 QuantizeLinear -> DequantizeLinear pairs into uint8 ones only where
+    the QuantizeLinear has a single reader. A product behind such a shared pair reads uint8 and
+    would write int8, which its integer kernel (QGemm) does not take, so onnxruntime ran it in
+    float and dequantized its int8 weights at every call. In the seed CNN that is the second
+    Dense(512), read twice by the normalization after it (its square and its product): 15 us an
+    image at batch 64, one sixth of the whole network. With a float output the product is
+    fused (QGemm with a float result, as the head's), and the normalization, which onnxruntime
+    runs in float anyway, reads the unrounded values.
+    """
+    readers: dict[str, list[Any]] = {}  # tensor -> the nodes reading it, once per input
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    shared = set()
+    for node in graph.node:
+        if node.op_type not in ("Gemm", "MatMul"):
+            continue
+        quantizers = [q for q in readers.get(node.output[0], []) if q.op_type == "QuantizeLinear"]
+        dequantized = [
+            dq.output[0]
+            for q in quantizers
+            for dq in readers.get(q.output[0], [])
+            if dq.op_type == "DequantizeLinear"
+        ]
+        if sum(len(readers.get(name, [])) for name in dequantized) > 1:
+            shared.add(node.name)
+    return shared
 
 
 def float_outputs(model: Any, nodes: set[str]) -> Any:
