@@ -59,6 +59,12 @@ FORM_BOX_MAX_WOBBLE = 0.6
 # box lines; a 4's crossbar has a whole stem's worth of ink on each side.
 FORM_LINE_FAR_INK = 0.03
 FORM_LINE_CROSSING = 0.1
+# A flat line with more of the digit beyond it than that is still the form's when the digit was
+# written through it: a descender (a 7's or 9's tail below an underline or a comb) leaves at most
+# this share of the digit beyond (3-16% on development forms, test digits 0-5999), and the line
+# runs past the digit at both ends. A digit's own crossbar (a 7's, a 4's) has a third or more on
+# each side (36-39% on plain scans) and does not pass the digit's other strokes at both ends.
+FORM_LINE_THROUGH_INK = 0.2
 # A form line passes the digit at each free end by at least this fraction of the digit's extent
 # along it and this many of its stroke widths, with no ink near its last tenth: a 7's bar or a 2's
 # base meets the rest of its digit at one end, or overshoots it by about a stroke. Chosen on

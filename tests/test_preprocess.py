@@ -348,6 +348,32 @@ def test_a_stroke_through_the_line_keeps_its_crossing() -> None:
     assert not erase[:, 76:84].any()  # the stroke is whole
 
 
+def test_a_descender_written_through_the_line_does_not_keep_the_line() -> None:
+    """A 7's tail that runs well below its underline leaves a tenth of the digit beyond the line
+    (more than the 3% of ink a line may have on its far side): the line still passes the digit at
+    both ends, so it is the form's and goes, and the tail stays whole where it crosses."""
+    img = Image.new("L", (160, 140), 0)
+    draw = ImageDraw.Draw(img)
+    draw.line((50, 22, 92, 22), fill=255, width=6)  # the 7's bar
+    draw.line((92, 22, 68, 118), fill=255, width=7)  # its stem, down through the line
+    draw.line((0, 91, 160, 91), fill=255, width=3)  # the underline
+    erase = preprocess.erase_form_lines(np.asarray(img, dtype=np.float32))
+    assert erase is not None
+    assert erase[90:93, :60].all() and erase[90:93, 90:].all()  # the line goes on both sides
+    assert not erase[:80].any() and not erase[95:].any()  # nothing of the digit
+    assert not erase[90:93, 72:78].any()  # the crossing stays
+
+
+def test_a_crossbar_through_the_stem_is_the_digits() -> None:
+    """A 7 with a crossbar (as many write it) has the bar's strokes on both sides of it, a third
+    of the digit below: a digit's own stroke, never erased, however far it reaches."""
+    page = np.zeros((120, 140), dtype=np.float32)
+    page[10:16, 40:100] = 255.0  # the top bar
+    page[10:110, 90:97] = 255.0  # the stem
+    page[55:61, 20:120] = 255.0  # the crossbar, past the bar at both ends
+    assert preprocess.erase_form_lines(page) is None
+
+
 def test_comb_ticks_go_with_their_line() -> None:
     page = np.zeros((100, 150), dtype=np.float32)
     page[20:75, 70:77] = 255.0  # a 1

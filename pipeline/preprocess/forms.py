@@ -103,6 +103,7 @@ class _Ends:
     end: bool
     overhang: int
     digit_after: bool  # the digit lies beyond `hi` (below a horizontal line, right of an upright)
+    through: bool = False  # the digit lies on both sides: a stroke written through the line
 
 
 @dataclass(frozen=True)
@@ -126,18 +127,21 @@ def _profile(digit: np.ndarray, vertical: bool, profiles: dict[bool, _Profile]) 
 
 
 def _ends(line: FormLine, digit: np.ndarray, stroke: float, profiles: dict[bool, _Profile]) -> _Ends | None:
-    """None when the digit lies on both sides of the line (a stroke through it, a 4's crossbar).
+    """For each end: whether the line passes the digit's extent along it by the overhang, with no
+    digit ink within the last tenth of the line (a 7's bar ends at its stem). `profiles` holds
+    `digit`'s counts for the lines already asked about (`_profile`).
 
-    Otherwise, for each end: whether the line passes the digit's extent along it by the overhang,
-    with no digit ink within the last tenth of the line (a 7's bar ends at its stem). `profiles`
-    holds `digit`'s counts for the lines already asked about (`_profile`).
+    None when the digit lies on both sides of the line (a 4's crossbar), unless it was written
+    through a flat line: a descender (a 7's or 9's tail below an underline) leaves a small share of
+    the digit beyond it (FORM_LINE_THROUGH_INK) and the line passes the digit at both ends. Such a
+    line is `through`: not a box's side, whose sides have the digit on one side only.
     """
     p = _profile(digit, line.vertical, profiles)
     crossing = max(2, round(defaults.FORM_LINE_CROSSING * p.height))
     before = int(p.per_row[: max(0, line.lo - crossing)].sum())
     after = int(p.per_row[line.hi + crossing :].sum())
-    if min(before, after) > defaults.FORM_LINE_FAR_INK * (before + after):
-        return None
+    far = min(before, after)
+    through = far > defaults.FORM_LINE_FAR_INK * (before + after)
     overhang = max(
         2,
         round(defaults.FORM_LINE_OVERHANG * (p.last - p.first)),
@@ -145,12 +149,12 @@ def _ends(line: FormLine, digit: np.ndarray, stroke: float, profiles: dict[bool,
     )
     near = _oriented(digit, line.vertical)[max(0, line.lo - crossing) : line.hi + crossing]
     tip, allowed = max(2, (line.end - line.start) // 10), max(2, int(0.002 * p.total))
-    return _Ends(
-        line.start <= p.first - overhang and _count(near[:, line.start : line.start + tip]) <= allowed,
-        line.end >= p.last + overhang and _count(near[:, line.end - tip : line.end]) <= allowed,
-        overhang,
-        after >= before,
-    )
+    start = line.start <= p.first - overhang and _count(near[:, line.start : line.start + tip]) <= allowed
+    end = line.end >= p.last + overhang and _count(near[:, line.end - tip : line.end]) <= allowed
+    written_through = not line.vertical and far <= defaults.FORM_LINE_THROUGH_INK * (before + after)
+    if through and not (written_through and start and end):
+        return None
+    return _Ends(start, end, overhang, after >= before, through)
 
 
 def _meets(line: FormLine, at: int, other: FormLine, slack: int) -> bool:
@@ -173,7 +177,7 @@ def _frame(lines: list[FormLine], ends: dict[FormLine, _Ends | None], digit: np.
     """
     sides: dict[tuple[bool, bool], list[tuple[FormLine, _Ends]]] = {}
     for line in lines:
-        if (e := ends[line]) is not None:
+        if (e := ends[line]) is not None and not e.through:
             sides.setdefault((line.vertical, e.digit_after), []).append((line, e))
     for top, et in sides.get((False, True), []):
         for bottom, eb in sides.get((False, False), []):
