@@ -374,6 +374,25 @@ def test_a_crossbar_through_the_stem_is_the_digits() -> None:
     assert preprocess.erase_form_lines(page) is None
 
 
+def test_a_box_side_the_digit_merges_with_is_found_where_the_sides_end() -> None:
+    """A 2 whose base lies on its box's bottom side makes that band too thick to be a printed
+    line; the box is still erased, all four sides, because the uprights joined by the top end
+    together where the bottom side must run (`forms._closing_sides`). The digit stays whole."""
+    img = Image.new("L", (120, 120), 0)
+    draw = ImageDraw.Draw(img)
+    draw.rectangle((10, 10, 110, 110), outline=255, width=4)  # the printed box
+    draw.arc((30, 20, 90, 70), 180, 30, fill=255, width=8)  # the 2's bowl
+    draw.line((85, 55, 35, 100), fill=255, width=8)  # its diagonal
+    draw.line((32, 103, 100, 103), fill=255, width=9)  # its base, on the bottom side
+    page = np.asarray(img, dtype=np.float32)
+    erase = preprocess.erase_form_lines(page)
+    assert erase is not None
+    assert erase[10:14, 12:108].all()  # top
+    assert erase[14:100, 10:14].all() and erase[14:100, 107:111].all()  # both uprights
+    assert erase[107:111, 14:25].all()  # the bottom, where the base does not lie on it
+    assert not erase[15:102, 20:100].any()  # nothing inside the box above the base's edge
+
+
 def test_comb_ticks_go_with_their_line() -> None:
     page = np.zeros((100, 150), dtype=np.float32)
     page[20:75, 70:77] = 255.0  # a 1

@@ -46,7 +46,7 @@ def _oriented(array: np.ndarray, vertical: bool) -> np.ndarray:
     return array.T if vertical else array
 
 
-def _find_lines(mask: np.ndarray, vertical: bool, extent: int) -> list[FormLine]:
+def _find_lines(mask: np.ndarray, vertical: bool, extent: int, thickest: int = 0) -> list[FormLine]:
     """Horizontal (or vertical) bands of ink holding one run at least FORM_LINE_MIN_LENGTH long.
 
     Rows are merged over the tilt tolerance first (a 3-degree line drifts across rows), so a band
@@ -58,7 +58,7 @@ def _find_lines(mask: np.ndarray, vertical: bool, extent: int) -> list[FormLine]
     """
     length = max(16, math.ceil(defaults.FORM_LINE_MIN_LENGTH * extent))
     reach = max(1, math.ceil(length * math.tan(math.radians(defaults.FORM_LINE_MAX_TILT_DEGREES)) / 2))
-    thickest = 2 * reach + max(6, round(0.1 * extent))
+    thickest = thickest or 2 * reach + max(6, round(0.1 * extent))
     lines = []
     for band in kernels.long_bands(_oriented(mask, vertical), length, reach, thickest).tolist():
         lo, hi, start, end, intercept, slope, thickness, wobble = band
@@ -66,6 +66,61 @@ def _find_lines(mask: np.ndarray, vertical: bool, extent: int) -> list[FormLine]
             rows_and_columns = int(lo), int(hi), int(start), int(end)
             lines.append(FormLine(vertical, *rows_and_columns, (intercept, slope), thickness, wobble))
     return lines
+
+
+def _closing_sides(mask: np.ndarray, lines: list[FormLine], extent: int) -> list[FormLine]:
+    """A box's missing side: where two parallel sides, joined at one end by a third, end together.
+
+    A digit written onto a box's side merges with it over many columns, and the band there is
+    then thicker and less straight than a printed line, so `_find_lines` drops it and the box is
+    left in. Where two parallel lines (a box's two sides) are joined at one end by a line meeting
+    both, the fourth side must run where they both end: it is looked for only there, in a window
+    a side's thickness deep, where the merged stroke is a small part of the band. It must be as
+    long and as straight as any line and meet both sides; its thickness is taken as theirs (the
+    band's is the merged stroke's too), so erasing it leaves the stroke, as the crossing rule
+    in `erase_form_lines` leaves what touches it.
+    """
+
+    def joins(c: FormLine, a: FormLine, b: FormLine, at: int, slack: int) -> bool:
+        """Whether `c` runs from `a` to `b` at position `at` along them."""
+        return (
+            _meets(c, c.start, a, slack)
+            and _meets(c, c.end - 1, b, slack)
+            and c.lo - slack <= at <= c.hi + slack
+        )
+
+    found = []
+    for vertical in (False, True):  # the orientation of the side looked for
+        sides = [line for line in lines if line.vertical != vertical]
+        across = [line for line in lines if line.vertical == vertical]
+        oriented = _oriented(mask, vertical)
+        for a, b in ((a, b) for a in sides for b in sides if a.hi <= b.lo):
+            thick = max(a.thickness, b.thickness)
+            slack = max(2, round(2 * thick))
+            for at_end in (False, True):
+                edge, far = (
+                    (min(a.end, b.end), max(a.end, b.end))
+                    if at_end
+                    else (max(a.start, b.start), min(a.start, b.start))
+                )
+                other = max(a.start, b.start) if at_end else min(a.end, b.end)
+                if abs(far - edge) > slack or not any(joins(c, a, b, other, slack) for c in across):
+                    continue  # the two sides do not end together, or nothing joins them
+                if any(joins(c, a, b, edge, slack) for c in across):
+                    continue  # the side is there
+                inside, outside = math.ceil(thick) + 3, 3
+                lo, hi = (edge - inside, edge + outside) if at_end else (edge - outside, edge + inside)
+                lo, hi = max(0, lo), min(oriented.shape[0], hi)
+                window = oriented[lo:hi].T if vertical else oriented[lo:hi]
+                for line in _find_lines(window, vertical, extent, thickest=hi - lo):
+                    intercept, slope = line.centre
+                    side = FormLine(
+                        vertical, line.lo + lo, line.hi + lo, line.start, line.end,
+                        (intercept + lo, slope), min(line.thickness, thick), line.wobble,
+                    )  # fmt: skip
+                    if joins(side, a, b, edge, slack):
+                        found.append(side)
+    return found
 
 
 def _strip(line: FormLine, height: int) -> tuple[np.ndarray, np.ndarray]:
@@ -338,6 +393,7 @@ def erase_form_lines(values: np.ndarray, located: Located | None = None) -> np.n
     bottom, right = min(full.shape[0], box[1] + 1), min(full.shape[1], box[3] + 1)
     mask = full[top:bottom, left:right]
     lines = _find_lines(mask, False, extent) + _find_lines(mask, True, extent)
+    lines += _closing_sides(mask, lines, extent)
     total = _count(mask)
     if len(lines) == 1 and _stays_alone(lines[0], mask, total):
         return None
