@@ -460,11 +460,13 @@ static PyObject *line_pixels(PyObject *self, PyObject *args) {
             }
             Py_ssize_t b = j, width = b - a;
             if (width > widest || height < 2 * width || height > longest) continue;
-            /* A clear ring 2 px wide around the tick's rectangle. */
+            /* A clear ring around the tick's rectangle: 2 px above it, and beside it the second
+               column out (the first is erased with it: a tick printed a little askew leans into
+               the column beside its foot). */
             int clear = 1;
             for (Py_ssize_t x = a - 2 > 0 ? a - 2 : 0; x < (b + 2 < n ? b + 2 : n) && clear; x++) {
                 for (int64_t k = 0; k < height + 2; k++) {
-                    if (k < height && a <= x && x < b) continue;
+                    if (k < height && a - 1 <= x && x < b + 1) continue;
                     int64_t r = origin[x] + direction * k;
                     if (0 <= r && r < h && AT(&m, r, start + x)) {
                         clear = 0;

@@ -68,8 +68,9 @@ def strip(
 def line_pixels(m: np.ndarray, line: np.ndarray, extent: int, out: np.ndarray) -> None:
     """`forms._line_pixels` into the bool `out` (oriented as `m`): the line's strip, and each tick
     standing on it: a run of ink leaving the strip at most a band thick, at least twice as long
-    as wide, shorter than 40% of `extent`, with a clear ring 2 px wide around it (drawn one pixel
-    wider than the run, for its blurred edges). `line` is a `long_bands` row."""
+    as wide, shorter than 40% of `extent`, with clear paper 2 px above it and in the second column
+    beside it (drawn one pixel wider than the run, for its blurred edges, so that column beside
+    it is the tick's: a tick printed a pixel askew leans into it). `line` is a `long_bands` row."""
     _loops.line_pixels(m, line, extent, out)
 
 
