@@ -54,7 +54,8 @@ def _find_lines(mask: np.ndarray, vertical: bool, extent: int, thickest: int = 0
     that wobbles about its fitted line like handwriting, are dropped. The fit (`kernels.long_bands`)
     leaves out the columns where a stroke crosses (thicker than the line): a printed line's
     centres lie within a fraction of a pixel of it, a digit's long flat curve (a 0's side, a 2's
-    base) wanders further.
+    base) wanders further. `thickest`: the thickest band kept, if not a printed line's (for a
+    window that holds one line and what merged with it: `_closing_sides`).
     """
     length = max(16, math.ceil(defaults.FORM_LINE_MIN_LENGTH * extent))
     reach = max(1, math.ceil(length * math.tan(math.radians(defaults.FORM_LINE_MAX_TILT_DEGREES)) / 2))
