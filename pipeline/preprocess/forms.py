@@ -198,6 +198,8 @@ def _ends(line: FormLine, digit: np.ndarray, stroke: float, profiles: dict[bool,
     after = int(p.per_row[line.hi + crossing :].sum())
     far = min(before, after)
     through = far > defaults.FORM_LINE_FAR_INK * (before + after)
+    if through and (line.vertical or far > defaults.FORM_LINE_THROUGH_INK * (before + after)):
+        return None  # the digit's own stroke, wherever its ends lie
     overhang = max(
         2,
         round(defaults.FORM_LINE_OVERHANG * (p.last - p.first)),
@@ -207,8 +209,7 @@ def _ends(line: FormLine, digit: np.ndarray, stroke: float, profiles: dict[bool,
     tip, allowed = max(2, (line.end - line.start) // 10), max(2, int(0.002 * p.total))
     start = line.start <= p.first - overhang and _count(near[:, line.start : line.start + tip]) <= allowed
     end = line.end >= p.last + overhang and _count(near[:, line.end - tip : line.end]) <= allowed
-    written_through = not line.vertical and far <= defaults.FORM_LINE_THROUGH_INK * (before + after)
-    if through and not (written_through and start and end):
+    if through and not (start and end):
         return None
     return _Ends(start, end, overhang, after >= before, through)
 

@@ -42,17 +42,13 @@ from pipeline.errors import TrainError
 from pipeline.train import models
 from pipeline.train.augment import Augmentation, warp
 
-# The channels of each model the loop trains (stage 1, stage 2, head): bncnn's and its narrower
-# distillation student's, as `models.build_bncnn` builds them.
-WIDTHS = models.BNCNN_WIDTHS
-
 
 def layout(model: str = "bncnn") -> tuple[tuple[Any, ...], ...]:
     """The model, layer by layer, as models.build_bncnn builds it: ("conv", name, kernel, strides,
     padding, filters), ("drop", rate), ("flatten",), ("dense", name, units). Every conv is
     followed by BatchNormalization (named <name>_bn) and ReLU. tests/test_fastfit.py checks it
     against Keras. The widths differ between models; names, kernels and strides do not."""
-    first, second, head = WIDTHS[model]
+    first, second, head = models.BNCNN_WIDTHS[model]
     return (
         ("conv", "s1c1", 3, 1, "SAME", first),
         ("conv", "s1c2", 3, 1, "SAME", first),
@@ -95,8 +91,8 @@ class FastResult:
 
 def check(model: str, precision: str) -> None:
     """Refuse what the fast loop does not do, before any data is read."""
-    if model not in WIDTHS:
-        raise TrainError(f"--fast trains {' and '.join(WIDTHS)} only (got --model {model})")
+    if model not in models.BNCNN_WIDTHS:
+        raise TrainError(f"--fast trains {' and '.join(models.BNCNN_WIDTHS)} only (got --model {model})")
     if precision == "mixed_float16":
         raise TrainError("--fast computes in float32 or bfloat16; use --precision mixed_bfloat16")
 
