@@ -125,6 +125,43 @@ def image_evidence(digits: np.ndarray) -> Evidence:
 
 
 @dataclass(frozen=True)
+class FeatureGaussian:
+    """Ten class means and a whitening of their shared covariance, for one network's features:
+    the squared length of (features - mean of the class read) @ whitening is the Mahalanobis
+    distance, and `limit` the distance over which a digit counts as far."""
+
+    means: np.ndarray  # float32 [10, D]
+    whitening: np.ndarray  # float32 [D, D]
+    limit: float
+
+    def distances(self, features: np.ndarray, classes: np.ndarray) -> np.ndarray:
+        """Squared Mahalanobis distance of each feature vector from its class's mean."""
+        z = (features.astype(np.float32) - self.means[classes]) @ self.whitening
+        return np.square(z).sum(axis=1)
+
+
+def fit_gaussian(
+    features: np.ndarray, labels: np.ndarray, held_features: np.ndarray, held_classes: np.ndarray,
+    quantile: float,
+) -> FeatureGaussian:  # fmt: skip
+    """Class means and a shared covariance of training-side digits' features, and the limit at
+    `quantile` of other training-side digits' distances from the mean of the class the model gave
+    them (as classify measures it)."""
+    feats = features.astype(np.float64)
+    means = np.stack([feats[labels == c].mean(axis=0) for c in range(10)])
+    centred = feats - means[labels]
+    cov = centred.T @ centred / len(feats)
+    # A little ridge: some feature channels are (near) constant among digits and would make
+    # the inverse explode on anything else; 1e-3 of the mean variance keeps them finite.
+    cov += 1e-3 * np.trace(cov) / len(cov) * np.eye(len(cov))
+    # (x - m) @ L with L L^T the inverse covariance: L is triangular, so half of it is zeros,
+    # which the saved file compresses away (the release's size budget)
+    whitening = np.linalg.cholesky(np.linalg.inv(cov)).astype(np.float32)
+    gauss = FeatureGaussian(means.astype(np.float32), whitening, 1.0)
+    return replace(gauss, limit=float(np.quantile(gauss.distances(held_features, held_classes), quantile)))
+
+
+@dataclass(frozen=True)
 class ReviewModel:
     means: np.ndarray  # float32 [10, 784]: each class's mean training digit (pixels / 255)
     components: np.ndarray  # float32 [10, k, 784]: each class's principal directions
@@ -139,6 +176,9 @@ class ReviewModel:
     feature_means: np.ndarray | None = None  # float32 [10, D]
     feature_whitening: np.ndarray | None = None  # float32 [D, D]
     feature_limit: float = 0.0
+    # The screen's evidence (pipeline.classify.screen): the same for the small network that
+    # answers in front of the model above, fitted on its features. None: not fitted.
+    screen: FeatureGaussian | None = None
 
     def for_model(self, source_sha256: str | None) -> ReviewModel:
         """This review for a model whose artifacts come from the Keras file with `source_sha256`:
@@ -147,15 +187,16 @@ class ReviewModel:
         fitted = self.fitted.get("features", {}).get("source_sha256")
         if self.feature_means is None or (source_sha256 is not None and source_sha256 == fitted):
             return self
-        return replace(self, feature_means=None, feature_whitening=None, feature_limit=0.0)
+        return replace(self, feature_means=None, feature_whitening=None, feature_limit=0.0, screen=None)
 
     def uses_features(self, features: np.ndarray | None) -> bool:
-        """Whether `features` (from the model being run) are what the feature limit was fitted on."""
-        return (
-            features is not None
-            and self.feature_means is not None
-            and features.ndim == 2
-            and features.shape[1] == self.feature_means.shape[1]
+        """Whether `features` (from the model being run) are what the feature limit was fitted on:
+        the model's own, or (from a screened run) the model's beside the screen's."""
+        if features is None or self.feature_means is None or features.ndim != 2:
+            return False
+        own = self.feature_means.shape[1]
+        return features.shape[1] == own or (
+            self.screen is not None and features.shape[1] == own + self.screen.means.shape[1]
         )
 
     def feature_distances(self, features: np.ndarray, classes: np.ndarray) -> np.ndarray:
@@ -163,6 +204,21 @@ class ReviewModel:
         assert self.feature_means is not None and self.feature_whitening is not None
         z = (features.astype(np.float32) - self.feature_means[classes]) @ self.feature_whitening
         return np.square(z).sum(axis=1)
+
+    def feature_ratios(self, features: np.ndarray, classes: np.ndarray) -> np.ndarray:
+        """Each row's feature distance as a multiple of its limit (over 1: not a digit). A screened
+        run's rows carry the model's features (NaN where the screen answered alone) beside the
+        screen's: each row is judged by the network that gave its answer."""
+        assert self.feature_means is not None
+        own = self.feature_means.shape[1]
+        if features.shape[1] == own:
+            return self.feature_distances(features, classes) / self.feature_limit
+        assert self.screen is not None
+        model = ~np.isnan(features[:, 0])
+        out = self.screen.distances(features[:, own:], classes) / self.screen.limit
+        if model.any():
+            out[model] = self.feature_distances(features[model, :own], classes[model]) / self.feature_limit
+        return out
 
     def residuals(self, digits: np.ndarray, classes: np.ndarray) -> np.ndarray:
         """Distance of each digit (pixels / 255) from the principal subspace of its class."""
@@ -187,7 +243,7 @@ class ReviewModel:
         model's `features` (what the limit was fitted on), the distance is theirs alone: the
         network's view of a digit separates letters and scribbles far better than pixels do."""
         if features is not None and self.uses_features(features):
-            return self.feature_distances(features, probs.argmax(axis=1)) / self.feature_limit
+            return self.feature_ratios(features, probs.argmax(axis=1))
         residual = self.residuals(digits, probs.argmax(axis=1)) / self.residual_limit
         shape = shape_features(digits) if shape is None else shape
         return np.maximum(residual, self._mahalanobis(shape) / self.shape_limit)
@@ -260,35 +316,33 @@ def fit_features(
     model: ReviewModel, features: np.ndarray, labels: np.ndarray, held_features: np.ndarray,
     held_classes: np.ndarray, quantile: float, source: dict[str, Any],
 ) -> ReviewModel:  # fmt: skip
-    """Add the model's own evidence: class means and a shared covariance of training-side
-    digits' features, and the limit at `quantile` of other training-side digits' distances from
-    the mean of the class the model gave them (as classify measures it)."""
-    feats = features.astype(np.float64)
-    means = np.stack([feats[labels == c].mean(axis=0) for c in range(10)])
-    centred = feats - means[labels]
-    cov = centred.T @ centred / len(feats)
-    # A little ridge: some feature channels are (near) constant among digits and would make
-    # the inverse explode on anything else; 1e-3 of the mean variance keeps them finite.
-    cov += 1e-3 * np.trace(cov) / len(cov) * np.eye(len(cov))
-    # (x - m) @ L with L L^T the inverse covariance: L is triangular, so half of it is zeros,
-    # which the saved file compresses away (the release's size budget)
-    whitening = np.linalg.cholesky(np.linalg.inv(cov)).astype(np.float32)
-    with_features = replace(
-        model, feature_means=means.astype(np.float32), feature_whitening=whitening, feature_limit=1.0
-    )
-    held = with_features.feature_distances(held_features, held_classes)
-    limit = float(np.quantile(held, quantile))
-    fitted = {
-        **model.fitted,
-        "features": {
-            **source,
-            "fit_images": len(features),
-            "held_out_images": len(held_features),
-            "dimensions": int(features.shape[1]),
-            "quantile": quantile,
-        },
-    }
-    return replace(with_features, feature_limit=limit, fitted=fitted)
+    """Add the model's own evidence: `fit_gaussian` on its features (`quantile`: the share of
+    other training-side digits under the limit)."""
+    gauss = fit_gaussian(features, labels, held_features, held_classes, quantile)
+    fitted = {**model.fitted, "features": _about(source, features, held_features, quantile)}
+    return replace(
+        model, feature_means=gauss.means, feature_whitening=gauss.whitening, feature_limit=gauss.limit,
+        fitted=fitted,
+    )  # fmt: skip
+
+
+def fit_screen(
+    model: ReviewModel, features: np.ndarray, labels: np.ndarray, held_features: np.ndarray,
+    held_classes: np.ndarray, quantile: float, source: dict[str, Any],
+) -> ReviewModel:  # fmt: skip
+    """Add the screen's evidence (`fit_gaussian` on the screen network's features): the screen
+    answers alone only for digits under this limit, and their review is judged by it."""
+    gauss = fit_gaussian(features, labels, held_features, held_classes, quantile)
+    fitted = {**model.fitted, "screen": _about(source, features, held_features, quantile)}
+    return replace(model, screen=gauss, fitted=fitted)
+
+
+def _about(source: dict[str, Any], features: np.ndarray, held: np.ndarray, quantile: float) -> dict[str, Any]:
+    """What a feature fit records of itself in the review file."""
+    return {
+        **source, "fit_images": len(features), "held_out_images": len(held),
+        "dimensions": int(features.shape[1]), "quantile": quantile,
+    }  # fmt: skip
 
 
 def save(model: ReviewModel, path: Path) -> None:
@@ -300,6 +354,11 @@ def save(model: ReviewModel, path: Path) -> None:
             "feature_whitening": model.feature_whitening.astype(np.float16),
             "feature_limit": model.feature_limit,
         }
+    if model.screen is not None:
+        extra.update(
+            screen_means=model.screen.means, screen_whitening=model.screen.whitening.astype(np.float16),
+            screen_limit=model.screen.limit,
+        )  # fmt: skip
     with atomic_open(path, "wb") as f:
         np.savez_compressed(
         f, means=model.means, components=model.components.astype(np.float16),
@@ -313,6 +372,13 @@ def load(path: Path) -> ReviewModel:
     try:
         with np.load(path) as f:
             features = "feature_means" in f.files
+            screen = (
+                FeatureGaussian(
+                    f["screen_means"], f["screen_whitening"].astype(np.float32), float(f["screen_limit"])
+                )
+                if "screen_means" in f.files
+                else None
+            )
             return ReviewModel(
                 f["means"], f["components"].astype(np.float32), float(f["residual_limit"]),
                 f["shape_mean"], f["shape_inverse_covariance"], float(f["shape_limit"]),
@@ -320,6 +386,7 @@ def load(path: Path) -> ReviewModel:
                 f["feature_means"] if features else None,
                 f["feature_whitening"].astype(np.float32) if features else None,
                 float(f["feature_limit"]) if features else 0.0,
+                screen,
             )  # fmt: skip
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise ReviewError(f"{path}: cannot read the review model ({exc})") from exc
