@@ -385,6 +385,7 @@ class ReviewSet:
 @dataclass(frozen=True)
 class ReviewBench:
     model: Path
+    screen: Path | None  # the screen in front of the model, as classify runs it
     review_below: float
     sets: list[ReviewSet]
     auroc: float | None  # MNIST against Fashion-MNIST test images, on `ReviewModel.distance`
@@ -392,18 +393,21 @@ class ReviewBench:
 
 
 def bench_review(
-    model: Path, count: int = 2000, seed: int = defaults.SEED, review_below: float = defaults.REVIEW_BELOW
-) -> ReviewBench:
+    model: Path, count: int = 2000, seed: int = defaults.SEED, review_below: float = defaults.REVIEW_BELOW,
+    screened: bool = True,
+) -> ReviewBench:  # fmt: skip
     """What classify sends to review: real single digits (MNIST test, as 28x28 and rendered as
     scans) against non-digits rendered as scans (two digits side by side, printed letters,
-    scribbles) and Fashion-MNIST's test images; none of them was seen by the review model's fit."""
+    scribbles) and Fashion-MNIST's test images; none of them was seen by the review model's fit.
+    With `screened`, the model runs behind its screen where the release has one, as in classify."""
 
-    from pipeline.classify import review_for
+    from pipeline.classify import review_for, screen
     from pipeline.errors import BlankImageError
     from pipeline.samples import letter_ink, pair_ink, scanned, scribble_ink
 
     checker = review_for(model)
-    predictor = runtime.load(model)
+    source = screen.source_for(model, checker if screened else None)
+    predictor = screen.load(source)
     x, _ = data.load(data.Split.TEST)
     rng = np.random.default_rng(seed)
 
@@ -444,7 +448,7 @@ def bench_review(
         digit_scores, other = distances["MNIST test digits (28x28)"], distances["Fashion-MNIST test (28x28)"]
         auroc = _auroc(other, digit_scores)
         fpr = float(np.mean(other <= np.quantile(digit_scores, 0.95)))
-    return ReviewBench(model, review_below, sets, auroc, fpr)
+    return ReviewBench(model, source.screen, review_below, sets, auroc, fpr)
 
 
 def _auroc(positive: np.ndarray, negative: np.ndarray) -> float:

@@ -496,6 +496,13 @@ def classify_cli(
         Path | None,
         typer.Option("--review-queue", help="Also write review.csv and review.html into this folder."),
     ] = None,
+    screened: Annotated[
+        bool,
+        typer.Option(
+            "--screen/--no-screen",
+            help="Let the release's small screen answer in front of the default model where it is sure.",
+        ),
+    ] = True,
 ) -> None:
     """Classify every digit image in a folder into a CSV (one row per file, bad files included)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
@@ -519,12 +526,13 @@ def classify_cli(
             classify.classify, folder, out, model, resume, probabilities, recursive, exts, workers,
             deskew=deskew, progress=progress if err_console.is_terminal else None, engine=engine,
             address=address, review_rows=review_rows,
-            review_below=review_below, review_queue=review_queue,
+            review_below=review_below, review_queue=review_queue, screened=screened,
         )  # fmt: skip
     reviewed = sum(summary.review.values())
     table = Table(title=f"classified {folder} -> {summary.out}", show_header=False)
     for key, value in (
         ("model", str(summary.model)),
+        *([("screened by", summary.screen.name)] if summary.screen else []),
         (
             "files",
             f"{summary.files:,}"
@@ -760,14 +768,16 @@ def bench_review_cli(
     model: BenchModel = None,
     count: Annotated[int, typer.Option("--count", min=10, help="Images of each kind.")] = 2000,
     review_below: Annotated[float, typer.Option("--review-below", min=0.0, max=1.0)] = defaults.REVIEW_BELOW,
+    screened: Annotated[bool, typer.Option("--screen/--no-screen", help="As classify's option.")] = True,
 ) -> None:
     """Rows classify sends to review: real digits against pairs, letters, scribbles, clothing."""
     from pipeline import bench, manifest
 
     choice = _run(manifest.choose_model, model)
-    r = _run(bench.bench_review, choice.path, count, review_below=review_below)
+    r = _run(bench.bench_review, choice.path, count, review_below=review_below, screened=screened)
     reasons = ["several_digits", "not_a_digit", "low_confidence", "blank"]
-    table = Table("images", "count", "flagged", *reasons, title=f"review with {choice.path.name}")
+    title = f"review with {choice.path.name}" + (f", screened by {r.screen.name}" if r.screen else "")
+    table = Table("images", "count", "flagged", *reasons, title=title)
     for s in r.sets:
         table.add_row(
             s.name,

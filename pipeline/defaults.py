@@ -136,9 +136,12 @@ OUTPUT_NAME = "probabilities"
 # The second output of models that have one: their penultimate features, which the review's
 # "not a digit" evidence measures (pipeline.review). bncnn's last block (the layer named here,
 # 4x4x128) averaged over its positions; an ensemble's members' side by side (4 x 128 for
-# bncnn-x4). Models without such a block (conv2d, flat, micro) have no features output.
+# bncnn-x4); micro's global average pooling (the layer named POOLED_FEATURE_LAYER, 48 values),
+# which the screen in front of the default model judges by (pipeline.classify.screen). conv2d
+# and flat have no features output.
 FEATURES_NAME = "features"
 FEATURE_LAYER = "head_relu"
+POOLED_FEATURE_LAYER = "pool"
 
 # --- evaluate ---------------------------------------------------------------------------------
 # calibrate: the fewest held-out images a temperature is fitted on. A 99.6% model makes about
@@ -213,6 +216,12 @@ WORK_MIN_DIGIT = 48
 # being wrong. The release's probabilities are calibrated (pipeline calibrate), so the number
 # means what it says (docs/classify.md, "Confidence").
 REVIEW_BELOW = 0.9
+# classify's screen (pipeline.classify.screen) answers alone where its top probability is at
+# least this (and its features are near that digit's). Chosen on development data (held-out
+# training digits, 6,000 development form fields, letters and scribbles of another seed than the
+# benchmark's): at 0.995 no answer changed but the screen kept 2.2 points of the letters from the
+# review; at 0.998 it keeps 0.5 (docs/classify.md, "The screen").
+SCREEN_CONFIDENCE = 0.998
 # verify: an artifact with features must give the same "not a digit" flag as the Keras model on
 # at least this share of the test images. int8 features differ from Keras' by about 1.3% (mean
 # relative), which moves only images at the limit's edge across it.

@@ -46,7 +46,8 @@ def feature_view(model: Any) -> Any | None:
     """A Keras model with the features as a second output, or None where it has no FEATURE_LAYER.
 
     A single network (bncnn) gets its last block (FEATURE_LAYER, where its `flatten` layer takes
-    it) averaged over positions; an ensemble (an `Average` named OUTPUT_NAME over nested members,
+    it) averaged over positions, or (micro) the global average pooling it already has
+    (POOLED_FEATURE_LAYER); an ensemble (an `Average` named OUTPUT_NAME over nested members,
     `pipeline.train.ensemble`) is rebuilt from the same members and the same averaging layer, each
     member also giving its features, side by side: the probabilities are the model's own.
     """
@@ -56,7 +57,7 @@ def feature_view(model: Any) -> Any | None:
         try:
             block, flat = net.get_layer(defaults.FEATURE_LAYER), net.get_layer("flatten")
         except ValueError:
-            return None
+            return pooled(net)
         if tuple(flat.input.shape) != tuple(block.output.shape):
             return None
         # The mean over positions taken from the flattened block, so the block's convolution
@@ -66,6 +67,15 @@ def feature_view(model: Any) -> Any | None:
         positions = keras.layers.Reshape((height * width, channels))(flat.output)
         feats = keras.layers.GlobalAveragePooling1D(name=f"{net.name}_features")(positions)
         return keras.Model(net.inputs[0], [net.outputs[0], feats])
+
+    def pooled(net: Any) -> Any | None:
+        try:
+            pool = net.get_layer(defaults.POOLED_FEATURE_LAYER)
+        except ValueError:
+            return None
+        if len(pool.output.shape) != 2:
+            return None
+        return keras.Model(net.inputs[0], [net.outputs[0], pool.output])
 
     single = tapped(model)
     if single is not None:

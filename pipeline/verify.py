@@ -21,6 +21,7 @@ import numpy as np
 
 from pipeline import calibration, data, defaults, manifest, preprocess, review, runtime
 from pipeline.carray import c_array_bytes
+from pipeline.classify import screen
 from pipeline.errors import ArtifactError, ParityError
 from pipeline.files import sha256
 from pipeline.formats import FORMATS, Format, is_lossy
@@ -141,6 +142,7 @@ def verify(
     keras_cache: dict[str, _Reference | str] = {}
     checker = _release_review()
     inputs: dict[bool, np.ndarray] = {}
+    screened: list[tuple[ArtifactResult, screen.Source, np.ndarray, _Reference, str | None]] = []
     for entry in recorded.entries:
         res = ArtifactResult(
             entry.path, entry.format.value, entry.quantization.value, entry.source.path or "?", entry.bytes
@@ -164,7 +166,6 @@ def verify(
             res.status = "error"
             res.problems.append(ref)
             continue
-        keras_probs, keras_features, keras_acc = ref
         try:
             if entry.micro:
                 _check_c_files(res, recorded.folder, file, entry.micro)
@@ -174,29 +175,29 @@ def verify(
             else:
                 predictor = runtime.load(file)
                 res.runtime = FORMATS[entry.format].runtime
-            probs, features = predictor.run(x)
         except ArtifactError as exc:
             res.status = "error"
             res.problems.append(str(exc))
             continue
-        res.keras_accuracy = keras_acc
-        first, _, second, _ = runtime.top2(probs)
-        keras_first, _, keras_second, _ = runtime.top2(keras_probs)
-        res.accuracy = float((first == labels).mean())
-        res.delta_points = round(100 * (res.accuracy - keras_acc), 4)
-        res.agreement = float((first == keras_first).mean())
-        res.second_agreement = float((second == keras_second).mean())
-        res.max_abs_diff = float(np.abs(probs - keras_probs).max())
-        res.ece = round(calibration.ece(probs, labels), 5)
-        _review_parity(res, checker, entry.source.sha256, probs, features, keras_probs, keras_features)
-        res.keras_ece = round(calibration.ece(keras_probs, labels), 5)
-        b1, b256 = defaults.LATENCY_BATCH_SIZES
-        res.latency_ms_batch1 = measure_latency(predictor, x, b1, latency_repeats * 5)
-        if not entry.micro:  # a microcontroller classifies one image at a time
-            res.latency_ms_batch256 = measure_latency(predictor, x, b256, latency_repeats)
-        _check(res, res.quantization, tol)
-        if res.problems:
-            res.status = "failed"
+        batched = not entry.micro  # a microcontroller classifies one image at a time
+        _measure(res, predictor, x, labels, ref, checker, entry.source.sha256, tol, latency_repeats, batched)
+        source = screen.source_for(file, checker.for_model(entry.source.sha256) if checker else None)
+        if source.screen is not None and batched:
+            row = ArtifactResult(
+                f"{entry.path} screened by {source.screen.name}", entry.format.value,
+                entry.quantization.value, res.source, entry.bytes + source.screen.stat().st_size,
+                runtime=f"{res.runtime}, screened",
+            )  # fmt: skip
+            screened.append((row, source, x, ref, entry.source.sha256))
+    for row, source, x, ref, source_sha in screened:  # after the files they are made of
+        results.append(row)
+        try:
+            predictor = screen.load(source)
+        except ArtifactError as exc:
+            row.status = "error"
+            row.problems.append(str(exc))
+            continue
+        _measure(row, predictor, x, labels, ref, checker, source_sha, tol, latency_repeats, True)
     report = ParityReport(path, len(labels), results, tol)
     if write:
         report.json_path, report.md_path = _write(report, manifest.report_dir(path, report_dir))
@@ -207,6 +208,41 @@ def verify(
             report,
         )
     return report
+
+
+def _measure(
+    res: ArtifactResult, predictor: runtime.Predictor, x: np.ndarray, labels: np.ndarray, ref: _Reference,
+    checker: review.ReviewModel | None, source_sha: str | None, tol: Tolerances, latency_repeats: int,
+    batched: bool,
+) -> None:  # fmt: skip
+    """Run `predictor` over the test set beside its Keras model's answers (`ref`) and fill `res`:
+    accuracy, agreement, calibration, the review's flag, latency; then the limits. `batched`:
+    also time batches of 256."""
+    keras_probs, keras_features, keras_acc = ref
+    try:
+        probs, features = predictor.run(x)
+    except ArtifactError as exc:
+        res.status = "error"
+        res.problems.append(str(exc))
+        return
+    res.keras_accuracy = keras_acc
+    first, _, second, _ = runtime.top2(probs)
+    keras_first, _, keras_second, _ = runtime.top2(keras_probs)
+    res.accuracy = float((first == labels).mean())
+    res.delta_points = round(100 * (res.accuracy - keras_acc), 4)
+    res.agreement = float((first == keras_first).mean())
+    res.second_agreement = float((second == keras_second).mean())
+    res.max_abs_diff = float(np.abs(probs - keras_probs).max())
+    res.ece = round(calibration.ece(probs, labels), 5)
+    _review_parity(res, checker, source_sha, probs, features, keras_probs, keras_features)
+    res.keras_ece = round(calibration.ece(keras_probs, labels), 5)
+    b1, b256 = defaults.LATENCY_BATCH_SIZES
+    res.latency_ms_batch1 = measure_latency(predictor, x, b1, latency_repeats * 5)
+    if batched:
+        res.latency_ms_batch256 = measure_latency(predictor, x, b256, latency_repeats)
+    _check(res, res.quantization, tol)
+    if res.problems:
+        res.status = "failed"
 
 
 def _release_review() -> review.ReviewModel | None:
@@ -269,11 +305,15 @@ def _review_parity(
     fitted = checker.for_model(source_sha)
     if not fitted.uses_features(features):
         return
-    limit = fitted.feature_limit
-    mine = fitted.feature_distances(features, probs.argmax(axis=1)) > limit
-    theirs = fitted.feature_distances(keras_features, keras_probs.argmax(axis=1)) > limit
+    mine = fitted.feature_ratios(features, probs.argmax(axis=1)) > 1
+    theirs = fitted.feature_ratios(keras_features, keras_probs.argmax(axis=1)) > 1
     res.review_agreement = float((mine == theirs).mean())
-    res.features_rel_diff = float(np.abs(features - keras_features).mean() / np.abs(keras_features).mean())
+    # a screened run's features: the model's (NaN where the screen answered alone), then the screen's
+    own = features[:, : keras_features.shape[1]]
+    seen = ~np.isnan(own[:, 0])
+    if seen.any():
+        diff = np.abs(own[seen] - keras_features[seen]).mean()
+        res.features_rel_diff = float(diff / np.abs(keras_features[seen]).mean())
 
 
 def _fmt(value: float | None, spec: str) -> str:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline import manifest
 from pipeline.classify import classify
 from pipeline.classify import ray as ray_engine
 from pipeline.errors import ClassifyError
@@ -47,6 +48,30 @@ def test_ray_and_local_engines_write_identical_csv(
     assert (tmp_path / "ray.csv").read_bytes() == (tmp_path / "local.csv").read_bytes()
     assert distributed.errors == local.errors == 1 and distributed.blank == 1
     assert distributed.classified == local.classified == 301
+
+
+@pytest.mark.skipif(manifest.release_dir() is None, reason="no release models in this checkout")
+def test_ray_runs_the_screened_default_as_the_local_engine_does(
+    ray_local: object, test_digits: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    """The release's default model behind its screen (pipeline.classify.screen): digits the
+    screen answers, letters it sends on to the model, the same CSV from both engines."""
+    from pipeline.samples import letter_ink, scanned
+
+    rng = np.random.default_rng(9)
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for i in range(100):
+        Image.fromarray(test_digits[0][i]).save(folder / f"d{i:03d}.png")
+    for i in range(20):
+        Image.fromarray(scanned(letter_ink(rng), rng, quality=85)).save(folder / f"l{i:03d}.png")
+    local = classify(folder, tmp_path / "local.csv", workers=2, chunk_size=32, probabilities=True)
+    distributed = classify(
+        folder, tmp_path / "ray.csv", workers=2, chunk_size=32, probabilities=True, engine="ray"
+    )
+    assert local.screen is not None and distributed.screen == local.screen
+    assert (tmp_path / "ray.csv").read_bytes() == (tmp_path / "local.csv").read_bytes()
+    assert local.review.get("not_a_digit", 0) >= 12
 
 
 def test_missing_ray_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

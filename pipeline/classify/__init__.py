@@ -24,7 +24,7 @@ from pathlib import Path
 
 from pipeline import defaults, manifest, review, runtime
 from pipeline.choices import Engine
-from pipeline.classify import queue
+from pipeline.classify import queue, screen
 from pipeline.classify.chunks import ChunkResult, Summary, decode_chunk, predict_digits
 from pipeline.classify.csvout import (
     ENCODING,
@@ -80,6 +80,7 @@ def classify(
     review_rows: bool = True,
     review_below: float = defaults.REVIEW_BELOW,
     review_queue: Path | None = None,
+    screened: bool = True,
 ) -> Summary:
     """Classify every image under `folder` into the CSV `out`; see the module docstring.
 
@@ -89,7 +90,8 @@ def classify(
     `review` and a reason (`pipeline.review`; the model ships with the release). With
     `review_queue`, the finished CSV's review rows also go to review.csv and review.html there
     (`pipeline.classify.queue`). `progress(done, total)` is called after each chunk; with it the
-    folder is walked once more first, to count its files.
+    folder is walked once more first, to count its files. With `screened`, the release's screen
+    answers in front of its default model where it is sure (`pipeline.classify.screen`).
     """
     try:
         engine = Engine(engine)
@@ -113,17 +115,21 @@ def classify(
     # Decoding is the bulk of the work and has its own processes; inference gets the cores left
     # over, at least one. Measured on 2 cores, 50k PNGs: 15.1k images/s with one inference
     # thread against 11.3k with onnxruntime's default (one per core), which fights the decoders.
-    predictor = runtime.load(choice.path, threads=max(1, cores - n_workers))  # fails before any work
     if not 0.0 <= review_below <= 1.0:
         raise ClassifyError("--review-below takes a probability, 0 to 1")
-    check = Review(review_for(choice.path), review_below) if review_rows else None
+    released = review_for(choice.path) if review_rows else None
+    if screened and released is None:
+        released = _release_review(choice.path)
+    source = screen.source_for(choice.path, released if screened else None)
+    predictor = screen.load(source, threads=max(1, cores - n_workers))  # fails before any work
+    check = Review(released, review_below) if released is not None and review_rows else None
     from threadpoolctl import threadpool_limits
 
     # numpy's OpenBLAS (the review model's products) on one thread: its idle threads spin, and
     # took the decoding workers' cores (classify of 20,000 PNGs 1.46x slower with them).
     with threadpool_limits(limits=1, user_api="blas"), exclusive(out):
         summary = _run(
-            folder, out, choice.path, predictor, resume, probabilities, recursive, extensions, n_workers,
+            folder, out, source, predictor, resume, probabilities, recursive, extensions, n_workers,
             workers, chunk_size, use_deskew, max_pixels, progress, engine, address, check,
         )  # fmt: skip
     if review_queue is not None:
@@ -145,8 +151,18 @@ def review_for(model: Path) -> review.ReviewModel:
     return review.load(review_model_path()).for_model(manifest.source_sha256(model))
 
 
+def _release_review(model: Path) -> review.ReviewModel | None:
+    """`review_for(model)`, or None where the release has no review model (the screen's gate is
+    fitted there: without it the model runs alone)."""
+    try:
+        return review_for(model)
+    except review.ReviewError:
+        return None
+
+
 def _run(
-    folder: Path, out: Path, model: Path, predictor: runtime.Predictor, resume: bool, probabilities: bool,
+    folder: Path, out: Path, source: screen.Source, predictor: runtime.Predictor, resume: bool,
+    probabilities: bool,
     recursive: bool, extensions: tuple[str, ...], n_workers: int, workers: int | None, chunk_size: int,
     deskew: bool, max_pixels: int, progress: Callable[[int, int], None] | None, engine: Engine,
     address: str | None, check: Review | None,
@@ -162,7 +178,7 @@ def _run(
     # The progress display needs the count up front: a walk of its own. Without one (a batch job,
     # no terminal) the files are counted as they are written, and the work starts at once.
     total = sum(1 for _ in walk(folder, extensions, recursive)) if progress else None
-    summary = Summary(out=out, model=model, files=total or 0)
+    summary = Summary(out=out, model=source.model, screen=source.screen, files=total or 0)
     started = time.perf_counter()
     writer = Writer(partial, state, header, resume_bytes)
     try:
@@ -174,11 +190,11 @@ def _run(
             from pipeline.classify import ray
 
             chunks = ray.predicted_chunks(
-                folder, todo, model, deskew, max_pixels, chunk_size, address, workers
+                folder, todo, source, deskew, max_pixels, chunk_size, address, workers
             )
         else:
             chunks = local_chunks(
-                folder, todo, predictor, n_workers, chunk_size, deskew, max_pixels, summary, check
+                folder, todo, predictor, n_workers, chunk_size, deskew, max_pixels, summary, check, source
             )
         del predictor  # the local engine may swap in a session with more threads: free this one then
         for chunk in chunks:

@@ -85,6 +85,7 @@ def predict_digits(predictor: runtime.Predictor, digits: np.ndarray) -> tuple[np
 class Summary:
     out: Path
     model: Path
+    screen: Path | None = None  # the screen in front of the model, if any (pipeline.classify.screen)
     files: int = 0
     classified: int = 0
     blank: int = 0

@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import defaults, preprocess, runtime
+from pipeline.classify import screen
 from pipeline.classify.chunks import ChunkResult, Summary, decode_chunk, predict_digits
 from pipeline.classify.csvout import Review
+from pipeline.classify.screen import Source
 from pipeline.errors import ClassifyError
 from pipeline.formats import Format
 
@@ -42,7 +44,7 @@ def _chunks(paths: Iterator[str], size: int) -> Iterator[list[str]]:
 
 def decoded_chunks(
     folder: Path, paths: Iterator[str], workers: int, chunk_size: int, deskew: bool, max_pixels: int,
-    evidence: bool = False, predict: tuple[Path, Review | None] | None = None,
+    evidence: bool = False, predict: tuple[Source, Review | None] | None = None,
 ) -> Iterator[ChunkResult]:  # fmt: skip
     """Decode chunks in a process pool, yielding them in walk order with a bounded window. With
     `predict` (a model and the review check), each worker also predicts its chunk and gives its
@@ -89,13 +91,14 @@ def _result(future: Future[ChunkResult]) -> ChunkResult:
 _WORKER: dict[str, Any] = {}
 
 
-def _start_worker(predict: tuple[Path, Review | None] | None) -> None:
-    """Pool initializer: load the model once per worker, on one thread (a worker per core)."""
+def _start_worker(predict: tuple[Source, Review | None] | None) -> None:
+    """Pool initializer: load the model (and its screen) once per worker, on one thread (a worker
+    per core)."""
     if predict is not None:
-        model, check = predict
+        source, check = predict
         _WORKER["check"] = check
         try:
-            _WORKER["predictor"] = runtime.load(model, threads=1)
+            _WORKER["predictor"] = screen.load(source, threads=1)
         except Exception as exc:  # raised by the worker's first task, with its message: a pool
             _WORKER["failed"] = exc  # whose initializer fails only says that a worker died
 
@@ -122,6 +125,7 @@ def predicts_in_workers(model: Path, workers: int) -> bool:
 def local_chunks(
     folder: Path, paths: Iterator[str], predictor: runtime.Predictor, workers: int, chunk_size: int,
     deskew: bool, max_pixels: int, summary: Summary, check: Review | None = None,
+    source: Source | None = None,
 ) -> Iterator[ChunkResult]:  # fmt: skip
     """The local engine: chunks decoded by the process pool and predicted there (ONNX, TFLite) or
     here, in walk order (with `check`, the workers also make the review's image evidence).
@@ -129,12 +133,14 @@ def local_chunks(
     Predicting here, inference starts on one thread. When it has one thread and the machine more
     than one core, the first chunks are timed (inference here, decoding in the workers, CPU
     seconds per image) and `inference_threads` decides whether a session with more threads takes
-    over.
+    over. `source`: what `predictor` was loaded from (`screen.source_for`), for the workers and
+    that session; the predictor's file alone where not given.
     """
+    source = source or Source(predictor.path)
     if predicts_in_workers(predictor.path, workers):
         summary.inference_workers = workers
         yield from decoded_chunks(
-            folder, paths, workers, chunk_size, deskew, max_pixels, check is not None, (predictor.path, check)
+            folder, paths, workers, chunk_size, deskew, max_pixels, check is not None, (source, check)
         )
         return
     cores = os.cpu_count() or 1
@@ -155,7 +161,7 @@ def local_chunks(
                 probing = False
                 threads = inference_threads(cores, decode / images, infer / images)
                 if threads > 1:
-                    predictor = runtime.load(predictor.path, threads=threads)
+                    predictor = screen.load(source, threads=threads)
                     summary.inference_threads = threads
         yield chunk
 

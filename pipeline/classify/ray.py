@@ -25,8 +25,11 @@ from typing import Any
 import numpy as np
 
 from pipeline import defaults
+from pipeline.classify import screen
 from pipeline.classify.chunks import ChunkResult, decode_chunk, predict_digits
+from pipeline.classify.screen import Source
 from pipeline.errors import ClassifyError
+from pipeline.review import FeatureGaussian
 
 
 def require_ray() -> None:
@@ -56,13 +59,18 @@ def _decode(
 class _Predict:
     """Ray actor: one inference session per actor, created from the model's bytes."""
 
-    def __init__(self, model_bytes: bytes, suffix: str) -> None:
-        from pipeline import runtime
-
+    def __init__(
+        self, model_bytes: bytes, suffix: str, screen_bytes: bytes | None = None,
+        gate: FeatureGaussian | None = None, width: int = 0,
+    ) -> None:  # fmt: skip
         self._dir = tempfile.TemporaryDirectory(prefix="pipeline-model-")
         path = Path(self._dir.name) / f"model{suffix}"
         path.write_bytes(model_bytes)
-        self.predictor = runtime.load(path, threads=1)
+        first = None
+        if screen_bytes is not None:  # the screen in front of the model (pipeline.classify.screen)
+            first = Path(self._dir.name) / "screen.onnx"
+            first.write_bytes(screen_bytes)
+        self.predictor = screen.load(Source(path, first, gate, width), threads=1)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ok = np.array([s == "ok" for s in batch["status"]], dtype=bool)
@@ -99,14 +107,15 @@ def _init(address: str | None) -> bool:
 def predicted_chunks(
     folder: Path,
     paths: Iterator[str],
-    model: Path,
+    source: Source,
     deskew: bool,
     max_pixels: int,
     chunk_size: int,
     address: str | None = None,
     num_workers: int | None = None,
 ) -> Iterator[ChunkResult]:
-    """Yield predicted chunks in walk order from a Ray Data job over `paths`."""
+    """Yield predicted chunks in walk order from a Ray Data job over `paths`, with the model (and
+    its screen) of `source`."""
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
@@ -128,7 +137,11 @@ def predicted_chunks(
         ds = ds.map_batches(
             _Predict, batch_size=chunk_size, batch_format="numpy", num_cpus=1,
             compute=ActorPoolStrategy(min_size=1, max_size=actors),
-            fn_constructor_kwargs={"model_bytes": model.read_bytes(), "suffix": model.suffix},
+            fn_constructor_kwargs={
+                "model_bytes": source.model.read_bytes(), "suffix": source.model.suffix,
+                "screen_bytes": source.screen.read_bytes() if source.screen else None,
+                "gate": source.gate, "width": source.width,
+            },
         )  # fmt: skip
         for batch in ds.iter_batches(batch_size=chunk_size, batch_format="numpy"):
             yield _to_chunk(batch)
