@@ -43,7 +43,8 @@ class Predictor(Protocol):
 
 
 def feature_view(model: Any) -> Any | None:
-    """A Keras model with the features as a second output, or None where it has no FEATURE_LAYER.
+    """A Keras model with the features as a second output, or None where it has neither
+    FEATURE_LAYER nor POOLED_FEATURE_LAYER.
 
     A single network (bncnn) gets its last block (FEATURE_LAYER, where its `flatten` layer takes
     it) averaged over positions, or (micro) the global average pooling it already has
