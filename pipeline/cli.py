@@ -532,7 +532,11 @@ def classify_cli(
     table = Table(title=f"classified {folder} -> {summary.out}", show_header=False)
     for key, value in (
         ("model", str(summary.model)),
-        *([("screened by", summary.screen.name)] if summary.screen else []),
+        *(
+            [("screened by", f"{summary.screen.name} (answered {summary.screened:,} alone)")]
+            if summary.screen
+            else []
+        ),
         (
             "files",
             f"{summary.files:,}"

@@ -70,6 +70,7 @@ def test_ray_runs_the_screened_default_as_the_local_engine_does(
         folder, tmp_path / "ray.csv", workers=2, chunk_size=32, probabilities=True, engine="ray"
     )
     assert local.screen is not None and distributed.screen == local.screen
+    assert distributed.screened == local.screened and 50 <= local.screened < 100  # letters: the model's
     assert (tmp_path / "ray.csv").read_bytes() == (tmp_path / "local.csv").read_bytes()
     assert local.review.get("not_a_digit", 0) >= 12
 

@@ -187,6 +187,7 @@ def test_classify_screens_the_default_and_no_screen_runs_the_model_alone(
     with_screen = classify(folder, tmp_path / "s.csv", workers=2, chunk_size=16)
     alone = classify(folder, tmp_path / "a.csv", workers=2, chunk_size=16, screened=False)
     assert with_screen.screen == _release("micro.int8.onnx") and alone.screen is None
+    assert 30 <= with_screen.screened < 60 and alone.screened == 0  # the rest were the model's
 
     def rows(name: str) -> list[dict[str, str]]:
         with open(tmp_path / name, encoding=ENCODING, errors=ERRORS, newline="") as f:
@@ -202,6 +203,7 @@ def test_classify_screens_the_default_and_no_screen_runs_the_model_alone(
     assert all(float(r["confidence"]) >= defaults.SCREEN_CONFIDENCE for r in changed)
     cli = run_cli("classify", str(folder), "--out", str(tmp_path / "c.csv"), "--workers", "1")
     assert cli.returncode == 0 and "screened by" in cli.stdout and "micro.int8.onnx" in cli.stdout
+    assert f"answered {with_screen.screened} alone" in cli.stdout
     cli = run_cli("classify", str(folder), "--out", str(tmp_path / "n.csv"), "--no-screen")
     assert cli.returncode == 0 and "screened" not in cli.stdout
     assert (tmp_path / "n.csv").read_bytes() == (tmp_path / "a.csv").read_bytes()

@@ -35,6 +35,7 @@ class ChunkResult:
     evidence: review.Evidence | None = None  # what the good digits' images say, for review
     reasons: list[str] | None = None  # each good digit's review reason, where a worker gave them
     features: np.ndarray | None = None  # the model's features of the good digits, where it has them
+    screened: int = 0  # good digits the screen answered alone (pipeline.classify.screen)
 
 
 def decode_chunk(
@@ -81,11 +82,18 @@ def predict_digits(predictor: runtime.Predictor, digits: np.ndarray) -> tuple[np
     return probs, (np.concatenate(features) if len(features) == len(parts) else None)
 
 
+def screened_rows(features: np.ndarray | None) -> int:
+    """How many rows of a predicted batch the screen answered alone: theirs carry no model
+    features (NaN; `screen.Screened.run`). 0 for a model run alone."""
+    return 0 if features is None or not len(features) else int(np.isnan(features[:, 0]).sum())
+
+
 @dataclass
 class Summary:
     out: Path
     model: Path
     screen: Path | None = None  # the screen in front of the model, if any (pipeline.classify.screen)
+    screened: int = 0  # digits it answered alone (the rest of `classified`: the model's)
     files: int = 0
     classified: int = 0
     blank: int = 0

@@ -163,6 +163,7 @@ def write_chunk(
     the reason (`pipeline.review`)."""
     probs = chunk.probs if chunk.probs is not None else np.zeros((0, 10), np.float32)
     first, conf, second, second_conf = runtime.top2(probs)
+    summary.screened += chunk.screened
     if chunk.reasons is not None:
         reasons = chunk.reasons
     elif check:

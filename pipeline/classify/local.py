@@ -24,7 +24,7 @@ from typing import Any
 
 from pipeline import defaults, preprocess, runtime
 from pipeline.classify import screen
-from pipeline.classify.chunks import ChunkResult, Summary, decode_chunk, predict_digits
+from pipeline.classify.chunks import ChunkResult, Summary, decode_chunk, predict_digits, screened_rows
 from pipeline.classify.csvout import Review
 from pipeline.classify.screen import Source
 from pipeline.errors import ClassifyError
@@ -111,6 +111,7 @@ def _predicted_chunk(
         raise _WORKER["failed"]
     chunk = decode_chunk(root, paths, deskew, max_pixels, evidence)
     chunk.probs, features = predict_digits(_WORKER["predictor"], chunk.digits)
+    chunk.screened = screened_rows(features)
     check: Review | None = _WORKER["check"]
     if check is not None:
         chunk.reasons = check.model.reasons(chunk.digits, chunk.probs, check.below, chunk.evidence, features)
@@ -151,6 +152,7 @@ def local_chunks(
     for chunk in decoded_chunks(folder, paths, workers, chunk_size, deskew, max_pixels, evidence):
         started = time.perf_counter()
         chunk.probs, chunk.features = predict_digits(predictor, chunk.digits)
+        chunk.screened = screened_rows(chunk.features)
         if probing and len(chunk.digits):
             if timed:  # the first call pays for the session's warm-up
                 decode += chunk.decode_seconds

@@ -26,7 +26,7 @@ import numpy as np
 
 from pipeline import defaults
 from pipeline.classify import screen
-from pipeline.classify.chunks import ChunkResult, decode_chunk, predict_digits
+from pipeline.classify.chunks import ChunkResult, decode_chunk, predict_digits, screened_rows
 from pipeline.classify.screen import Source
 from pipeline.errors import ClassifyError
 from pipeline.review import FeatureGaussian
@@ -154,11 +154,13 @@ def _to_chunk(batch: dict[str, Any]) -> ChunkResult:
     status = [str(s) for s in batch["status"]]
     ok = np.array([s == "ok" for s in status], dtype=bool)
     size = defaults.FIELD_SIZE
+    features = np.asarray(batch["features"], np.float32)[ok] if "features" in batch else None
     return ChunkResult(
         paths=[os.fsdecode(bytes(p)) for p in batch["path"]],
         digits=np.asarray(batch["digit"], np.uint8).reshape(-1, size, size)[ok],
         status=status,
         errors=[str(e) for e in batch["error"]],
         probs=np.asarray(batch["probs"], np.float32)[ok],
-        features=np.asarray(batch["features"], np.float32)[ok] if "features" in batch else None,
+        features=features,
+        screened=screened_rows(features),
     )
