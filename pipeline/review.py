@@ -136,8 +136,14 @@ class FeatureGaussian:
 
     def distances(self, features: np.ndarray, classes: np.ndarray) -> np.ndarray:
         """Squared Mahalanobis distance of each feature vector from its class's mean."""
-        z = (features.astype(np.float32) - self.means[classes]) @ self.whitening
-        return np.square(z).sum(axis=1)
+        return _mahalanobis_squared(features, self.means, self.whitening, classes)
+
+
+def _mahalanobis_squared(
+    features: np.ndarray, means: np.ndarray, whitening: np.ndarray, classes: np.ndarray
+) -> np.ndarray:
+    z = (features.astype(np.float32) - means[classes]) @ whitening
+    return np.square(z).sum(axis=1)
 
 
 def fit_gaussian(
@@ -202,8 +208,7 @@ class ReviewModel:
     def feature_distances(self, features: np.ndarray, classes: np.ndarray) -> np.ndarray:
         """Squared Mahalanobis distance of each feature vector from its class's mean."""
         assert self.feature_means is not None and self.feature_whitening is not None
-        z = (features.astype(np.float32) - self.feature_means[classes]) @ self.feature_whitening
-        return np.square(z).sum(axis=1)
+        return _mahalanobis_squared(features, self.feature_means, self.feature_whitening, classes)
 
     def feature_ratios(self, features: np.ndarray, classes: np.ndarray) -> np.ndarray:
         """Each row's feature distance as a multiple of its limit (over 1: not a digit). A screened
@@ -215,9 +220,9 @@ class ReviewModel:
             return self.feature_distances(features, classes) / self.feature_limit
         assert self.screen is not None
         model = ~np.isnan(features[:, 0])
-        out = self.screen.distances(features[:, own:], classes) / self.screen.limit
-        if model.any():
-            out[model] = self.feature_distances(features[model, :own], classes[model]) / self.feature_limit
+        out = np.empty(len(features), np.float32)
+        out[model] = self.feature_distances(features[model, :own], classes[model]) / self.feature_limit
+        out[~model] = self.screen.distances(features[~model, own:], classes[~model]) / self.screen.limit
         return out
 
     def residuals(self, digits: np.ndarray, classes: np.ndarray) -> np.ndarray:

@@ -117,9 +117,9 @@ def classify(
     # thread against 11.3k with onnxruntime's default (one per core), which fights the decoders.
     if not 0.0 <= review_below <= 1.0:
         raise ClassifyError("--review-below takes a probability, 0 to 1")
-    released = review_for(choice.path) if review_rows else None
-    if screened and released is None:
-        released = _release_review(choice.path)
+    # the review also holds the screen's gate: loaded for either (a missing one is an error only
+    # where rows are to be reviewed)
+    released = review_for(choice.path) if review_rows else _release_review(choice.path) if screened else None
     source = screen.source_for(choice.path, released if screened else None)
     predictor = screen.load(source, threads=max(1, cores - n_workers))  # fails before any work
     check = Review(released, review_below) if released is not None and review_rows else None
