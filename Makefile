@@ -90,7 +90,10 @@ classify: setup
 # The classify benchmarks run the default model and the light conv2d int8 on the same files.
 BENCH_MODELS = --model exported/bncnn-x4.int8.onnx --model exported/conv2d.int8.onnx
 
+# Sources edited since setup are compiled first: with PYTHONDONTWRITEBYTECODE set, every process
+# the benchmarks start would compile them again (tens of milliseconds a start, timed as classify's).
 bench: setup
+	$(BIN)/python -m compileall -q pipeline
 	$(PIPELINE) bench artifacts
 	$(PIPELINE) bench classify --count 20000 $(BENCH_MODELS)
 	$(PIPELINE) bench scans --count 10000 $(BENCH_MODELS)
