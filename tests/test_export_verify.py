@@ -472,7 +472,8 @@ def test_the_convolutions_of_the_one_channel_image_stay_float() -> None:
 def test_a_float_convolution_pools_before_its_activation_with_the_same_values() -> None:
     """`pool_before_activation`: Conv -> Relu -> MaxPool becomes Conv -> MaxPool -> Relu for the
     named convolutions only, the pooled tensor keeps its name (its readers are unchanged) and the
-    network computes the same values; without a pooling nothing moves."""
+    network computes the same values; without a pooling, or with an activation that decreases
+    somewhere, nothing moves."""
     import onnxruntime as ort
 
     from pipeline.export.onnx import pool_before_activation
@@ -492,6 +493,10 @@ def test_a_float_convolution_pools_before_its_activation_with_the_same_values() 
     assert [n.op_type for n in after.graph.node] == ["Transpose", "Conv", "MaxPool", "Relu", "Conv"]
     assert after.graph.node[3].output[0] == "p1" and after.graph.node[4].input[0] == "p1"
     np.testing.assert_allclose(run(after), expected, rtol=1e-6, atol=1e-5)
+    falling = _conv_graph(1, pool=True)  # a LeakyRelu that decreases below zero does not commute
+    falling.graph.node[2].op_type = "LeakyRelu"
+    falling.graph.node[2].attribute.append(onnx.helper.make_attribute("alpha", -0.5))
+    assert [n.op_type for n in pool_before_activation(falling, ["first"]).graph.node][2] == "LeakyRelu"
     unpooled = _conv_graph(1, pool=False)
     assert [n.op_type for n in pool_before_activation(unpooled, ["first"]).graph.node] == [
         "Transpose", "Conv", "Relu", "Conv"

@@ -251,7 +251,15 @@ def image_convolutions(graph: Any) -> list[str]:
 
 
 # Activations that never decrease (max(f(a), f(b)) == f(max(a, b))): a max pooling may come first.
-_MONOTONE = frozenset({"Relu", "Clip", "LeakyRelu", "Sigmoid", "Tanh"})
+# (LeakyRelu too, where its slope below zero is not negative: `_never_decreases`.)
+_MONOTONE = frozenset({"Relu", "Clip", "Sigmoid", "Tanh"})
+
+
+def _never_decreases(node: Any) -> bool:
+    if node.op_type == "LeakyRelu":
+        alpha = next((a.f for a in node.attribute if a.name == "alpha"), 0.01)
+        return alpha >= 0
+    return node.op_type in _MONOTONE
 
 
 def pool_before_activation(model: Any, convolutions: list[str]) -> Any:
@@ -259,13 +267,12 @@ def pool_before_activation(model: Any, convolutions: list[str]) -> Any:
     (Conv -> ReLU -> MaxPool, the seed CNN's first block), pool first: Conv -> MaxPool -> ReLU.
 
     Why: the same values (the activation never decreases, so it commutes with a maximum), but
-    onnxruntime moves a quantization that directly follows a max pooling above it, so the
-    quantized network's first pooling ran on 8-bit values in its slow generic layout: the seed
-    CNN with its first convolution in float took 130 us an image, against 73 with it integer.
-    After an activation the quantization stays where it is (onnxruntime folds the ReLU into it),
-    the convolution and the pooling run in float in its blocked layout, and the network takes
-    58 us (tests check the optimised graph). The pooling also leaves the activation a quarter of
-    the values.
+    onnxruntime moves a quantization that directly follows a max pooling above it, and the
+    pooling then ran on 8-bit values in its slow generic layout: with its first convolution in
+    float the seed CNN was slower than with all four integer. After an activation the
+    quantization stays where it is (onnxruntime folds the ReLU into it), and the convolution and
+    the pooling run in float in its blocked layout: faster than either (docs/export.md has the
+    figures; a test reads onnxruntime's optimised graph).
     """
     graph = model.graph
     readers: dict[str, list[Any]] = {}
@@ -274,14 +281,16 @@ def pool_before_activation(model: Any, convolutions: list[str]) -> Any:
             readers.setdefault(name, []).append(node)
     outputs = {o.name for o in graph.output}
     nodes = list(graph.node)
-    moved: set[str] = set()
+    changed = False
     for conv in (n for n in nodes if n.name in convolutions):
         after = readers.get(conv.output[0], [])
-        if len(after) != 1 or after[0].op_type not in _MONOTONE or conv.output[0] in outputs:
+        if len(after) != 1 or not _never_decreases(after[0]) or conv.output[0] in outputs:
             continue
         act = after[0]
         pools = readers.get(act.output[0], [])
-        if len(pools) != 1 or pools[0].op_type != "MaxPool" or act.output[0] in outputs:
+        if len(pools) != 1 or pools[0].op_type != "MaxPool" or len(pools[0].output) != 1:
+            continue  # (a pooling that also gives indices would give them for other values)
+        if act.output[0] in outputs:
             continue
         pool = pools[0]
         pooled = pool.output[0]  # its readers keep reading this name, now the activation's
@@ -289,8 +298,8 @@ def pool_before_activation(model: Any, convolutions: list[str]) -> Any:
         act.input[0], act.output[0] = pool.output[0], pooled
         nodes.remove(act)
         nodes.insert(nodes.index(pool) + 1, act)
-        moved.add(pooled)
-    if moved:
+        changed = True
+    if changed:
         del graph.node[:]
         graph.node.extend(nodes)
         produced = {name for node in nodes for name in node.output}
