@@ -591,10 +591,12 @@ def test_read_gray_takes_the_short_way_with_pils_pixels(
         raise AssertionError("the short way fell back to PIL")
 
     monkeypatch.setattr(decode, "open_image", refuse)
-    for reduce in (False, True):
-        gray, factor = decode.read_gray(path, reduce=reduce)
-        np.testing.assert_array_equal(gray, expected[reduce][0])
-        assert factor == expected[reduce][1]
+    for one_read in (decode._ONE_READ_BYTES, 0):  # read in one call, or the header first
+        monkeypatch.setattr(decode, "_ONE_READ_BYTES", one_read)
+        for reduce in (False, True):
+            gray, factor = decode.read_gray(path, reduce=reduce)
+            np.testing.assert_array_equal(gray, expected[reduce][0])
+            assert factor == expected[reduce][1]
     with Image.open(path) as img:
         reduced = decode.reduction(*img.size)
     assert expected[True][1] == (reduced if name.endswith(".jpg") else 1)
@@ -658,6 +660,22 @@ def test_read_gray_reports_cut_files_as_pil_does(tmp_path: Path, capfd: pytest.C
     with pytest.raises(ImageError, match="exceeds the limit"):
         decode.read_gray(tmp_path / "bomb.jpg")
     assert capfd.readouterr().err == ""  # OpenCV's warnings stay off the terminal
+
+
+def test_a_file_is_read_to_its_end_whatever_size_it_was_said_to_have(tmp_path: Path) -> None:
+    """`_read_to_end` asks for the expected size and a byte more: exactly the expected size back is
+    the whole file; a file that grew or shrank since its size was taken is read to its real end."""
+    import os
+
+    path = tmp_path / "f.bin"
+    data = bytes(range(256)) * 1000
+    path.write_bytes(data)
+    for expected in (len(data), 0, 10, len(data) - 1, len(data) + 1, 3 * len(data)):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            assert decode._read_to_end(fd, expected) == data, expected
+        finally:
+            os.close(fd)
 
 
 def test_read_gray_leaves_large_files_to_pil(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

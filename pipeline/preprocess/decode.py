@@ -48,11 +48,14 @@ def open_image(
     return _decode(_open_header(path), max_pixels, reduce)
 
 
-def _check_regular(path: Path | str) -> None:
-    """Refuse anything but a regular file: a FIFO or device named `x.png` would block or never end."""
+def _check_regular(path: Path | str) -> int:
+    """Refuse anything but a regular file (a FIFO or device named `x.png` would block or never
+    end, and opening some devices acts); its size in bytes."""
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
             raise ImageError("not a regular file")
+        return info.st_size
     except FileNotFoundError as exc:
         raise ImageError("unreadable: file not found (dangling link or removed)") from exc
     except OSError as exc:
@@ -127,18 +130,27 @@ def read_gray(
     PIL's per-image Python work is what is saved. Anything else, or anything OpenCV declines
     (a truncated PNG), takes `open_image`, whose errors say what is wrong with the file.
     """
-    _check_regular(path)
+    size = _check_regular(path)
     try:
         # The file's descriptor, not a Python file object: a buffered reader's set-up and its two
-        # reads were a large share of the time a small PNG takes.
+        # reads were a large share of the time a small PNG takes. A small file is read in one
+        # call (what its header says is checked after); a larger one's header first, so that a
+        # file of another format or over the short way's size is not read here for nothing.
         fd = os.open(path, os.O_RDONLY | _O_BINARY)
         try:
-            head = os.read(fd, _PNG_HEAD)
-            size = os.fstat(fd).st_size
+            if size <= _ONE_READ_BYTES:
+                data = _read_to_end(fd, size)
+                head = data[:_PNG_HEAD]
+            else:
+                head = os.read(fd, _PNG_HEAD)
+                data = b""
             short = head.startswith((_PNG_SIGNATURE, _JPEG_START)) and size <= _SHORT_MAX_BYTES
             if short and head.startswith(_PNG_SIGNATURE):
-                _png_size_check(head, max_pixels)  # before the rest is read
-            data = head + _read_to_end(fd, size - len(head)) if short else b""
+                _png_size_check(head, max_pixels)  # before a large file's rest is read
+            if not short:
+                data = b""
+            elif not data:
+                data = head + _read_to_end(fd, size - len(head))
         finally:
             os.close(fd)
     except PermissionError as exc:
@@ -163,12 +175,16 @@ _O_BINARY = getattr(os, "O_BINARY", 0)
 
 def _read_to_end(fd: int, expected: int) -> bytes:
     """The rest of the file from `fd`, `expected` bytes by its size: asked for in one read (one
-    byte more, so a file that grew is read on), then read on to the end, as a file's read() does."""
-    parts = []
+    byte more, so a file that grew is read on). Exactly `expected` bytes back is the end (the
+    byte more was not there); anything else is read on to the end, as a file's read() does."""
     ask = max(expected, 0) + 1
-    while part := os.read(fd, ask):
+    part = os.read(fd, ask)
+    if len(part) == expected:
+        return part
+    parts = [part]
+    while part:
+        part = os.read(fd, _READ_BLOCK)
         parts.append(part)
-        ask = _READ_BLOCK
     return b"".join(parts)
 
 
@@ -180,6 +196,9 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Files larger than this take PIL's way, which reads only the header before the bomb guard: the
 # shorter way reads the whole file first (digit scans and photos are far smaller).
 _SHORT_MAX_BYTES = 32 * 1024 * 1024
+# Files up to this size are read in one call, header and all: scans of one digit are a few
+# kilobytes, and a small file of another format read for nothing costs less than the calls saved.
+_ONE_READ_BYTES = 1024 * 1024
 # JPEG's start-of-image marker and the first byte of the next marker.
 _JPEG_START = b"\xff\xd8\xff"
 # The signature and the IHDR chunk: where a PNG's size, bit depth and colour type are.
