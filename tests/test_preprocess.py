@@ -603,6 +603,116 @@ def test_read_gray_takes_the_short_way_with_pils_pixels(
     assert name not in ("large.jpg", "progressive.jpg") or reduced > 1  # both sizes are tried
 
 
+def _png_file(image: np.ndarray, filters: list[int], interlace: int = 0, extra: bytes = b"") -> bytes:
+    """An 8-bit grayscale PNG whose rows use the given filters in turn (0-4: None, Sub, Up,
+    Average, Paeth), written here so that every filter is exercised; `extra` is appended to the
+    inflated rows."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    h, w = image.shape
+    rows, prev = [], np.zeros(w, np.int32)
+    for r in range(h):
+        x = image[r].astype(np.int32)
+        a, b = np.concatenate([[0], x[:-1]]), prev
+        c = np.concatenate([[0], prev[:-1]])
+        p = a + b - c
+        paeth = np.where(
+            (abs(p - a) <= abs(p - b)) & (abs(p - a) <= abs(p - c)),
+            a,
+            np.where(abs(p - b) <= abs(p - c), b, c),
+        )
+        f = filters[r % len(filters)]
+        y = x - [np.zeros_like(x), a, b, (a + b) // 2, paeth][f]
+        rows.append(bytes([f]) + (y % 256).astype(np.uint8).tobytes())
+        prev = x
+    header = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, interlace)
+    pixels = zlib.compress(b"".join(rows) + extra)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+
+
+def test_plain_gray_pngs_are_unfiltered_here_as_opencv_decodes_them() -> None:
+    """`decode._png_inflated` (zlib and `kernels.png_unfilter`) gives OpenCV's pixels, which are
+    the image, for every PNG row filter alone and mixed, for files PIL and OpenCV wrote, at
+    sizes from one pixel up."""
+    import cv2
+
+    rng = np.random.default_rng(3)
+    for trial in range(40):
+        h, w = (int(v) for v in rng.integers(1, 50, 2))
+        image = (
+            rng.integers(0, 256, (h, w), dtype=np.uint8) if trial % 2 else (rng.random((h, w)) > 0.7) * 255
+        )
+        image = image.astype(np.uint8)
+        written = [_png_file(image, [f]) for f in range(5)] + [_png_file(image, [4, 0, 3, 1, 2, 2, 4])]
+        buf = io.BytesIO()
+        Image.fromarray(image).save(buf, format="PNG", optimize=bool(trial % 3))
+        written += [buf.getvalue(), cv2.imencode(".png", image)[1].tobytes()]
+        for data in written:
+            got = decode._png_inflated(data, w, h)
+            assert got is not None, trial
+            np.testing.assert_array_equal(got, image)
+            np.testing.assert_array_equal(
+                got, cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+            )
+
+
+def test_an_unusual_png_is_left_to_opencv_or_pil(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a pristine plain PNG is unfiltered here: a wrong CRC on a critical chunk, interlacing,
+    bytes after IEND, IDATs split by another chunk, more or fewer pixels than the rows hold, or a
+    row with no such filter give None, and `read_gray` then gives what it gave without this way
+    (OpenCV's or PIL's pixels, or their error)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    image = np.random.default_rng(4).integers(0, 256, (12, 9), dtype=np.uint8)
+    good = _png_file(image, [4])
+    assert decode._png_inflated(good, 9, 12) is not None
+    at = good.index(b"IDAT") - 4
+    (length,) = struct.unpack(">I", good[at : at + 4])
+    head, idat, tail = good[:at], good[at + 8 : at + 8 + length], good[at + 12 + length :]
+    half = length // 2
+    rows = zlib.decompress(idat)
+    cases = {
+        "bad-crc": head + good[at : at + 8 + length] + b"\0\0\0\0" + tail,
+        "interlaced": _png_file(image, [0], interlace=1),
+        "after-iend": good + b"junk",
+        "split-idat": head
+        + chunk(b"IDAT", idat[:half])
+        + chunk(b"tEXt", b"a\0b")
+        + chunk(b"IDAT", idat[half:])
+        + tail,
+        "more-pixels": _png_file(image, [0], extra=b"\0" * 10),
+        "fewer-pixels": head + chunk(b"IDAT", zlib.compress(rows[:-9])) + tail,
+        "bad-filter": head + chunk(b"IDAT", zlib.compress(bytes([7]) + rows[1:])) + tail,
+    }
+
+    def outcome(path: Path) -> np.ndarray | str:
+        try:
+            return decode.read_gray(path)[0]
+        except ImageError as exc:
+            return str(exc)
+
+    for name, data in cases.items():
+        assert decode._png_inflated(data, 9, 12) is None, name
+        (tmp_path / f"{name}.png").write_bytes(data)
+    now = {name: outcome(tmp_path / f"{name}.png") for name in cases}
+    monkeypatch.setattr(decode, "_png_inflated", lambda *args: None)
+    for name in cases:
+        before = outcome(tmp_path / f"{name}.png")
+        assert type(now[name]) is type(before), name
+        if isinstance(before, str):
+            assert now[name] == before, name
+        else:
+            np.testing.assert_array_equal(now[name], before)
+
+
 def _save_with_junk(path: Path) -> None:
     """A JPEG with two stray bytes after its first segment, which PIL's parser skips."""
     buf = io.BytesIO()

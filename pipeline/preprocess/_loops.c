@@ -1701,6 +1701,146 @@ static PyObject *png_plain_gray(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* CRC-32 (ISO-HDLC, as PNG's chunks and zlib use), a byte at a time from a table made once. */
+static uint32_t crc_table[256];
+static int crc_ready = 0;
+
+static uint32_t crc32_bytes(const unsigned char *p, Py_ssize_t n) {
+    if (!crc_ready) {
+        for (uint32_t i = 0; i < 256; i++) {
+            uint32_t c = i;
+            for (int k = 0; k < 8; k++) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+            crc_table[i] = c;
+        }
+        crc_ready = 1;
+    }
+    uint32_t c = 0xFFFFFFFFu;
+    for (Py_ssize_t i = 0; i < n; i++) c = crc_table[(c ^ p[i]) & 0xFF] ^ (c >> 8);
+    return c ^ 0xFFFFFFFFu;
+}
+
+static inline unsigned long be32(const unsigned char *p) {
+    return ((unsigned long)p[0] << 24) | ((unsigned long)p[1] << 16) | ((unsigned long)p[2] << 8) | p[3];
+}
+
+/* png_idat(data) -> the IDAT chunks' bytes joined, or None (kernels.png_idat says its rules). */
+static PyObject *png_idat(PyObject *self, PyObject *args) {
+    Py_buffer view;
+    if (!PyArg_ParseTuple(args, "y*", &view)) return NULL;
+    const unsigned char *d = (const unsigned char *)view.buf;
+    const Py_ssize_t size = view.len;
+    PyObject *result = NULL;
+    Py_ssize_t total = 0, at = 8, ends = 0;
+    int idat_done = 0, ok = size >= 45 && memcmp(d, "\x89PNG\r\n\x1a\n", 8) == 0 && be32(d + 8) == 13 &&
+                            memcmp(d + 12, "IHDR", 4) == 0 && d[24] == 8 && d[25] == 0 && d[26] == 0 &&
+                            d[27] == 0 && d[28] == 0;
+    /* First walk: every chunk whole, critical ones with their CRC, the IDATs one run of chunks,
+     * nothing after IEND; the IDATs' length summed. */
+    while (ok) {
+        if (at + 12 > size) {
+            ok = 0;
+            break;
+        }
+        unsigned long length = be32(d + at);
+        const unsigned char *kind = d + at + 4;
+        if (length > (unsigned long)(size - at - 12)) {
+            ok = 0;
+            break;
+        }
+        int critical = !(kind[0] & 0x20);
+        if (critical && crc32_bytes(kind, 4 + (Py_ssize_t)length) != be32(d + at + 8 + length)) ok = 0;
+        if (!memcmp(kind, "tRNS", 4) || !memcmp(kind, "PLTE", 4) || !memcmp(kind, "eXIf", 4)) ok = 0;
+        if (!memcmp(kind, "IDAT", 4)) {
+            if (idat_done) ok = 0;
+            total += (Py_ssize_t)length;
+        } else if (total) {
+            idat_done = 1;
+        }
+        if (critical && memcmp(kind, "IDAT", 4) && memcmp(kind, "IEND", 4) && (memcmp(kind, "IHDR", 4) || at != 8))
+            ok = 0; /* an unknown critical chunk, or a second IHDR */
+        at += 12 + (Py_ssize_t)length;
+        if (!memcmp(kind, "IEND", 4)) {
+            ends = at;
+            break;
+        }
+    }
+    if (ok && ends == size && total > 0) {
+        result = PyBytes_FromStringAndSize(NULL, total);
+        if (result) {
+            char *out = PyBytes_AS_STRING(result);
+            for (at = 8; at < ends;) {
+                unsigned long length = be32(d + at);
+                if (!memcmp(d + at + 4, "IDAT", 4)) {
+                    memcpy(out, d + at + 8, length);
+                    out += length;
+                }
+                at += 12 + (Py_ssize_t)length;
+            }
+        }
+    } else {
+        result = Py_NewRef(Py_None);
+    }
+    PyBuffer_Release(&view);
+    return result;
+}
+
+static inline unsigned char paeth(int a, int b, int c) {
+    int p = a + b - c, pa = abs(p - a), pb = abs(p - b), pc = abs(p - c);
+    return (unsigned char)(pa <= pb && pa <= pc ? a : pb <= pc ? b : c);
+}
+
+/* png_unfilter(raw, out) -> whether every row's filter was one of PNG's five (kernels.png_unfilter). */
+static PyObject *png_unfilter(PyObject *self, PyObject *args) {
+    Py_buffer raw;
+    PyObject *oobj;
+    if (!PyArg_ParseTuple(args, "y*O", &raw, &oobj)) return NULL;
+    grid o;
+    if (get_grid(oobj, &o, 1) < 0) {
+        PyBuffer_Release(&raw);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    const Py_ssize_t h = o.h, w = o.w;
+    if (o.s1 != 1 || o.s0 != w || raw.len != h * (w + 1)) {
+        PyErr_SetString(PyExc_ValueError, "expected a contiguous height x width output and height x (width + 1) bytes");
+        goto done;
+    }
+    const unsigned char *in = (const unsigned char *)raw.buf;
+    unsigned char *out = (unsigned char *)o.data;
+    int good = 1;
+    for (Py_ssize_t r = 0; r < h && good; r++) {
+        const unsigned char *src = in + r * (w + 1) + 1;
+        unsigned char *row = out + r * w;
+        const unsigned char *up = r ? row - w : NULL;
+        switch (in[r * (w + 1)]) {
+        case 0:
+            memcpy(row, src, (size_t)w);
+            break;
+        case 1:
+            for (Py_ssize_t c = 0; c < w; c++) row[c] = (unsigned char)(src[c] + (c ? row[c - 1] : 0));
+            break;
+        case 2:
+            for (Py_ssize_t c = 0; c < w; c++) row[c] = (unsigned char)(src[c] + (up ? up[c] : 0));
+            break;
+        case 3:
+            for (Py_ssize_t c = 0; c < w; c++)
+                row[c] = (unsigned char)(src[c] + (((c ? row[c - 1] : 0) + (up ? up[c] : 0)) >> 1));
+            break;
+        case 4:
+            for (Py_ssize_t c = 0; c < w; c++)
+                row[c] = (unsigned char)(src[c] + paeth(c ? row[c - 1] : 0, up ? up[c] : 0, c && up ? up[c - 1] : 0));
+            break;
+        default:
+            good = 0;
+        }
+    }
+    result = PyBool_FromLong(good);
+done:
+    PyBuffer_Release(&raw);
+    PyBuffer_Release(&o.view);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"use_widest", use_widest, METH_VARARGS, "Allow the AVX2 loops (the default) or not (for tests)."},
     {"long_bands", long_bands, METH_VARARGS, "Bands of long runs, fitted (see kernels.long_bands)."},
@@ -1708,6 +1848,8 @@ static PyMethodDef methods[] = {
     {"line_pixels", line_pixels, METH_VARARGS, "A line's strip and ticks (see kernels.line_pixels)."},
     {"fit_and_centre", fit_and_centre, METH_VARARGS, "A digit into the box, centred by mass (see kernels.fit_and_centre)."},
     {"png_plain_gray", png_plain_gray, METH_VARARGS, "An 8-bit gray PNG's size, if nothing alters it (see kernels.png_plain_gray)."},
+    {"png_idat", png_idat, METH_VARARGS, "A plain 8-bit gray PNG's IDAT bytes (see kernels.png_idat)."},
+    {"png_unfilter", png_unfilter, METH_VARARGS, "PNG rows unfiltered, 8-bit gray (see kernels.png_unfilter)."},
     {"jpeg_frame", jpeg_frame, METH_VARARGS, "A JPEG's size and EXIF presence from its markers (see kernels.jpeg_frame)."},
     {"bbox", bbox, METH_VARARGS, "The box of a mask's nonzero pixels (see kernels.bbox)."},
     {"locate", locate, METH_VARARGS, "The ink mask and its box (see kernels.locate)."},

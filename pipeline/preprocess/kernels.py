@@ -97,6 +97,22 @@ def png_plain_gray(data: bytes) -> tuple[int, int] | None:
     return _loops.png_plain_gray(data)
 
 
+def png_idat(data: bytes) -> bytes | None:
+    """The compressed pixels (its IDAT chunks joined) of a PNG file that `decode` can unfilter
+    itself: 8-bit grayscale, not interlaced, standard compression and filters, every chunk whole,
+    the critical ones (IHDR, IDAT, IEND) with a correct CRC, the IDATs in one run, no palette,
+    transparency or EXIF block, no unknown critical chunk and nothing after IEND. None for
+    anything else: OpenCV's or PIL's way then decodes or refuses the file as before."""
+    return _loops.png_idat(data)
+
+
+def png_unfilter(raw: bytes, out: np.ndarray) -> bool:
+    """Undo PNG's row filters (None, Sub, Up, Average, Paeth; one byte a pixel) of inflated 8-bit
+    grayscale rows, each a filter byte and its pixels, into the contiguous uint8 `out` (height x
+    width); False where a row names no such filter."""
+    return _loops.png_unfilter(raw, out)
+
+
 def jpeg_frame(data: bytes) -> tuple[int, int, bool] | None:
     """Width, height and whether an EXIF block is present, for `decode`'s short way to decode a
     JPEG (what PIL opens as L or RGB), read without PIL's parser: that is Python code run for
