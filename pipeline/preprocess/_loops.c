@@ -1,5 +1,5 @@
 /* The scan path's pixel loops in C: form-line search and tracing, ink stretch, PIL's resampling
- * and Gaussian blur, the border's levels.
+ * and Gaussian blur, the border's levels; JPEG and PNG headers, and a plain gray PNG's rows.
  *
  * `pipeline.preprocess.kernels` is the Python side: it allocates every array, calls these
  * functions with numpy arrays (any strides: the vertical lines are transposed views), and
