@@ -139,19 +139,16 @@ def read_gray(
         # file of another format or over the short way's size is not read here for nothing.
         fd = os.open(path, os.O_RDONLY | _O_BINARY)
         try:
-            if size <= _ONE_READ_BYTES:
-                data = _read_to_end(fd, size)
-                head = data[:_PNG_HEAD]
-            else:
-                head = os.read(fd, _PNG_HEAD)
-                data = b""
+            whole = size <= _ONE_READ_BYTES
+            data = _read_to_end(fd, size) if whole else os.read(fd, _PNG_HEAD)
+            head = data[:_PNG_HEAD]
             short = head.startswith((_PNG_SIGNATURE, _JPEG_START)) and size <= _SHORT_MAX_BYTES
             if short and head.startswith(_PNG_SIGNATURE):
                 _png_size_check(head, max_pixels)  # before a large file's rest is read
             if not short:
                 data = b""
-            elif not data:
-                data = head + _read_to_end(fd, size - len(head))
+            elif not whole:
+                data += _read_to_end(fd, size - len(data))
         finally:
             os.close(fd)
     except PermissionError as exc:
