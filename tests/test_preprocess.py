@@ -603,15 +603,20 @@ def test_read_gray_takes_the_short_way_with_pils_pixels(
     assert name not in ("large.jpg", "progressive.jpg") or reduced > 1  # both sizes are tried
 
 
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    """A PNG chunk: length, kind, body and CRC."""
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
 def _png_file(image: np.ndarray, filters: list[int], interlace: int = 0, extra: bytes = b"") -> bytes:
     """An 8-bit grayscale PNG whose rows use the given filters in turn (0-4: None, Sub, Up,
     Average, Paeth), written here so that every filter is exercised; `extra` is appended to the
     inflated rows."""
     import struct
     import zlib
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
     h, w = image.shape
     rows, prev = [], np.zeros(w, np.int32)
@@ -631,7 +636,12 @@ def _png_file(image: np.ndarray, filters: list[int], interlace: int = 0, extra: 
         prev = x
     header = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, interlace)
     pixels = zlib.compress(b"".join(rows) + extra)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", pixels)
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def test_plain_gray_pngs_are_unfiltered_here_as_opencv_decodes_them() -> None:
@@ -668,9 +678,7 @@ def test_an_unusual_png_is_left_to_opencv_or_pil(tmp_path: Path, monkeypatch: py
     import struct
     import zlib
 
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
+    chunk = _png_chunk
     image = np.random.default_rng(4).integers(0, 256, (12, 9), dtype=np.uint8)
     good = _png_file(image, [4])
     assert decode._png_inflated(good, 9, 12) is not None

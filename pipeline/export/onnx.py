@@ -250,6 +250,15 @@ def image_convolutions(graph: Any) -> list[str]:
     return found
 
 
+def _readers(graph: Any) -> dict[str, list[Any]]:
+    """Tensor name -> the nodes reading it, once per input that names it."""
+    readers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    return readers
+
+
 # Activations that never decrease (max(f(a), f(b)) == f(max(a, b))): a max pooling may come first.
 # (LeakyRelu too, where its slope below zero is not negative: `_never_decreases`.)
 _MONOTONE = frozenset({"Relu", "Clip", "Sigmoid", "Tanh"})
@@ -275,10 +284,7 @@ def pool_before_activation(model: Any, convolutions: list[str]) -> Any:
     figures; a test reads onnxruntime's optimised graph).
     """
     graph = model.graph
-    readers: dict[str, list[Any]] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    readers = _readers(graph)
     outputs = {o.name for o in graph.output}
     nodes = list(graph.node)
     changed = False
@@ -322,10 +328,7 @@ def shared_products(graph: Any) -> set[str]:
     fused (QGemm with a float result, as the head's), and the normalization, which onnxruntime
     runs in float anyway, reads the unrounded values.
     """
-    readers: dict[str, list[Any]] = {}  # tensor -> the nodes reading it, once per input
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    readers = _readers(graph)
     shared = set()
     for node in graph.node:
         if node.op_type not in ("Gemm", "MatMul"):

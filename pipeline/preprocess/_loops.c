@@ -1672,6 +1672,15 @@ static PyObject *jpeg_frame(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static inline unsigned long be32(const unsigned char *p) {
+    return ((unsigned long)p[0] << 24) | ((unsigned long)p[1] << 16) | ((unsigned long)p[2] << 8) | p[3];
+}
+
+/* A chunk that changes what PIL makes of an 8-bit gray PNG: transparency, a palette, EXIF. */
+static inline int alters_gray(const unsigned char *kind) {
+    return !memcmp(kind, "tRNS", 4) || !memcmp(kind, "PLTE", 4) || !memcmp(kind, "eXIf", 4);
+}
+
 /* png_plain_gray(data) -> (width, height) or None (kernels; decode._png_gray's rules). */
 static PyObject *png_plain_gray(PyObject *self, PyObject *args) {
     Py_buffer view;
@@ -1680,20 +1689,17 @@ static PyObject *png_plain_gray(PyObject *self, PyObject *args) {
     Py_ssize_t size = view.len;
     PyObject *result = NULL;
     if (size >= 33 && memcmp(d + 12, "IHDR", 4) == 0 && d[24] == 8 && d[25] == 0) {
-        unsigned long width = ((unsigned long)d[16] << 24) | ((unsigned long)d[17] << 16) | ((unsigned long)d[18] << 8) | d[19];
-        unsigned long height = ((unsigned long)d[20] << 24) | ((unsigned long)d[21] << 16) | ((unsigned long)d[22] << 8) | d[23];
+        unsigned long width = be32(d + 16), height = be32(d + 20);
         /* Every chunk's header, to IEND: a file cut short has none (None: PIL's way). */
         Py_ssize_t at = 8;
         while (at + 8 <= size) {
             const unsigned char *kind = d + at + 4;
-            if (!memcmp(kind, "tRNS", 4) || !memcmp(kind, "PLTE", 4) || !memcmp(kind, "eXIf", 4)) break;
+            if (alters_gray(kind)) break;
             if (!memcmp(kind, "IEND", 4)) {
                 result = Py_BuildValue("kk", width, height);
                 break;
             }
-            unsigned long length = ((unsigned long)d[at] << 24) | ((unsigned long)d[at + 1] << 16) |
-                                   ((unsigned long)d[at + 2] << 8) | d[at + 3];
-            at += 12 + (Py_ssize_t)length;
+            at += 12 + (Py_ssize_t)be32(d + at);
         }
     }
     PyBuffer_Release(&view);
@@ -1717,10 +1723,6 @@ static uint32_t crc32_bytes(const unsigned char *p, Py_ssize_t n) {
     uint32_t c = 0xFFFFFFFFu;
     for (Py_ssize_t i = 0; i < n; i++) c = crc_table[(c ^ p[i]) & 0xFF] ^ (c >> 8);
     return c ^ 0xFFFFFFFFu;
-}
-
-static inline unsigned long be32(const unsigned char *p) {
-    return ((unsigned long)p[0] << 24) | ((unsigned long)p[1] << 16) | ((unsigned long)p[2] << 8) | p[3];
 }
 
 /* png_idat(data) -> the IDAT chunks' bytes joined, or None (kernels.png_idat says its rules). */
@@ -1749,7 +1751,7 @@ static PyObject *png_idat(PyObject *self, PyObject *args) {
         }
         int critical = !(kind[0] & 0x20);
         if (critical && crc32_bytes(kind, 4 + (Py_ssize_t)length) != be32(d + at + 8 + length)) ok = 0;
-        if (!memcmp(kind, "tRNS", 4) || !memcmp(kind, "PLTE", 4) || !memcmp(kind, "eXIf", 4)) ok = 0;
+        if (alters_gray(kind)) ok = 0;
         if (!memcmp(kind, "IDAT", 4)) {
             if (idat_done) ok = 0;
             total += (Py_ssize_t)length;
