@@ -525,6 +525,88 @@ def test_the_released_conv2d_onnx_pools_its_float_convolution_in_float() -> None
     assert reader.op_type == "MaxPool", ops  # float pooling, not a quantization first
 
 
+def _pooled_conv(size: int, between: str = "Relu", stride: int = 1, ceil_mode: int = 0) -> Any:
+    """Image (N, 4, size, size) -> Conv 3x3 (padding 1, `stride`) -> `between` -> MaxPool 2x2."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(2)
+    inits = [numpy_helper.from_array(rng.normal(size=(8, 4, 3, 3)).astype(np.float32), "k")]
+    nodes = [
+        helper.make_node("Conv", ["image", "k"], ["c"], name="conv", pads=[1, 1, 1, 1], strides=[stride] * 2),
+        helper.make_node(between, ["c"], ["a"], name="between"),
+        helper.make_node("MaxPool", ["a"], ["out"], kernel_shape=[2, 2], strides=[2, 2], ceil_mode=ceil_mode),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["n", 4, size, size])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], initializer=inits,
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _pads(model: Any, name: str = "conv") -> list[int]:
+    conv = next(n for n in model.graph.node if n.name == name)
+    return next(list(a.ints) for a in conv.attribute if a.name == "pads")
+
+
+def _onnx_outputs(model: Any, x: np.ndarray) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return [np.asarray(y) for y in session.run(None, {session.get_inputs()[0].name: x})]
+
+
+def test_a_convolution_stops_computing_the_rows_its_pooling_never_reads() -> None:
+    """`trim_unpooled_outputs`: a 2x2 floor-mode pooling of a 7x7 map reads 6x6 of it, so the
+    convolution loses its end padding (7x7 -> 6x6 in shape inference) and the pooled values are
+    the ones before; through a per-value operator as through a ReLU. An even map, a ceil-mode
+    pooling, an operator that is not per value, or a second reader leave it alone."""
+    from pipeline.export.onnx import trim_unpooled_outputs
+
+    x = np.random.default_rng(3).normal(size=(2, 4, 7, 7)).astype(np.float32)
+    for between in ("Relu", "Identity"):
+        before = _pooled_conv(7, between)
+        expected = _onnx_outputs(before, x)
+        after = trim_unpooled_outputs(_pooled_conv(7, between))
+        assert _pads(after) == [1, 1, 0, 0]
+        inferred = onnx.shape_inference.infer_shapes(after)
+        (conv_out,) = [v for v in inferred.graph.value_info if v.name == "c"]
+        assert [d.dim_value for d in conv_out.type.tensor_type.shape.dim][2:] == [6, 6]
+        np.testing.assert_allclose(_onnx_outputs(after, x)[0], expected[0], rtol=1e-6, atol=1e-6)
+    strided = trim_unpooled_outputs(_pooled_conv(13, stride=2))  # 13 -> 7, pooled from 6:
+    assert _pads(strided) == [1, 1, 0, 0]  # stride 2 without the end pad gives those 6
+    x13 = np.random.default_rng(4).normal(size=(2, 4, 13, 13)).astype(np.float32)
+    full = _onnx_outputs(_pooled_conv(13, stride=2), x13)[0]
+    np.testing.assert_allclose(_onnx_outputs(strided, x13)[0], full, rtol=1e-6, atol=1e-6)
+    assert _pads(trim_unpooled_outputs(_pooled_conv(8))) == [1, 1, 1, 1]  # every row pooled
+    assert _pads(trim_unpooled_outputs(_pooled_conv(7, ceil_mode=1))) == [1, 1, 1, 1]  # the last row too
+    assert _pads(trim_unpooled_outputs(_pooled_conv(7, "Softmax"))) == [1, 1, 1, 1]  # mixes values
+    read_twice = _pooled_conv(7)
+    read_twice.graph.output.append(onnx.helper.make_tensor_value_info("c", onnx.TensorProto.FLOAT, None))
+    assert _pads(trim_unpooled_outputs(read_twice)) == [1, 1, 1, 1]
+
+
+@pytest.mark.skipif(manifest.release_dir() is None, reason="no release models in this checkout")
+def test_the_released_conv2d_onnx_computes_only_what_it_pools(
+    test_digits: tuple[np.ndarray, np.ndarray],
+) -> None:
+    """conv2d.int8.onnx: its third and fourth convolutions (7x7 and 3x3 maps, pooled 2x2) compute
+    6x6 and 2x2 outputs, and give exactly the probabilities the file gives with its full padding."""
+    folder = manifest.release_dir()
+    assert folder is not None
+    model = onnx.load(str(folder / "conv2d.int8.onnx"))
+    convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
+    assert [_pads(model, name) for name in convs] == [[1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 0, 0]]
+    x = test_digits[0][:500].astype(np.float32)[..., None] / 255.0
+    trimmed = _onnx_outputs(model, x)
+    for conv in (n for n in model.graph.node if n.op_type == "Conv"):
+        for attribute in conv.attribute:
+            if attribute.name == "pads":
+                attribute.ints[:] = [1, 1, 1, 1]
+    del model.graph.value_info[:]
+    for ours, full in zip(trimmed, _onnx_outputs(model, x), strict=True):
+        np.testing.assert_array_equal(ours, full)
+
+
 @pytest.mark.skipif(manifest.release_dir() is None, reason="no release models in this checkout")
 def test_the_released_micro_onnx_runs_its_first_convolution_in_float() -> None:
     """micro.int8.onnx (classify's screen): onnxruntime runs its four later convolutions as
