@@ -5,7 +5,9 @@ Speed targets live here, never in timed tests.
 Classify runs are measured as separate processes (`python -m pipeline classify`) so start-up
 cost is counted as a user pays it, and peak memory is the peak of the summed proportional set
 size (PSS) of the process and its workers, sampled from /proc: forked workers share pages, which
-RSS would count once per process.
+RSS would count once per process. The sampling costs the machine as much as a busy process (the
+kernel walks each process's memory map for its PSS), so the timed runs are not sampled: each
+contender's peak memory comes from one more run of its own.
 """
 
 from __future__ import annotations
@@ -130,8 +132,13 @@ class RunBench:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
 
-def _measure(name: str, cmd: list[str], images: int) -> RunBench:
-    """Run `cmd`, timing it and sampling its process tree's memory every 20 ms."""
+def _measure(name: str, cmd: list[str], images: int, memory: bool = True) -> RunBench:
+    """Run `cmd`, timing it and, with `memory`, sampling its process tree's memory every 20 ms.
+
+    The sampling is not free: reading the PSS of classify's three processes took 17 ms of the
+    kernel's time a sample, about half of one of this machine's two cores, and a 20,000-PNG
+    classify timed 2.04-2.33 s sampled against 1.62-1.87 s without (docs/benchmarks.md). A run
+    timed for a share of the ceiling is therefore not sampled (`memory=False`, peak 0)."""
     peak = 0
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -144,17 +151,24 @@ def _measure(name: str, cmd: list[str], images: int) -> RunBench:
             time.sleep(0.02)
 
     sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
+    if memory:
+        sampler.start()
     stdout, stderr = proc.communicate()
     seconds = time.perf_counter() - start
     done.set()
-    sampler.join()
+    if memory:
+        sampler.join()
     if proc.returncode != 0:
         raise PipelineError(f"benchmark step {name!r} failed: {stderr.strip().splitlines()[-1:]}")
     reported = [line for line in stdout.splitlines() if line.startswith("SECONDS ")]
     if reported:  # the step timed its own work (after imports)
         seconds = float(reported[-1].split()[1])
     return RunBench(name, images, seconds, peak / 1024)
+
+
+def _peak_mib(cmd: list[str]) -> float:
+    """The peak memory of one more run of `cmd`, sampled (its time is not used)."""
+    return _measure("memory", cmd, 0).peak_mib
 
 
 # The contenders besides classify itself, each a small program run as its own process.
@@ -234,8 +248,9 @@ def _classify_runs(
     Each model gets `rounds` rounds of the ceiling and then classify, and each round's share is of
     the ceiling measured just before it: a machine whose speed drifts by a third within minutes
     (this project's) would otherwise move a later run's share with the drift. The round with the
-    median share is reported (its peak memory replaced by the highest of any round), and every
-    round must write the same CSV. The first row is the median of all ceiling runs."""
+    median share is reported, and every round must write the same CSV. The first row is the
+    median of all ceiling runs. The timed runs are not sampled for memory (`_measure`): each
+    contender's peak memory is that of one more run, sampled and not timed."""
     from pipeline.classify import ENCODING, ERRORS
 
     if rounds < 1:
@@ -245,10 +260,11 @@ def _classify_runs(
     n_workers = workers or os.cpu_count() or 1
     py = sys.executable
     decode_only = [py, "-c", _DECODE_ONLY, str(folder), str(n_workers)]
-    ceilings = [_measure("decode only (ceiling)", decode_only, count)]
+    ceilings = [_measure("decode only (ceiling)", decode_only, count, memory=False)]
     naive_run = None
     if naive is not None:
-        run = _measure("naive loop", [py, "-c", _NAIVE, str(folder), str(naive)], count)
+        naive_cmd = [py, "-c", _NAIVE, str(folder), str(naive)]
+        run = replace(_measure("naive loop", naive_cmd, count, memory=False), peak_mib=_peak_mib(naive_cmd))
         naive_run = ClassifyRun(run, ceilings[0].per_second, None, naive)
     runs: list[ClassifyRun] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -261,13 +277,16 @@ def _classify_runs(
             written: bytes | None = None
             for _ in range(rounds):
                 if naive_run is not None or pairs or runs:  # else the first ceiling is just before
-                    ceilings.append(_measure("decode only", decode_only, count))
-                run = _measure(f"classify {model.name}", [*cmd, "--model", str(model)], count)
+                    ceilings.append(_measure("decode only", decode_only, count, memory=False))
+                run = _measure(f"classify {model.name}", [*cmd, "--model", str(model)], count, memory=False)
                 if written is None:
                     written = out.read_bytes()
                 elif out.read_bytes() != written:
                     raise PipelineError(f"classify with {model.name} wrote a different CSV in a later round")
                 pairs.append((ceilings[-1], run))
+            peak = _peak_mib([*cmd, "--model", str(model)])
+            if out.read_bytes() != written:
+                raise PipelineError(f"classify with {model.name} wrote a different CSV in its memory run")
             with open(out, encoding=ENCODING, errors=ERRORS, newline="") as f:
                 read = [r for r in csv.DictReader(f) if r["status"] in ("ok", "review")]
             right = np.array([r["prediction"] == str(_label(r["path"])) for r in read], dtype=bool)
@@ -275,11 +294,11 @@ def _classify_runs(
             ece = calibration.ece_of(calibration.binned(confidence, right)) if read else None
             pairs.sort(key=lambda pair: pair[1].per_second / pair[0].per_second)
             beside, run = pairs[(len(pairs) - 1) // 2]
-            run = replace(run, peak_mib=max(r.peak_mib for _, r in pairs))
+            run = replace(run, peak_mib=peak)
             shares = tuple(r.per_second / c.per_second for c, r in pairs)
             runs.append(ClassifyRun(run, beside.per_second, int(right.sum()) / count, model, ece, shares))
     ceiling = sorted(ceilings, key=lambda c: c.per_second)[(len(ceilings) - 1) // 2]
-    ceiling = replace(ceiling, name="decode only (ceiling)")
+    ceiling = replace(ceiling, name="decode only (ceiling)", peak_mib=_peak_mib(decode_only))
     head = [ClassifyRun(ceiling, ceiling.per_second, None)]
     return head + ([naive_run] if naive_run else []) + runs
 

@@ -691,7 +691,7 @@ def _print_classify_runs(runs: list[Any], title: str) -> None:
         console.print(
             "each round: the decode-only ceiling, then classify; a run's share is of the ceiling just "
             "before it, and the row is the round with the median share (the ceiling's row: the median "
-            "of its runs)"
+            "of its runs); peak memory is from one more run of each, sampled and not timed"
         )
 
 

@@ -332,6 +332,19 @@ def test_scans_are_classified_about_as_well_as_clean_digits(
     assert summary.errors == 0 and scan_acc > clean_acc - 0.05, (scan_acc, clean_acc)
 
 
+def test_a_timed_benchmark_run_is_not_sampled_for_memory() -> None:
+    """`bench._measure`: with `memory=False` no sampler reads /proc while the command runs (the
+    sampling took half a core from the runs it timed), so it reports no peak; with it, the
+    process's peak."""
+    import sys
+
+    from pipeline.bench import _measure
+
+    cmd = [sys.executable, "-c", 'import time; b = b"x" * (64 << 20); time.sleep(0.3)']
+    assert _measure("unsampled", cmd, 1, memory=False).peak_mib == 0
+    assert _measure("sampled", cmd, 1).peak_mib > 60
+
+
 def test_form_fields_are_classified_with_their_lines_erased(int8_onnx: Path, tmp_path: Path) -> None:
     """`pipeline bench scans --style form`: digits in boxes, on underlines and in comb fields go
     through classify nearly as well as clean digits, and far better than with the lines left in
@@ -342,6 +355,7 @@ def test_form_fields_are_classified_with_their_lines_erased(int8_onnx: Path, tmp
     ceiling, run = r.runs
     assert r.style == "form" and r.images == 150 and ceiling.accuracy is None and ceiling.run.per_second > 0
     assert run.run.images == 150 and run.run.per_second > 0 and run.run.peak_mib > 0
+    assert ceiling.run.peak_mib > 0  # both from a run of their own, the timed ones unsampled
     assert 0 < run.share_of_ceiling == run.run.per_second / run.ceiling
     # two rounds, each against its own ceiling: the row is the lower-middle one, here the lower
     assert len(run.shares) == 2 and run.shares == tuple(sorted(run.shares))
