@@ -27,7 +27,7 @@ class ChunkResult:
     """What a worker sends back for one chunk: digits for the good files, a status for each."""
 
     paths: list[str]
-    digits: np.ndarray  # uint8 [n_ok, 28, 28]
+    digits: np.ndarray  # uint8 [n_ok, 28, 28] (empty once a worker that predicted sends it back)
     status: list[str]  # "ok", "blank" or "error", one per path
     errors: list[str]
     probs: np.ndarray | None = None  # float32 [n_ok, 10], filled in by the engine's inference

@@ -115,7 +115,10 @@ def _predicted_chunk(
     check: Review | None = _WORKER["check"]
     if check is not None:
         chunk.reasons = check.model.reasons(chunk.digits, chunk.probs, check.below, chunk.evidence, features)
-    return chunk  # without the features: the reasons are all the writer needs of them
+    # Sent back without the digits, their evidence and the features: the writer needs the
+    # probabilities and reasons only, and the digits were most of what crossed the pipe.
+    chunk.digits, chunk.evidence = chunk.digits[:0], None
+    return chunk
 
 
 def predicts_in_workers(model: Path, workers: int) -> bool:
