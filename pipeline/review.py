@@ -27,11 +27,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from pipeline.errors import ClassifyError
 from pipeline.files import atomic_open
+from pipeline.preprocess import kernels
 
 SEVERAL_DIGITS, NOT_A_DIGIT, LOW_CONFIDENCE = "several_digits", "not_a_digit", "low_confidence"
 REASONS = (SEVERAL_DIGITS, NOT_A_DIGIT, LOW_CONFIDENCE)
@@ -51,33 +51,34 @@ class ReviewError(ClassifyError):
     """The review model file is missing or unreadable: classify cannot start (exit 9)."""
 
 
+def _counts_and_pairs(digits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ink's counts (`kernels.EVIDENCE_COUNTS`) and the side-by-side flag of uint8 [n, 28, 28]
+    digits: one C pass over each (`kernels.digit_evidence`)."""
+    return kernels.digit_evidence(digits, _INK, SIDE_BY_SIDE_SHARE, SIDE_BY_SIDE_OVERLAP)
+
+
+def _shape(counts: np.ndarray) -> np.ndarray:
+    """`shape_features` from the ink's counts: the float arithmetic, per image."""
+    area = counts[:, 0].astype(np.float64)
+    changes, width, height, ink_sum = counts[:, 1], counts[:, 2], counts[:, 3], counts[:, 4]
+    fill = area / np.maximum(width * height, 1)
+    strength = ink_sum / np.maximum(area, 1) / 255
+    # The ink's edge length is its changes between neighbouring pixels along rows and columns: a
+    # stroke of width w and length L has area w L and about 2 L changes, so w = 2 area / changes.
+    return np.column_stack(
+        [np.log1p(area), np.log(2 * area / np.maximum(changes, 1) + 0.5), fill, strength, width, height]
+    )
+
+
 def shape_features(digits: np.ndarray) -> np.ndarray:
-    """Ink statistics of uint8 [n, 28, 28] digits, vectorised: float64 [n, len(SHAPE_FEATURES)].
+    """Ink statistics of uint8 [n, 28, 28] digits: float64 [n, len(SHAPE_FEATURES)].
 
     Ink area (pixels over a quarter of full strength: faint halos and noise do not count), stroke
     width, fill of the bounding box, mean ink strength, and the box's
     width and height: digits are strokes of a fairly fixed width filling part of a 20 px box;
     clothing, blots and pairs of digits are not.
     """
-    n = len(digits)
-    if n == 0:
-        return np.zeros((0, len(SHAPE_FEATURES)))
-    ink = digits > _INK
-    area = np.count_nonzero(ink, axis=(1, 2)).astype(np.float64)
-    # The ink's edge length, as changes between neighbouring pixels along rows and columns: a
-    # stroke of width w and length L has area w L and about 2 L changes, so w = 2 area / changes.
-    changes = np.count_nonzero(ink[:, :, 1:] != ink[:, :, :-1], axis=(1, 2)) + np.count_nonzero(
-        ink[:, 1:] != ink[:, :-1], axis=(1, 2)
-    )
-    rows, cols = np.asarray(ink.any(axis=2)), np.asarray(ink.any(axis=1))
-    side = ink.shape[1]
-    height = np.where(area > 0, side - rows.argmax(axis=1) - rows[:, ::-1].argmax(axis=1), 0)
-    width = np.where(area > 0, side - cols.argmax(axis=1) - cols[:, ::-1].argmax(axis=1), 0)
-    fill = area / np.maximum(width * height, 1)
-    strength = (digits * ink).sum(axis=(1, 2), dtype=np.int64) / np.maximum(area, 1) / 255
-    return np.column_stack(
-        [np.log1p(area), np.log(2 * area / np.maximum(changes, 1) + 0.5), fill, strength, width, height]
-    )
+    return _shape(_counts_and_pairs(digits)[0])
 
 
 def side_by_side(digit: np.ndarray) -> bool:
@@ -86,29 +87,10 @@ def side_by_side(digit: np.ndarray) -> bool:
 
 
 def side_by_side_batch(digits: np.ndarray) -> np.ndarray:
-    """`side_by_side` for uint8 [n, 28, 28] digits: one OpenCV labelling of them all, stacked with
-    an empty row between each two so that no component runs from one image into the next."""
-    n, h, w = digits.shape
-    out = np.zeros(n, dtype=bool)
-    if n == 0:
-        return out
-    stacked = np.zeros((n, h + 1, w), np.uint8)
-    stacked[:, :h] = digits > _INK
-    _, _, stats, _ = cv2.connectedComponentsWithStats(stacked.reshape(-1, w), connectivity=8)
-    stats = stats[1:]
-    image = stats[:, cv2.CC_STAT_TOP] // (h + 1)
-    area = stats[:, cv2.CC_STAT_AREA]
-    big = area >= SIDE_BY_SIDE_SHARE * np.bincount(image, weights=area, minlength=n)[image]
-    for i in np.flatnonzero(np.bincount(image[big], minlength=n) >= 2):  # rare among digits
-        parts = stats[big & (image == i)]
-        left, right = parts[:, cv2.CC_STAT_LEFT], parts[:, cv2.CC_STAT_LEFT] + parts[:, cv2.CC_STAT_WIDTH]
-        out[i] = any(
-            min(right[a], right[b]) - max(left[a], left[b])
-            <= SIDE_BY_SIDE_OVERLAP * min(right[a] - left[a], right[b] - left[b])
-            for a in range(len(parts))
-            for b in range(a + 1, len(parts))
-        )
-    return out
+    """`side_by_side` for uint8 [n, 28, 28] digits: 8-connected components of the ink, those
+    holding `SIDE_BY_SIDE_SHARE` of it at least, and whether two of them overlap in columns by
+    at most `SIDE_BY_SIDE_OVERLAP` of the narrower one."""
+    return _counts_and_pairs(digits)[1]
 
 
 @dataclass(frozen=True)
@@ -121,7 +103,8 @@ class Evidence:
 
 
 def image_evidence(digits: np.ndarray) -> Evidence:
-    return Evidence(shape_features(digits), side_by_side_batch(digits))
+    counts, several = _counts_and_pairs(digits)
+    return Evidence(_shape(counts), several)
 
 
 @dataclass(frozen=True)

@@ -480,6 +480,12 @@ def _read_only(shape: tuple[int, int]) -> np.ndarray:
         lambda: kernels.resize(np.zeros((4, 5), np.uint8), (3, 3), 2),  # BILINEAR: not a scan's
         lambda: _loops.resize(np.zeros((4, 5), np.uint8), 3, 3, 1, np.zeros((4, 4), np.uint8)),
         lambda: _loops.gaussian_blur(np.zeros((4, 5), np.uint8), 4.0, np.zeros((5, 4), np.uint8)),
+        lambda: _loops.digit_evidence(  # 28 rows are not stacks of 5
+            np.zeros((28, 28), np.uint8), 5, 64, 0.2, 0.25, np.zeros((5, 5), np.int64), np.zeros(5, bool)
+        ),
+        lambda: _loops.digit_evidence(  # counts not int64
+            np.zeros((28, 28), np.uint8), 28, 64, 0.2, 0.25, np.zeros((1, 5), np.int32), np.zeros(1, bool)
+        ),
     ],
 )
 def test_wrong_arrays_are_refused(call: object) -> None:
@@ -583,3 +589,70 @@ def test_an_unbuilt_checkout_says_so_in_one_line(tmp_path: Path) -> None:
     )  # fmt: skip
     one_clear_line(result, "make setup")
     assert not (tmp_path / "out.csv").exists()
+
+
+def _evidence_by_numpy_and_opencv(digits: np.ndarray, ink: int, share: float, overlap: float) -> tuple:
+    """What `review` computed before `kernels.digit_evidence`: numpy's counts, and OpenCV's
+    labelling of the digits stacked with an empty row between each two."""
+    import cv2
+
+    n, h, w = digits.shape
+    mask = digits > ink
+    area = np.count_nonzero(mask, axis=(1, 2))
+    changes = np.count_nonzero(mask[:, :, 1:] != mask[:, :, :-1], axis=(1, 2)) + np.count_nonzero(
+        mask[:, 1:] != mask[:, :-1], axis=(1, 2)
+    )
+    rows, cols = mask.any(axis=2), mask.any(axis=1)
+    height = np.where(area > 0, h - rows.argmax(axis=1) - rows[:, ::-1].argmax(axis=1), 0)
+    width = np.where(area > 0, w - cols.argmax(axis=1) - cols[:, ::-1].argmax(axis=1), 0)
+    ink_sum = (digits * mask).sum(axis=(1, 2), dtype=np.int64)
+    stacked = np.zeros((n, h + 1, w), np.uint8)
+    stacked[:, :h] = mask
+    _, _, stats, _ = cv2.connectedComponentsWithStats(stacked.reshape(-1, w), connectivity=8)
+    stats = stats[1:]
+    image = stats[:, cv2.CC_STAT_TOP] // (h + 1)
+    sizes = stats[:, cv2.CC_STAT_AREA]
+    big = sizes >= share * np.bincount(image, weights=sizes, minlength=n)[image]
+    several = np.zeros(n, bool)
+    for i in np.flatnonzero(np.bincount(image[big], minlength=n) >= 2):
+        parts = stats[big & (image == i)]
+        left = parts[:, cv2.CC_STAT_LEFT]
+        right = left + parts[:, cv2.CC_STAT_WIDTH]
+        several[i] = any(
+            min(right[a], right[b]) - max(left[a], left[b])
+            <= overlap * min(right[a] - left[a], right[b] - left[b])
+            for a in range(len(parts))
+            for b in range(a + 1, len(parts))
+        )
+    return np.column_stack([area, changes, width, height, ink_sum]), several
+
+
+def test_digit_evidence_is_what_numpy_and_opencv_computed(test_digits: tuple[np.ndarray, np.ndarray]) -> None:
+    """`digit_evidence` on test digits, pairs of half digits side by side (most of them flagged),
+    random specks at two densities (components of every shape, touching only at corners), empty
+    and full images, and images that are not square: the counts and flags numpy and OpenCV's
+    labelling gave."""
+    rng = np.random.default_rng(5)
+    digits = test_digits[0][:3000]
+    halves = np.concatenate([digits[:1000, :, 7:21], digits[1000:2000, :, 7:21]], axis=2)
+    specks = ((rng.random((1000, 28, 28)) < 0.3) * 200).astype(np.uint8)
+    dense = ((rng.random((1000, 28, 28)) < 0.55) * rng.integers(0, 256, (1000, 28, 28))).astype(np.uint8)
+    tall = ((rng.random((300, 19, 7)) < 0.4) * 255).astype(np.uint8)
+    cases = [
+        digits,
+        halves,
+        specks,
+        dense,
+        np.zeros((3, 28, 28), np.uint8),
+        np.full((3, 28, 28), 255, np.uint8),
+        tall,
+    ]
+    flagged = 0
+    for case in cases:
+        counts, several = kernels.digit_evidence(case, 64, 0.2, 0.25)
+        expected_counts, expected_several = _evidence_by_numpy_and_opencv(case, 64, 0.2, 0.25)
+        np.testing.assert_array_equal(counts, expected_counts)
+        np.testing.assert_array_equal(several, expected_several)
+        flagged += int(several.sum())
+    assert flagged > 500  # the side-by-side rule was exercised, not only its "no"
+    assert kernels.digit_evidence(np.zeros((0, 28, 28), np.uint8), 64, 0.2, 0.25)[0].shape == (0, 5)

@@ -1843,6 +1843,171 @@ done:
     return result;
 }
 
+/* Union-find over component labels: the root of `x`, halving the path on the way. */
+static int32_t label_root(int32_t *parent, int32_t x) {
+    while (parent[x] != x) {
+        parent[x] = parent[parent[x]];
+        x = parent[x];
+    }
+    return x;
+}
+
+/* digit_evidence(digits, height, ink, share, overlap, counts, several): for each of a stack of
+ * height x w digits (a grid of n * height rows), the ink's counts (pixels over `ink`: how many,
+ * the changes between neighbours along rows and down columns, the box's width and height, the sum
+ * of the ink's values; kernels.EVIDENCE_COUNTS) into the int64 n x 5 `counts`, and into the
+ * one-byte `several` whether two of its 8-connected ink components, each holding `share` of the
+ * ink at least, lie side by side: their columns overlap by at most `overlap` of the narrower's
+ * width (review.side_by_side_batch's rule; the comparisons in float64, as numpy made them).
+ *
+ * The counts are branch-free loops over the mask (vectorised); the components are found from
+ * the runs of ink along each row, a run joined to every run of the row above that it touches
+ * (8-connected: their columns overlap or meet at a corner). */
+static PyObject *digit_evidence(PyObject *self, PyObject *args) {
+    PyObject *dobj, *cobj, *sobj;
+    Py_ssize_t hh;
+    int ink;
+    double share, overlap;
+    if (!PyArg_ParseTuple(args, "OniddOO", &dobj, &hh, &ink, &share, &overlap, &cobj, &sobj)) return NULL;
+    grid d;
+    if (get_grid(dobj, &d, 0) < 0) return NULL;
+    Py_buffer counts = {0}, several = {0};
+    PyObject *result = NULL;
+    uint8_t *mask = NULL, *cols = NULL;
+    Py_ssize_t *run_lo = NULL, *run_hi = NULL, *area = NULL, *lo = NULL, *hi = NULL, *big = NULL;
+    int32_t *parent = NULL;
+    const Py_ssize_t w = d.w, n = hh > 0 ? d.h / hh : 0, size = hh * w;
+    const Py_ssize_t most_runs = hh * ((w + 1) / 2) + 1; /* runs are separated by a gap */
+    if (PyObject_GetBuffer(cobj, &counts, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) goto done;
+    if (PyObject_GetBuffer(sobj, &several, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) goto done;
+    if (hh < 1 || w < 1 || d.h % hh || counts.itemsize != 8 || counts.len != n * 5 * 8 || several.itemsize != 1 ||
+        several.len != n) {
+        PyErr_SetString(PyExc_ValueError, "expected n * height rows, int64 n x 5 counts and n flags");
+        goto done;
+    }
+    mask = malloc((size_t)size);
+    cols = malloc((size_t)w);
+    run_lo = malloc(sizeof(Py_ssize_t) * (size_t)most_runs);
+    run_hi = malloc(sizeof(Py_ssize_t) * (size_t)most_runs);
+    area = malloc(sizeof(Py_ssize_t) * (size_t)most_runs);
+    lo = malloc(sizeof(Py_ssize_t) * (size_t)most_runs);
+    hi = malloc(sizeof(Py_ssize_t) * (size_t)most_runs);
+    big = malloc(sizeof(Py_ssize_t) * (size_t)most_runs);
+    parent = malloc(sizeof(int32_t) * (size_t)most_runs);
+    if (!mask || !cols || !run_lo || !run_hi || !area || !lo || !hi || !big || !parent) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    int64_t *out = (int64_t *)counts.buf;
+    uint8_t *flags = (uint8_t *)several.buf;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int64_t pixels = 0, changes = 0, sum = 0;
+        Py_ssize_t top = -1, bottom = -1, left = -1, right = -1;
+        memset(cols, 0, (size_t)w);
+        for (Py_ssize_t r = 0; r < hh; r++) {
+            const uint8_t *row = (const uint8_t *)d.data + (i * hh + r) * d.s0;
+            uint8_t *m = mask + r * w;
+            int64_t in_row = 0;
+            for (Py_ssize_t c = 0; c < w; c++) {
+                uint8_t v = row[c * d.s1], on = v > ink;
+                m[c] = on;
+                cols[c] |= on;
+                in_row += on;
+                sum += on ? v : 0;
+            }
+            for (Py_ssize_t c = 1; c < w; c++) changes += m[c] != m[c - 1];
+            if (r)
+                for (Py_ssize_t c = 0; c < w; c++) changes += m[c] != m[c - w];
+            if (in_row) {
+                top = top < 0 ? r : top;
+                bottom = r;
+            }
+            pixels += in_row;
+        }
+        for (Py_ssize_t c = 0; c < w; c++)
+            if (cols[c]) {
+                left = left < 0 ? c : left;
+                right = c;
+            }
+        out[i * 5 + 0] = pixels;
+        out[i * 5 + 1] = changes;
+        out[i * 5 + 2] = pixels ? right - left + 1 : 0;
+        out[i * 5 + 3] = pixels ? bottom - top + 1 : 0;
+        out[i * 5 + 4] = sum;
+        /* Components from the runs of each row: a run joins every run of the row above whose
+         * columns reach within one of its own. */
+        Py_ssize_t runs = 0, above = 0, above_end = 0;
+        for (Py_ssize_t r = 0; r < hh; r++) {
+            const uint8_t *m = mask + r * w;
+            Py_ssize_t first = runs;
+            for (Py_ssize_t c = 0; c < w;) {
+                if (!m[c]) {
+                    c++;
+                    continue;
+                }
+                Py_ssize_t s0 = c;
+                while (c < w && m[c]) c++;
+                run_lo[runs] = s0;
+                run_hi[runs] = c - 1;
+                parent[runs] = (int32_t)runs;
+                int32_t root = (int32_t)runs;
+                for (Py_ssize_t k = above; k < above_end; k++) {
+                    if (run_hi[k] < s0 - 1 || run_lo[k] > c) continue;
+                    int32_t other = label_root(parent, (int32_t)k);
+                    if (other == root) continue;
+                    if (other < root) {
+                        int32_t t = root;
+                        root = other;
+                        other = t;
+                    }
+                    parent[other] = root;
+                }
+                runs++;
+            }
+            above = first;
+            above_end = runs;
+        }
+        for (Py_ssize_t k = 0; k < runs; k++) {
+            area[k] = 0;
+            lo[k] = w;
+            hi[k] = -1;
+        }
+        for (Py_ssize_t k = 0; k < runs; k++) {
+            int32_t root = label_root(parent, (int32_t)k);
+            area[root] += run_hi[k] - run_lo[k] + 1;
+            lo[root] = run_lo[k] < lo[root] ? run_lo[k] : lo[root];
+            hi[root] = run_hi[k] > hi[root] ? run_hi[k] : hi[root];
+        }
+        Py_ssize_t nbig = 0;
+        for (Py_ssize_t k = 0; k < runs; k++)
+            if (area[k] && (double)area[k] >= share * (double)pixels) big[nbig++] = k;
+        int side_by_side = 0;
+        for (Py_ssize_t a = 0; a < nbig && !side_by_side; a++)
+            for (Py_ssize_t b = a + 1; b < nbig && !side_by_side; b++) {
+                Py_ssize_t la = lo[big[a]], ra = hi[big[a]] + 1, lb = lo[big[b]], rb = hi[big[b]] + 1;
+                Py_ssize_t common = (ra < rb ? ra : rb) - (la > lb ? la : lb);
+                Py_ssize_t narrower = ra - la < rb - lb ? ra - la : rb - lb;
+                side_by_side = (double)common <= overlap * (double)narrower;
+            }
+        flags[i] = (uint8_t)side_by_side;
+    }
+    result = Py_NewRef(Py_None);
+done:
+    free(mask);
+    free(cols);
+    free(run_lo);
+    free(run_hi);
+    free(area);
+    free(lo);
+    free(hi);
+    free(big);
+    free(parent);
+    if (counts.obj) PyBuffer_Release(&counts);
+    if (several.obj) PyBuffer_Release(&several);
+    PyBuffer_Release(&d.view);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"use_widest", use_widest, METH_VARARGS, "Allow the AVX2 loops (the default) or not (for tests)."},
     {"long_bands", long_bands, METH_VARARGS, "Bands of long runs, fitted (see kernels.long_bands)."},
@@ -1862,6 +2027,7 @@ static PyMethodDef methods[] = {
     {"resize", resize, METH_VARARGS, "PIL's Image.resize of an 8-bit image (see kernels.resize)."},
     {"frame", frame, METH_VARARGS, "Sum, light pixels and count of the border frame (see kernels.frame)."},
     {"gaussian_blur", gaussian_blur, METH_VARARGS, "PIL's GaussianBlur of an 8-bit image (see kernels.gaussian_blur)."},
+    {"digit_evidence", digit_evidence, METH_VARARGS, "Ink counts and side-by-side components of digits (see kernels.digit_evidence)."},
     {NULL, NULL, 0, NULL},
 };
 

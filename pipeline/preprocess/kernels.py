@@ -201,6 +201,32 @@ def frame(image: np.ndarray) -> tuple[int, int, int]:
     return _loops.frame(image)
 
 
+# The columns of `digit_evidence`'s counts.
+EVIDENCE_COUNTS = ("area", "changes", "width", "height", "ink")
+
+
+def digit_evidence(
+    digits: np.ndarray, ink: int, share: float, overlap: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The review's image evidence of uint8 [n, h, w] digits in one pass each: the counts of the
+    pixels over `ink` (int64 [n, 5], `EVIDENCE_COUNTS`: how many, the changes between neighbours
+    along rows and down columns, the width and height of their box, the sum of their values), and
+    whether two 8-connected components of them, each holding `share` of the ink at least, stand
+    side by side (columns overlapping by at most `overlap` of the narrower one's width).
+
+    `review.shape_features` and `review.side_by_side_batch` made these with a dozen numpy passes
+    and OpenCV's labelling of a stack of the images, for every chunk classify decodes: 7.4 us an
+    image against about 2 here (tests hold the two to the same answers).
+    """
+    n, h, w = digits.shape
+    counts = np.zeros((n, len(EVIDENCE_COUNTS)), np.int64)
+    several = np.zeros(n, np.bool_)
+    if n:
+        stacked = np.ascontiguousarray(digits, dtype=np.uint8).reshape(n * h, w)
+        _loops.digit_evidence(stacked, h, ink, share, overlap, counts, several)
+    return counts, several
+
+
 def resize(image: np.ndarray, size: tuple[int, int], resample: Image.Resampling) -> np.ndarray:
     """PIL's `Image.fromarray(image).resize(size, resample)` of an 8-bit image, the same pixels
     (BOX, BICUBIC or LANCZOS; `size` is (width, height), as PIL's): separable passes with weights
