@@ -137,6 +137,49 @@ def test_csv_quoting_and_odd_names_round_trip(
     assert b'"comma,name.png"' in (tmp_path / "out.csv").read_bytes()
 
 
+@pytest.mark.parametrize("probabilities", [False, True])
+def test_rows_are_the_lines_csv_writer_writes(tmp_path: Path, probabilities: bool) -> None:
+    """`write_chunk` formats plain rows itself: every row is the line csv.writer wrote for it, for
+    names that need quoting and names that do not, review reasons, blanks and errors, with and
+    without the probability columns."""
+    import io
+
+    from pipeline.classify import ChunkResult, Summary
+    from pipeline.classify.csvout import PROB_COLUMNS, Writer, write_chunk
+
+    paths = [
+        "a/0001_7.png", "comma,name.png", 'quote"name.png', "new\nline.png", "cr\rname.png",
+        " leading space.png", "ünïcødé.png", os.fsdecode(b"latin1-\xe9\xff.png"), "blank.png",
+        "broken.png", "tab\tname.png",
+    ]  # fmt: skip
+    status = ["ok"] * 8 + ["blank", "error", "ok"]
+    errors = [""] * 8 + ["blank: no ink found", 'cannot decode, "odd", file', ""]
+    probs = np.random.default_rng(0).dirichlet(np.ones(10) * 0.3, size=9).astype(np.float32)
+    reasons = ["", "several_digits", "", "not_a_digit", "", "low_confidence", "", "", ""]
+    chunk = ChunkResult(paths, np.zeros((9, 28, 28), np.uint8), status, errors, probs=probs, reasons=reasons)
+    header = HEADER + (PROB_COLUMNS if probabilities else [])
+    writer = Writer(tmp_path / "r.csv", tmp_path / "r.json", header, None)
+    write_chunk(chunk, writer, Summary(out=tmp_path / "r.csv", model=tmp_path / "m.onnx"), probabilities)
+    writer.close()
+    expected = io.StringIO()
+    rows = csv.writer(expected)
+    rows.writerow(header)
+    k = 0
+    for path, state, error in zip(paths, status, errors, strict=True):
+        if state == "ok":
+            p = probs[k]
+            order = np.argsort(-p, kind="stable")
+            row = [path, int(order[0]), f"{p[order[0]]:.6f}", int(order[1]), f"{p[order[1]]:.6f}"]
+            row += ["review" if reasons[k] else "ok", reasons[k], ""]
+            row += [f"{v:.6f}" for v in p] if probabilities else []
+            k += 1
+        else:
+            row = [path, "", "", "", "", state, "", error] + ([""] * 10 if probabilities else [])
+        rows.writerow(row)
+    written = (tmp_path / "r.csv").read_bytes()
+    assert written == expected.getvalue().encode(ENCODING, ERRORS)
+
+
 def test_walk_is_sorted_recursive_and_survives_link_loops(tmp_path: Path) -> None:
     for rel in [
         "b/2.png",
@@ -154,6 +197,18 @@ def test_walk_is_sorted_recursive_and_survives_link_loops(tmp_path: Path) -> Non
     found = list(walk(tmp_path, ("png", "jpg", "tif", "webp", "gif")))
     assert found == ["a/deeper/x.tif", "a/z.jpg", "b/1.PNG", "b/2.png", "top.webp"]
     assert list(walk(tmp_path, ("png",), recursive=False)) == []
+
+
+def test_a_names_suffix_is_what_splitext_gives() -> None:
+    """`walk.suffix`, the walk's own splitext: hidden files, runs of dots, no dot, case."""
+    from pipeline.classify.walk import suffix
+
+    names = [
+        "a.png", "A.PNG", ".png", "..png", "...png", ".hidden.png", "..a.png", "a.", ".", "..", "noext",
+        "a.b.JPG", "a..png", ".a.", "x.tar.gz", "ünï.PnG", "", "a .png", " .png",
+    ]  # fmt: skip
+    for name in names:
+        assert suffix(name) == os.path.splitext(name)[1].lower(), name
 
 
 def test_output_is_deterministic(
