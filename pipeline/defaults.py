@@ -186,9 +186,11 @@ BENCH_ROUNDS = 3
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "bmp", "gif", "tif", "tiff", "webp")
 # Images per model call in classify (a chunk is predicted in slices this size). The session's
 # memory grows with the batch, its speed does not: bncnn-x4 int8 on one thread took 796/838/846 us
-# per image at 64/128/256 (conv2d int8 92/86/87, in turns), its session and activations 50
-# against 136 MiB at 256, and each classify worker holds one.
-CLASSIFY_INFERENCE_BATCH = 64
+# per image at 64/128/256, its session and activations 50 against 136 MiB at 256, and each
+# classify worker holds one. Past 32 the activations of conv2d's first block (100 KB an image in
+# float) leave this core's 1 MB L2 cache: conv2d int8 59.2 us an image at 32 against 68.3 at 64,
+# micro 39.8 against 42.4; bncnn-x4 767 against 785 (medians of 11 in turns, one thread).
+CLASSIFY_INFERENCE_BATCH = 32
 # Files handed to a worker process at once: amortises inter-process overhead on 28x28 PNGs.
 CLASSIFY_CHUNK_SIZE = 256
 # Chunks classify times with a one-thread inference session (after the first, which warms the

@@ -22,7 +22,7 @@ from pipeline.formats import FORMATS, Format, format_of
 
 __all__ = [
     "Format", "KerasPredictor", "LiteRTPredictor", "OnnxPredictor", "Predictor",
-    "format_of", "load", "require",
+    "format_of", "load", "require", "run_sliced",
 ]  # fmt: skip
 
 
@@ -40,6 +40,15 @@ class Predictor(Protocol):
         """The probabilities and, from one pass, the features where the artifact has them
         (`defaults.FEATURES_NAME`; None where it has not)."""
         ...
+
+
+def run_sliced(predictor: Predictor, images: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """`predictor.run` of `images` (at least one) in slices of `step`: a session's memory grows
+    with its batch, and past a few dozen images its speed falls (defaults.CLASSIFY_INFERENCE_BATCH)."""
+    parts = [predictor.run(images[i : i + step]) for i in range(0, len(images), step)]
+    probs = np.concatenate([p for p, _ in parts])
+    features = [f for _, f in parts if f is not None]
+    return probs, (np.concatenate(features) if len(features) == len(parts) else None)
 
 
 def feature_view(model: Any) -> Any | None:

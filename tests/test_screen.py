@@ -27,10 +27,13 @@ class _Fixed:
     path: Path = Path("fixed.onnx")
     format: formats.Format = formats.Format.ONNX
     asked: list[int] = field(default_factory=list)
+    calls: list[int] = field(default_factory=list)  # images per call
+    scale: float = 1.0  # 255 where the images were scaled to [0, 1] (as classify gives them)
 
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        rows = images[:, 0, 0, 0].astype(int)
+        rows = np.rint(images[:, 0, 0, 0] * self.scale).astype(int)
         self.asked.extend(rows.tolist())
+        self.calls.append(len(rows))
         return self.probs[rows], self.features[rows]
 
     def predict(self, images: np.ndarray) -> np.ndarray:
@@ -62,6 +65,28 @@ def test_the_screen_answers_where_sure_and_near_and_sends_the_rest_on() -> None:
     assert np.isnan(features[0, :3]).all() and np.array_equal(features[1:, :3], then.features[1:])
     assert np.array_equal(features[:, 3:], first.features)
     assert np.array_equal(screened.predict(images), probs)
+
+
+def test_the_model_sees_what_the_screen_sends_on_from_a_whole_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """classify hands a screened model the whole chunk (`predict_digits`): the screen runs in
+    slices of CLASSIFY_INFERENCE_BATCH and the model on the rows sent on from all of it, in
+    slices of that size too, not one small call per slice of the screen's."""
+    from pipeline.classify.chunks import predict_digits
+
+    monkeypatch.setattr(defaults, "CLASSIFY_INFERENCE_BATCH", 4)
+    gate = review.FeatureGaussian(np.zeros((10, 2), np.float32), np.eye(2, dtype=np.float32), 1.0)
+    sure = [i % 2 == 0 for i in range(11)]  # the odd rows are sent on
+    screen_probs = np.concatenate([_onehot([3], 0.999 if s else 0.5) for s in sure])
+    first = _Fixed(screen_probs, np.zeros((11, 2), np.float32), scale=255)
+    then = _Fixed(_onehot([7] * 11, 0.97), np.ones((11, 3), np.float32), scale=255)
+    screened = screen.Screened(Path("model.onnx"), first, then, gate, width=3, confidence=0.995)
+    digits = np.zeros((11, 28, 28), np.uint8)
+    digits[:, 0, 0] = np.arange(11)  # each image's index in pixel [0, 0]
+    probs, features = predict_digits(screened, digits)
+    assert first.calls == [4, 4, 3] and first.asked == list(range(11))
+    assert then.calls == [4, 1] and then.asked == [1, 3, 5, 7, 9]
+    assert probs.argmax(axis=1).tolist() == [3 if s else 7 for s in sure]
+    assert features is not None and np.isnan(features[::2, :3]).all() and (features[1::2, :3] == 1).all()
 
 
 def test_each_row_is_reviewed_by_the_network_that_answered_it() -> None:

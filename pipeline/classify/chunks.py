@@ -72,14 +72,14 @@ def decode_chunk(
 def predict_digits(predictor: runtime.Predictor, digits: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """Probabilities, and the model's features where it has them (for the review), for a uint8
     [n, 28, 28] batch (n may be 0): the one inference call of both engines, made in slices of
-    CLASSIFY_INFERENCE_BATCH (a session's memory grows with its batch)."""
+    CLASSIFY_INFERENCE_BATCH (`runtime.run_sliced`). A predictor that slices what it is given
+    itself (`slices`: a screen and the model behind it, `screen.Screened`) gets the whole chunk,
+    so that the model sees every row the screen sends on from it in one batch."""
     if not len(digits):
         return np.zeros((0, 10), np.float32), None
-    step = defaults.CLASSIFY_INFERENCE_BATCH
-    parts = [predictor.run(preprocess.scale(digits[i : i + step])) for i in range(0, len(digits), step)]
-    probs = np.concatenate([p for p, _ in parts])
-    features = [f for _, f in parts if f is not None]
-    return probs, (np.concatenate(features) if len(features) == len(parts) else None)
+    if getattr(predictor, "slices", False):
+        return predictor.run(preprocess.scale(digits))
+    return runtime.run_sliced(predictor, preprocess.scale(digits), defaults.CLASSIFY_INFERENCE_BATCH)
 
 
 def screened_rows(features: np.ndarray | None) -> int:
