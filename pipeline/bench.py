@@ -135,10 +135,10 @@ class RunBench:
 def _measure(name: str, cmd: list[str], images: int, memory: bool = True) -> RunBench:
     """Run `cmd`, timing it and, with `memory`, sampling its process tree's memory every 20 ms.
 
-    The sampling is not free: reading the PSS of classify's three processes took 17 ms of the
-    kernel's time a sample, about half of one of this machine's two cores, and a 20,000-PNG
-    classify timed 2.04-2.33 s sampled against 1.62-1.87 s without (docs/benchmarks.md). A run
-    timed for a share of the ceiling is therefore not sampled (`memory=False`, peak 0)."""
+    The sampling is not free: for each process's PSS the kernel walks its memory map, and at
+    this rate that took about half of one of this machine's two cores, from the command being
+    timed (docs/benchmarks.md). A run timed for a share of the ceiling is therefore not sampled
+    (`memory=False`, peak 0)."""
     peak = 0
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -150,13 +150,13 @@ def _measure(name: str, cmd: list[str], images: int, memory: bool = True) -> Run
             peak = max(peak, _tree_pss_kib(proc.pid))
             time.sleep(0.02)
 
-    sampler = threading.Thread(target=sample, daemon=True)
-    if memory:
+    sampler = threading.Thread(target=sample, daemon=True) if memory else None
+    if sampler is not None:
         sampler.start()
     stdout, stderr = proc.communicate()
     seconds = time.perf_counter() - start
     done.set()
-    if memory:
+    if sampler is not None:
         sampler.join()
     if proc.returncode != 0:
         raise PipelineError(f"benchmark step {name!r} failed: {stderr.strip().splitlines()[-1:]}")

@@ -7,8 +7,8 @@ user mistake never shows a traceback. Heavy libraries are imported by the stages
 
 Unlike the rest of the package, this module's annotations are evaluated where they are written
 (no `from __future__ import annotations`): Typer reads every command's annotations each time the
-command line starts, and as strings it evaluated each of them twice (building the command tree
-took 25-33 ms instead of 6-8, before any command ran).
+command line starts, and as strings it evaluated each of them twice: most of the time it took
+to build the command tree before any command ran (docs/benchmarks.md).
 """
 
 import atexit

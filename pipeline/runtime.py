@@ -43,9 +43,10 @@ class Predictor(Protocol):
 
 
 def run_sliced(predictor: Predictor, images: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """`predictor.run` of `images` (at least one) in slices of `step`: a session's memory grows
-    with its batch, and past a few dozen images its speed falls (defaults.CLASSIFY_INFERENCE_BATCH)."""
-    parts = [predictor.run(images[i : i + step]) for i in range(0, len(images), step)]
+    """`predictor.run` of `images` in slices of `step` (no images: one call, as unsliced): a
+    session's memory grows with its batch, and past a few dozen images its speed falls
+    (defaults.CLASSIFY_INFERENCE_BATCH)."""
+    parts = [predictor.run(images[i : i + step]) for i in range(0, max(len(images), 1), step)]
     probs = np.concatenate([p for p, _ in parts])
     features = [f for _, f in parts if f is not None]
     return probs, (np.concatenate(features) if len(features) == len(parts) else None)

@@ -63,6 +63,17 @@ def test_onnx_metadata_and_opset(exported: Path) -> None:
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops  # QDQ format
 
 
+def test_every_onnx_file_computes_only_what_its_poolings_read(exported: Path) -> None:
+    """The exporter's last pass (`trim_unpooled_outputs`) runs on every ONNX quantization: the
+    seed CNN's third and fourth convolutions (7x7 and 3x3 maps, pooled 2x2) lose their end padding."""
+    onnx_files = sorted(exported.glob("*.onnx"))
+    assert len(onnx_files) >= 3
+    for path in onnx_files:
+        model = onnx.load(str(path))
+        pads = [_pads(model, n.name) for n in model.graph.node if n.op_type == "Conv"]
+        assert pads == [[1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 0, 0]], (path.name, pads)
+
+
 def test_tflite_metadata(exported: Path) -> None:
     from pipeline.manifest import artifact_metadata
 

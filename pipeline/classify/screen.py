@@ -62,8 +62,7 @@ class Screened:
 
         Both networks run in slices of CLASSIFY_INFERENCE_BATCH, the model on the rows sent on
         from all of `images`: given 32 at a time, it saw about three a call, and the ensemble
-        costs more an image in such small batches (a classify worker's 2,048 PNGs: 170 against
-        160 us an image with the 64-image slices before)."""
+        costs more an image in such small batches (docs/benchmarks.md)."""
         step = defaults.CLASSIFY_INFERENCE_BATCH
         probs, seen = runtime.run_sliced(self.first, images, step)
         if seen is None:

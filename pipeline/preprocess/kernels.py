@@ -215,8 +215,9 @@ def digit_evidence(
     side by side (columns overlapping by at most `overlap` of the narrower one's width).
 
     `review.shape_features` and `review.side_by_side_batch` made these with a dozen numpy passes
-    and OpenCV's labelling of a stack of the images, for every chunk classify decodes: 7.4 us an
-    image against about 2 here (tests hold the two to the same answers).
+    and OpenCV's labelling of a stack of the images, for every chunk classify decodes; one pass
+    here takes a quarter of their time (docs/benchmarks.md), and the tests hold the two to the
+    same answers.
     """
     n, h, w = digits.shape
     counts = np.zeros((n, len(EVIDENCE_COUNTS)), np.int64)
