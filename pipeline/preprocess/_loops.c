@@ -1843,11 +1843,19 @@ done:
     return result;
 }
 
-/* Union-find over component labels: the root of `x`, halving the path on the way. */
-static int32_t label_root(int32_t *parent, int32_t x) {
-    while (parent[x] != x) {
-        parent[x] = parent[parent[x]];
-        x = parent[x];
+/* A run of ink along a row, and, for the run that is a component's root, the component's ink
+ * and columns (digit_evidence). */
+typedef struct {
+    Py_ssize_t lo, hi;            /* the run's first and last column */
+    Py_ssize_t area, left, right; /* its component's, where it is the root */
+    int32_t parent;
+} ink_run;
+
+/* Union-find over runs: the root of run `x`, halving the path on the way. */
+static int32_t run_root(ink_run *runs, int32_t x) {
+    while (runs[x].parent != x) {
+        runs[x].parent = runs[runs[x].parent].parent;
+        x = runs[x].parent;
     }
     return x;
 }
@@ -1874,10 +1882,9 @@ static PyObject *digit_evidence(PyObject *self, PyObject *args) {
     Py_buffer counts = {0}, several = {0};
     PyObject *result = NULL;
     uint8_t *mask = NULL, *cols = NULL;
-    Py_ssize_t *run_lo = NULL, *run_hi = NULL, *area = NULL, *lo = NULL, *hi = NULL, *big = NULL;
-    int32_t *parent = NULL;
+    ink_run *runs = NULL;
+    Py_ssize_t *big = NULL, capacity = 0;
     const Py_ssize_t w = d.w, n = hh > 0 ? d.h / hh : 0, size = hh * w;
-    const Py_ssize_t most_runs = hh * ((w + 1) / 2) + 1; /* runs are separated by a gap */
     if (PyObject_GetBuffer(cobj, &counts, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) goto done;
     if (PyObject_GetBuffer(sobj, &several, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) goto done;
     if (hh < 1 || w < 1 || d.h % hh || counts.itemsize != 8 || counts.len != n * 5 * 8 || several.itemsize != 1 ||
@@ -1887,14 +1894,7 @@ static PyObject *digit_evidence(PyObject *self, PyObject *args) {
     }
     mask = malloc((size_t)size);
     cols = malloc((size_t)w);
-    run_lo = malloc(sizeof(Py_ssize_t) * (size_t)most_runs);
-    run_hi = malloc(sizeof(Py_ssize_t) * (size_t)most_runs);
-    area = malloc(sizeof(Py_ssize_t) * (size_t)most_runs);
-    lo = malloc(sizeof(Py_ssize_t) * (size_t)most_runs);
-    hi = malloc(sizeof(Py_ssize_t) * (size_t)most_runs);
-    big = malloc(sizeof(Py_ssize_t) * (size_t)most_runs);
-    parent = malloc(sizeof(int32_t) * (size_t)most_runs);
-    if (!mask || !cols || !run_lo || !run_hi || !area || !lo || !hi || !big || !parent) {
+    if (!mask || !cols) {
         PyErr_NoMemory();
         goto done;
     }
@@ -1902,7 +1902,7 @@ static PyObject *digit_evidence(PyObject *self, PyObject *args) {
     uint8_t *flags = (uint8_t *)several.buf;
     for (Py_ssize_t i = 0; i < n; i++) {
         int64_t pixels = 0, changes = 0, sum = 0;
-        Py_ssize_t top = -1, bottom = -1, left = -1, right = -1;
+        Py_ssize_t top = -1, bottom = -1, left = -1, right = -1, starts = 0;
         memset(cols, 0, (size_t)w);
         for (Py_ssize_t r = 0; r < hh; r++) {
             const uint8_t *row = (const uint8_t *)d.data + (i * hh + r) * d.s0;
@@ -1915,7 +1915,11 @@ static PyObject *digit_evidence(PyObject *self, PyObject *args) {
                 in_row += on;
                 sum += on ? v : 0;
             }
-            for (Py_ssize_t c = 1; c < w; c++) changes += m[c] != m[c - 1];
+            starts += m[0];
+            for (Py_ssize_t c = 1; c < w; c++) {
+                changes += m[c] != m[c - 1];
+                starts += m[c] > m[c - 1];
+            }
             if (r)
                 for (Py_ssize_t c = 0; c < w; c++) changes += m[c] != m[c - w];
             if (in_row) {
@@ -1934,12 +1938,27 @@ static PyObject *digit_evidence(PyObject *self, PyObject *args) {
         out[i * 5 + 2] = pixels ? right - left + 1 : 0;
         out[i * 5 + 3] = pixels ? bottom - top + 1 : 0;
         out[i * 5 + 4] = sum;
+        if (starts > INT32_MAX) {
+            PyErr_SetString(PyExc_ValueError, "too many runs of ink in one image");
+            goto done;
+        }
+        if (starts > capacity) { /* as many as this image has: digits have a few dozen */
+            ink_run *more = realloc(runs, sizeof(ink_run) * (size_t)starts);
+            Py_ssize_t *more_big = realloc(big, sizeof(Py_ssize_t) * (size_t)starts);
+            if (more) runs = more;
+            if (more_big) big = more_big;
+            if (!more || !more_big) {
+                PyErr_NoMemory();
+                goto done;
+            }
+            capacity = starts;
+        }
         /* Components from the runs of each row: a run joins every run of the row above whose
          * columns reach within one of its own. */
-        Py_ssize_t runs = 0, above = 0, above_end = 0;
+        Py_ssize_t found = 0, above = 0, above_end = 0;
         for (Py_ssize_t r = 0; r < hh; r++) {
             const uint8_t *m = mask + r * w;
-            Py_ssize_t first = runs;
+            Py_ssize_t first = found;
             for (Py_ssize_t c = 0; c < w;) {
                 if (!m[c]) {
                     c++;
@@ -1947,44 +1966,46 @@ static PyObject *digit_evidence(PyObject *self, PyObject *args) {
                 }
                 Py_ssize_t s0 = c;
                 while (c < w && m[c]) c++;
-                run_lo[runs] = s0;
-                run_hi[runs] = c - 1;
-                parent[runs] = (int32_t)runs;
-                int32_t root = (int32_t)runs;
+                ink_run *run = &runs[found];
+                run->lo = s0;
+                run->hi = c - 1;
+                run->parent = (int32_t)found;
+                int32_t root = (int32_t)found;
                 for (Py_ssize_t k = above; k < above_end; k++) {
-                    if (run_hi[k] < s0 - 1 || run_lo[k] > c) continue;
-                    int32_t other = label_root(parent, (int32_t)k);
+                    if (runs[k].hi < s0 - 1 || runs[k].lo > c) continue;
+                    int32_t other = run_root(runs, (int32_t)k);
                     if (other == root) continue;
                     if (other < root) {
                         int32_t t = root;
                         root = other;
                         other = t;
                     }
-                    parent[other] = root;
+                    runs[other].parent = root;
                 }
-                runs++;
+                found++;
             }
             above = first;
-            above_end = runs;
+            above_end = found;
         }
-        for (Py_ssize_t k = 0; k < runs; k++) {
-            area[k] = 0;
-            lo[k] = w;
-            hi[k] = -1;
+        for (Py_ssize_t k = 0; k < found; k++) {
+            runs[k].area = 0;
+            runs[k].left = w;
+            runs[k].right = -1;
         }
-        for (Py_ssize_t k = 0; k < runs; k++) {
-            int32_t root = label_root(parent, (int32_t)k);
-            area[root] += run_hi[k] - run_lo[k] + 1;
-            lo[root] = run_lo[k] < lo[root] ? run_lo[k] : lo[root];
-            hi[root] = run_hi[k] > hi[root] ? run_hi[k] : hi[root];
+        for (Py_ssize_t k = 0; k < found; k++) {
+            ink_run *root = &runs[run_root(runs, (int32_t)k)];
+            root->area += runs[k].hi - runs[k].lo + 1;
+            root->left = runs[k].lo < root->left ? runs[k].lo : root->left;
+            root->right = runs[k].hi > root->right ? runs[k].hi : root->right;
         }
         Py_ssize_t nbig = 0;
-        for (Py_ssize_t k = 0; k < runs; k++)
-            if (area[k] && (double)area[k] >= share * (double)pixels) big[nbig++] = k;
+        for (Py_ssize_t k = 0; k < found; k++)
+            if (runs[k].area && (double)runs[k].area >= share * (double)pixels) big[nbig++] = k;
         int side_by_side = 0;
         for (Py_ssize_t a = 0; a < nbig && !side_by_side; a++)
             for (Py_ssize_t b = a + 1; b < nbig && !side_by_side; b++) {
-                Py_ssize_t la = lo[big[a]], ra = hi[big[a]] + 1, lb = lo[big[b]], rb = hi[big[b]] + 1;
+                const ink_run *ra_ = &runs[big[a]], *rb_ = &runs[big[b]];
+                Py_ssize_t la = ra_->left, ra = ra_->right + 1, lb = rb_->left, rb = rb_->right + 1;
                 Py_ssize_t common = (ra < rb ? ra : rb) - (la > lb ? la : lb);
                 Py_ssize_t narrower = ra - la < rb - lb ? ra - la : rb - lb;
                 side_by_side = (double)common <= overlap * (double)narrower;
@@ -1995,13 +2016,8 @@ static PyObject *digit_evidence(PyObject *self, PyObject *args) {
 done:
     free(mask);
     free(cols);
-    free(run_lo);
-    free(run_hi);
-    free(area);
-    free(lo);
-    free(hi);
+    free(runs);
     free(big);
-    free(parent);
     if (counts.obj) PyBuffer_Release(&counts);
     if (several.obj) PyBuffer_Release(&several);
     PyBuffer_Release(&d.view);
