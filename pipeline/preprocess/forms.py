@@ -41,6 +41,15 @@ def _count(mask: np.ndarray) -> int:
     return int(np.count_nonzero(mask))
 
 
+def _union(pixels: dict[FormLine, np.ndarray], lines: list[FormLine]) -> np.ndarray:
+    """The pixels of any of `lines` (at least one), or-ed into one copy: numpy's
+    `logical_or.reduce` of the list first stacked every mask into a new array."""
+    union = pixels[lines[0]].copy()
+    for line in lines[1:]:
+        union |= pixels[line]
+    return union
+
+
 def _oriented(array: np.ndarray, vertical: bool) -> np.ndarray:
     """A view in which `line`'s band is rows lo:hi (writes go through to `array`)."""
     return array.T if vertical else array
@@ -317,7 +326,7 @@ def _accept(lines: list[FormLine], pixels: dict[FormLine, np.ndarray], mask: np.
     An upright line must also meet an accepted line or face another upright across the digit:
     alone it is more likely a 1.
     """
-    digit = mask & ~np.logical_or.reduce([pixels[line] for line in lines])
+    digit = mask & ~_union(pixels, lines)
     stroke = stroke_width(digit)
     profiles: dict[bool, _Profile] = {}
     ends = {line: _ends(line, digit, stroke, profiles) for line in lines}
@@ -368,7 +377,7 @@ def _stays_alone(line: FormLine, mask: np.ndarray, total: int) -> bool:
     """
     if line.vertical:
         return True
-    per_column = mask.sum(axis=0)
+    per_column = np.count_nonzero(mask, axis=0)
     beyond = max(int(per_column[: line.start].sum()), int(per_column[line.end :].sum()))
     return beyond >= defaults.FORM_LINE_MIN_DIGIT * total
 
@@ -401,7 +410,7 @@ def erase_form_lines(values: np.ndarray, located: Located | None = None) -> np.n
         return None
     pixels = {line: _line_pixels(mask, line, extent) for line in lines}  # each line's, once
     while lines:
-        on_lines = np.logical_or.reduce([pixels[line] for line in lines])
+        on_lines = _union(pixels, lines)
         digit = mask & ~on_lines
         if _count(digit) >= defaults.FORM_LINE_MIN_DIGIT * total:
             break
@@ -426,7 +435,7 @@ def erase_form_lines(values: np.ndarray, located: Located | None = None) -> np.n
     accepted = _accept(lines, pixels, mask)
     if not accepted:
         return None
-    digit = mask & ~np.logical_or.reduce([pixels[line] for line in accepted])
+    digit = mask & ~_union(pixels, accepted)
     erase = np.zeros_like(mask)
     for line in accepted:
         line_ink = _oriented(pixels[line], line.vertical).copy()
