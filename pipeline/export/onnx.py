@@ -225,6 +225,13 @@ def onnx_head(graph: Any) -> tuple[list[str], list[str]]:
     return classifier_head([defaults.OUTPUT_NAME] if defaults.OUTPUT_NAME in names else names, producer)
 
 
+def _attr(node: Any, name: str, default: Any) -> Any:
+    """A node's attribute as ONNX gives it (an int, a float, bytes, a list of ints), or `default`."""
+    from onnx import helper
+
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+
+
 def image_convolutions(graph: Any) -> list[str]:
     """The convolutions that read the one-channel image itself: quantization leaves them float.
 
@@ -244,7 +251,7 @@ def image_convolutions(graph: Any) -> list[str]:
     for node in graph.node:
         if node.op_type != "Conv" or node.input[0] not in images or node.input[1] not in weights:
             continue
-        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        group = _attr(node, "group", 1)
         if group == 1 and weights[node.input[1]].dims[1] == 1:
             found.append(node.name)
     return found
@@ -266,7 +273,7 @@ _MONOTONE = frozenset({"Relu", "Clip", "Sigmoid", "Tanh"})
 
 def _never_decreases(node: Any) -> bool:
     if node.op_type == "LeakyRelu":
-        alpha = next((a.f for a in node.attribute if a.name == "alpha"), 0.01)
+        alpha = _attr(node, "alpha", 0.01)
         return alpha >= 0
     return node.op_type in _MONOTONE
 
@@ -322,17 +329,13 @@ _PER_VALUE = frozenset(
 )  # fmt: skip
 
 
-def _ints(node: Any, name: str, default: list[int]) -> list[int]:
-    return next((list(a.ints) for a in node.attribute if a.name == name), default)
-
-
 def _per_value(node: Any) -> bool:
     """Whether `node` maps each value of its first input to one output value, whatever the
     spatial size: a quantization per tensor or per channel (axis 1), or a `_PER_VALUE` operator."""
     if node.op_type not in _PER_VALUE or len(node.output) != 1:
         return False
     if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
-        return next((a.i for a in node.attribute if a.name == "axis"), 1) == 1
+        return _attr(node, "axis", 1) == 1
     return True
 
 
@@ -359,15 +362,15 @@ def _pooled_through(
 def _floor_pooling(pool: Any, spatial: int) -> tuple[list[int], list[int]] | None:
     """A pooling's window and strides where it pools whole windows from the first value on (no
     padding, no dilation, floor mode, no indices); None for any other."""
-    window = _ints(pool, "kernel_shape", [])
-    auto_pad = next((a.s for a in pool.attribute if a.name == "auto_pad"), b"NOTSET")
+    window = _attr(pool, "kernel_shape", [])
+    auto_pad = _attr(pool, "auto_pad", b"NOTSET")
     if (
         len(window) != spatial or len(pool.output) != 1 or auto_pad not in (b"NOTSET", b"VALID")
-        or any(_ints(pool, "pads", [0] * 2 * spatial)) or any(d != 1 for d in _ints(pool, "dilations", []))
-        or next((a.i for a in pool.attribute if a.name == "ceil_mode"), 0)
+        or any(_attr(pool, "pads", [0] * 2 * spatial)) or any(d != 1 for d in _attr(pool, "dilations", []))
+        or _attr(pool, "ceil_mode", 0)
     ):  # fmt: skip
         return None
-    return window, _ints(pool, "strides", [1] * spatial)
+    return window, _attr(pool, "strides", [1] * spatial)
 
 
 def _weight_window(graph: Any, info: dict[str, Any], weights: str) -> list[int]:
@@ -407,14 +410,14 @@ def trim_unpooled_outputs(model: Any) -> Any:
         sizes, out_sizes = _dims(info[conv.input[0]])[2:], _dims(info[conv.output[0]])[2:]
         spatial = len(out_sizes)
         pooling = _floor_pooling(pool, spatial)
-        auto_pad = next((a.s for a in conv.attribute if a.name == "auto_pad"), b"NOTSET")
+        auto_pad = _attr(conv, "auto_pad", b"NOTSET")
         if pooling is None or auto_pad != b"NOTSET" or None in sizes or None in out_sizes or not spatial:
             continue
         window, pool_strides = pooling
-        kernel = _ints(conv, "kernel_shape", []) or _weight_window(graph, info, conv.input[1])
-        strides = _ints(conv, "strides", [1] * spatial)
-        dilations = _ints(conv, "dilations", [1] * spatial)
-        pads = _ints(conv, "pads", [0] * 2 * spatial)
+        kernel = _attr(conv, "kernel_shape", []) or _weight_window(graph, info, conv.input[1])
+        strides = _attr(conv, "strides", [1] * spatial)
+        dilations = _attr(conv, "dilations", [1] * spatial)
+        pads = _attr(conv, "pads", [0] * 2 * spatial)
         if len(kernel) != spatial:
             continue
         trimmed = list(pads)
