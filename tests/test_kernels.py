@@ -241,6 +241,100 @@ def test_absorbed_ink_is_opencvs_divide_and_stretch(widest: bool) -> None:
     assert np.array_equal(absorbed(gray, paper, 0), by_opencv(gray, paper))
 
 
+def _enlarged_by_numpy(level: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """`kernels.enlarge` written out: OpenCV's INTER_LINEAR source positions and 11-bit weights
+    (float32 as OpenCV computes them), both passes in exact integers, one rounding."""
+
+    def weights(size: int, out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        at = ((np.arange(out) + 0.5) * (1.0 / (out / size)) - 0.5).astype(np.float32)
+        lo = np.floor(at).astype(np.int64)
+        frac = (at - lo.astype(np.float32)).astype(np.float32)
+        frac[(lo < 0) | (lo >= size - 1)] = 0
+        lo = np.clip(lo, 0, size - 1)
+        a0 = np.rint((np.float32(1) - frac) * np.float32(2048)).astype(np.int64)
+        return lo, np.minimum(lo + 1, size - 1), a0, np.rint(frac * np.float32(2048)).astype(np.int64)
+
+    x0, x1, a0, a1 = weights(level.shape[1], shape[1])
+    y0, y1, b0, b1 = weights(level.shape[0], shape[0])
+    pixels = level.astype(np.int64)
+    across = pixels[:, x0] * a0 + pixels[:, x1] * a1
+    return ((across[y0] * b0[:, None] + across[y1] * b1[:, None] + (1 << 21)) >> 22).astype(np.uint8)
+
+
+def test_enlarge_is_the_exact_bilinear_and_near_opencvs(widest: bool) -> None:
+    """The paper level's enlargement must be the integer bilinear written out in numpy, byte for
+    byte, on any sizes (enlarging, shrinking a little, one pixel, sizes off the 8- and 32-pixel
+    vector steps, a strided view), and within one level of OpenCV's INTER_LINEAR, which it
+    stands in for (OpenCV rounds its vector and scalar paths differently)."""
+    import cv2
+
+    rng = np.random.default_rng(12)
+    for i in range(400):
+        sh, sw = (int(n) for n in rng.integers(1, 80, 2))
+        h, w = (int(n) for n in rng.integers(1, 700, 2))
+        level = rng.integers(0, 256, (sh, sw), dtype=np.uint8)
+        if i % 4 == 0:  # hard edges: the largest steps between neighbours
+            level = (level > 128).astype(np.uint8) * 255
+        if i % 7 == 0:
+            level = rng.integers(0, 256, (2 * sh, sw + 3), dtype=np.uint8)[::2, 3:]
+        got = kernels.enlarge(level, (h, w))
+        assert np.array_equal(got, _enlarged_by_numpy(level, (h, w))), i
+        opencv = cv2.resize(np.ascontiguousarray(level), (w, h), interpolation=cv2.INTER_LINEAR)
+        assert np.abs(opencv.astype(int) - got).max() <= 1, i
+    level = rng.integers(0, 256, (9, 7), dtype=np.uint8)
+    assert np.array_equal(kernels.enlarge(level, level.shape), level)  # its own size: itself
+
+
+def test_absorbed_ink_enlarges_the_level_as_enlarge_does(widest: bool) -> None:
+    """Given the paper at a small size, the ink must be the one made from the level `enlarge`
+    gives the page's size (OpenCV's divide and stretch of it), blanks refused the same way."""
+    import cv2
+
+    from pipeline.preprocess.normalize import _stretch
+
+    rng = np.random.default_rng(13)
+    for i in range(300):
+        h, w = (int(n) for n in rng.integers(1, 300, 2))
+        level = rng.integers(100, 256, (int(rng.integers(1, 65)), int(rng.integers(1, 65))), dtype=np.uint8)
+        paper = kernels.enlarge(level, (h, w))
+        strokes = rng.integers(0, int(rng.integers(1, 256)), (h, w)) * (rng.random((h, w)) < 0.3)
+        gray = np.clip(paper.astype(int) - strokes, 0, 255).astype(np.uint8)
+        values = cv2.divide(
+            cv2.subtract(paper, gray),
+            cv2.max(paper, np.ones((1, 1), np.uint8)),
+            scale=255.0,
+            dtype=cv2.CV_32F,
+        )
+        try:
+            expected: np.ndarray | None = _stretch(values)
+        except BlankImageError:
+            expected = None
+        got = kernels.absorbed_ink(gray, level, defaults.BLANK_MAX_INK)
+        assert (got is None) == (expected is None), i
+        assert got is None or np.array_equal(got, expected), i
+
+
+@pytest.mark.parametrize("light_paper", [True, False])
+def test_paper_level_is_pils_three_steps(light_paper: bool, widest: bool) -> None:
+    """The small paper level must be PIL's box reduction, MaxFilter (MinFilter on dark paper) and
+    GaussianBlur of the page, to the pixel: on noise, on a page with strokes, on a strided view, on
+    sizes smaller than the filter, and at the level's own size."""
+    from PIL import Image, ImageFilter
+
+    rng = np.random.default_rng(14)
+    pages = [
+        rng.integers(0, 256, (int(h), int(w)), dtype=np.uint8) for h, w in rng.integers(56, 500, (20, 2))
+    ]
+    pages.append(rng.integers(0, 256, (300, 401), dtype=np.uint8)[::3, 1:])
+    pages.append(np.where(rng.random((150, 220)) < 0.05, 20, 230).astype(np.uint8))
+    for page in pages:
+        for size in ((64, max(1, round(64 * page.shape[0] / page.shape[1]))), (5, 3), page.shape[::-1]):
+            rank = ImageFilter.MaxFilter(9) if light_paper else ImageFilter.MinFilter(9)
+            pil = Image.fromarray(np.ascontiguousarray(page)).resize(size, Image.Resampling.BOX)
+            expected = np.asarray(pil.filter(rank).filter(ImageFilter.GaussianBlur(4)))
+            assert np.array_equal(kernels.paper_level(page, size, light_paper, 9, 4.0), expected), size
+
+
 def _fit_by_pil(digit: np.ndarray) -> np.ndarray | None:
     """`kernels.fit_and_centre` as the scan path computed it before, step by step (PIL's resizes
     through `kernels.resize`, OpenCV's dilation and moments, numpy's shift): the reference."""
@@ -480,6 +574,13 @@ def _read_only(shape: tuple[int, int]) -> np.ndarray:
         lambda: kernels.resize(np.zeros((4, 5), np.uint8), (3, 3), 2),  # BILINEAR: not a scan's
         lambda: _loops.resize(np.zeros((4, 5), np.uint8), 3, 3, 1, np.zeros((4, 4), np.uint8)),
         lambda: _loops.gaussian_blur(np.zeros((4, 5), np.uint8), 4.0, np.zeros((5, 4), np.uint8)),
+        lambda: kernels.enlarge(np.zeros((0, 5), np.uint8), (4, 4)),  # nothing to enlarge
+        lambda: kernels.enlarge(np.zeros((4, 5), np.uint8), (0, 4)),
+        lambda: kernels.paper_level(np.zeros((4, 5), np.uint8), (2, 2), True, 8, 4.0),  # an even rank
+        lambda: kernels.paper_level(np.zeros((4, 5), np.uint8), (0, 2), True, 9, 4.0),
+        lambda: kernels.paper_level(np.zeros((4, 5), np.uint8), (2, 2), True, 9, -1.0),
+        lambda: kernels.absorbed_ink(np.zeros((4, 5), np.uint8), np.zeros((0, 2), np.uint8), 10),  # no level
+        lambda: kernels.absorbed_ink(np.zeros((4, 5), np.uint8)[:, ::2], np.zeros((2, 2), np.uint8), 10),
         lambda: _loops.digit_evidence(  # 28 rows are not stacks of 5
             np.zeros((28, 28), np.uint8), 5, 64, 0.2, 0.25, np.zeros((5, 5), np.int64), np.zeros(5, bool)
         ),

@@ -105,6 +105,32 @@ static int contiguous_rows(const grid *g, const uint8_t **image, Py_ssize_t *str
     return 0;
 }
 
+/* A grid's pixels copied into a new contiguous buffer (NULL, MemoryError set, if out of memory). */
+static uint8_t *packed_copy(const grid *g) {
+    uint8_t *copy = malloc((size_t)(g->h * g->w > 0 ? g->h * g->w : 1));
+    if (!copy) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    for (Py_ssize_t r = 0; r < g->h; r++)
+        for (Py_ssize_t c = 0; c < g->w; c++) copy[r * g->w + c] = (uint8_t)AT(g, r, c);
+    return copy;
+}
+
+/* A contiguous h x w image into a grid of that shape, a row at a time (the strides held in
+ * locals: a byte store may alias them). */
+static void unpack_into(const uint8_t *pixels, grid *out) {
+    char *to = out->data;
+    const Py_ssize_t t0 = out->s0, t1 = out->s1, h = out->h, w = out->w;
+    for (Py_ssize_t r = 0; r < h; r++) {
+        if (t1 == 1) {
+            memcpy(to + r * t0, pixels + r * w, (size_t)w);
+        } else {
+            for (Py_ssize_t c = 0; c < w; c++) to[r * t0 + c * t1] = (char)pixels[r * w + c];
+        }
+    }
+}
+
 /* Whether the AVX2 loops run: where the processor has them (asked once), unless
  * `use_widest(False)` turned them off (the tests check the loops every x86-64 runs that way). */
 static int widest_allowed = 1;
@@ -500,24 +526,33 @@ static inline unsigned char row_max(const unsigned char *p, Py_ssize_t w) {
 
 /* Count the bytes of a contiguous row that are at least `first` into counts. Ink is a small part
  * of a scan: a block of 16 bytes with none that high (one compare of the whole block) is
- * skipped. */
-static void count_high(const unsigned char *p, Py_ssize_t w, int first, int64_t *counts) {
+ * skipped; a block with some is counted whole, without a branch per byte (a byte under `first`
+ * adds 0), into four tables in turn, so that runs of one level (a stroke's core) do not wait on
+ * each other's increments. `counts`: 4 x 256, summed by the caller (counts_total). */
+static void count_high(const unsigned char *p, Py_ssize_t w, int first, int64_t (*counts)[256]) {
     Py_ssize_t c = 0;
 #if defined(__SSE2__)
     /* Unsigned b >= first exactly when max(b, first) == b. */
     const __m128i low = _mm_set1_epi8((char)first);
     for (; c + 16 <= w; c += 16) {
         __m128i block = _mm_loadu_si128((const __m128i *)(p + c));
-        int high = _mm_movemask_epi8(_mm_cmpeq_epi8(_mm_max_epu8(block, low), block));
-        while (high) {
-            int k = __builtin_ctz((unsigned)high);
-            counts[p[c + k]]++;
-            high &= high - 1;
+        if (!_mm_movemask_epi8(_mm_cmpeq_epi8(_mm_max_epu8(block, low), block))) continue;
+        for (int k = 0; k < 16; k += 4) {
+            const unsigned char *q = p + c + k;
+            counts[0][q[0]] += q[0] >= first;
+            counts[1][q[1]] += q[1] >= first;
+            counts[2][q[2]] += q[2] >= first;
+            counts[3][q[3]] += q[3] >= first;
         }
     }
 #endif
     for (; c < w; c++)
-        if (p[c] >= first) counts[p[c]]++;
+        if (p[c] >= first) counts[0][p[c]]++;
+}
+
+/* The four tables of count_high, summed into the first. */
+static void counts_total(int64_t (*counts)[256]) {
+    for (int v = 0; v < 256; v++) counts[0][v] += counts[1][v] + counts[2][v] + counts[3][v];
 }
 
 /* The 90th percentile of the levels from `first` up, by their counts (256 if there are none). */
@@ -551,7 +586,7 @@ static PyObject *stretch_levels(PyObject *self, PyObject *args) {
         }
     }
     int first = top / 2 + 1;
-    int64_t counts[256];
+    int64_t counts[4][256];
     memset(counts, 0, sizeof(counts));
     for (Py_ssize_t r = 0; r < g.h; r++) {
         const unsigned char *p = d + r * g.s0;
@@ -559,11 +594,12 @@ static PyObject *stretch_levels(PyObject *self, PyObject *args) {
             count_high(p, g.w, first, counts);
         } else {
             for (Py_ssize_t c = 0; c < g.w; c++)
-                if (p[c * g.s1] >= first) counts[p[c * g.s1]]++;
+                if (p[c * g.s1] >= first) counts[0][p[c * g.s1]]++;
         }
     }
+    counts_total(counts);
     PyBuffer_Release(&g.view);
-    return Py_BuildValue("ii", top, levels_above(counts, first));
+    return Py_BuildValue("ii", top, levels_above(counts[0], first));
 }
 
 /* Grow the box (top, bottom, left, right; inclusive, top -1 when empty) by row r's nonzero
@@ -920,7 +956,201 @@ static float *kept_floats(size_t n) {
     return buffer;
 }
 
-/* absorbed_ink(gray, paper, min_top, out) -> (top, scale) (kernels). */
+/* Bilinear enlargement of the paper level (a small image) to the page's size: each output
+ * position's two source positions and their weights, in 11-bit fixed point (a1 rounded to the
+ * nearest, a0 = 2048 - a1), the source position of output d being (d + 0.5) * in / out - 0.5
+ * (pixel centres aligned, clamped at the edges), as OpenCV's INTER_LINEAR places them; the two
+ * passes are exact integer sums, rounded once, to the nearest. */
+typedef struct {
+    Py_ssize_t lo, hi;
+    int32_t a0, a1;
+} lerp;
+
+static lerp *lerp_weights(Py_ssize_t in_size, Py_ssize_t out_size) {
+    lerp *k = malloc(sizeof(lerp) * (size_t)(out_size > 0 ? out_size : 1));
+    if (!k) return NULL;
+    double scale = 1.0 / ((double)out_size / (double)in_size);
+    for (Py_ssize_t d = 0; d < out_size; d++) {
+        float f = (float)(((double)d + 0.5) * scale - 0.5);
+        float whole = floorf(f);
+        Py_ssize_t at = (Py_ssize_t)whole;
+        f -= whole;
+        if (at < 0) {
+            f = 0.0f;
+            at = 0;
+        }
+        if (at >= in_size - 1) {
+            f = 0.0f;
+            at = in_size - 1;
+        }
+        k[d].lo = at;
+        k[d].hi = at + 1 < in_size ? at + 1 : in_size - 1;
+        k[d].a1 = (int32_t)nearbyintf(f * 2048.0f);
+        k[d].a0 = 2048 - k[d].a1;
+    }
+    return k;
+}
+
+/* The horizontal pass of every small row: sh x w sums of two weighted pixels (11 fractional
+ * bits), from which each output row is a blend of two (enlarged_row). */
+static void across_plain(const uint8_t *small, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t w, const lerp *xs,
+                         int32_t *across) {
+    for (Py_ssize_t i = 0; i < sh; i++) {
+        const uint8_t *row = small + i * sw;
+        int32_t *out = across + i * w;
+        for (Py_ssize_t c = 0; c < w; c++) out[c] = row[xs[c].lo] * xs[c].a0 + row[xs[c].hi] * xs[c].a1;
+    }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+/* across_plain with AVX2, eight outputs an instruction: their sixteen source pixels (each output's
+ * two) picked out of the sixteen bytes from the first one by a byte shuffle, then multiplied by
+ * their weights and summed in pairs (madd). Enlarging, eight outputs span at most nine pixels;
+ * returns 0, having done nothing, where a block spans more than sixteen (a level shrunk by more
+ * than 15/8: never the paper's, but allowed). */
+__attribute__((target("avx2"))) static int across_avx2(const uint8_t *small, Py_ssize_t sh, Py_ssize_t sw,
+                                                         Py_ssize_t w, const lerp *xs, int32_t *across) {
+    Py_ssize_t blocks = w / 8, done = 0;
+    Py_ssize_t *base = malloc(sizeof(Py_ssize_t) * (size_t)(blocks > 0 ? blocks : 1));
+    uint8_t *picks = malloc((size_t)(16 * (blocks > 0 ? blocks : 1))), *row = malloc((size_t)(sw + 16));
+    int16_t *weights = malloc(sizeof(int16_t) * (size_t)(16 * (blocks > 0 ? blocks : 1)));
+    if (!base || !picks || !row || !weights) goto out;
+    for (Py_ssize_t b = 0; b < blocks; b++) {
+        base[b] = xs[8 * b].lo;
+        for (int k = 0; k < 8; k++) {
+            const lerp *x = xs + 8 * b + k;
+            if (x->lo - base[b] > 15 || x->hi - base[b] > 15 || x->lo < base[b]) goto out;
+            picks[16 * b + 2 * k] = (uint8_t)(x->lo - base[b]);
+            picks[16 * b + 2 * k + 1] = (uint8_t)(x->hi - base[b]);
+            weights[16 * b + 2 * k] = (int16_t)x->a0;
+            weights[16 * b + 2 * k + 1] = (int16_t)x->a1;
+        }
+    }
+    memset(row + sw, 0, 16); /* the last block's sixteen bytes may reach past the row */
+    for (Py_ssize_t i = 0; i < sh; i++) {
+        memcpy(row, small + i * sw, (size_t)sw);
+        int32_t *out = across + i * w;
+        for (Py_ssize_t b = 0; b < blocks; b++) {
+            __m128i pixels = _mm_loadu_si128((const __m128i *)(row + base[b]));
+            __m128i pairs = _mm_shuffle_epi8(pixels, _mm_loadu_si128((const __m128i *)(picks + 16 * b)));
+            __m256i sums = _mm256_madd_epi16(_mm256_cvtepu8_epi16(pairs),
+                                             _mm256_loadu_si256((const __m256i *)(weights + 16 * b)));
+            _mm256_storeu_si256((__m256i *)(out + 8 * b), sums);
+        }
+        for (Py_ssize_t c = 8 * blocks; c < w; c++) out[c] = row[xs[c].lo] * xs[c].a0 + row[xs[c].hi] * xs[c].a1;
+    }
+    done = 1;
+out:
+    free(base);
+    free(picks);
+    free(row);
+    free(weights);
+    return (int)done;
+}
+#endif
+
+/* across_plain's sums, in a new sh x w buffer (NULL if out of memory). */
+static int32_t *enlarged_columns(const uint8_t *small, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t w, const lerp *xs) {
+    int32_t *across = malloc(sizeof(int32_t) * (size_t)(sh * w > 0 ? sh * w : 1));
+    if (!across) return NULL;
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (avx2_here() && across_avx2(small, sh, sw, w, xs, across)) return across;
+#endif
+    across_plain(small, sh, sw, w, xs, across);
+    return across;
+}
+
+/* One output row: rows r0 and r1 of the horizontal pass blended by (2048 - b1, b1), as
+ * r0 * 2048 + (r1 - r0) * b1 (the same integer, one multiplication), rounded, shifted out of the
+ * weights' 22 fractional bits: 0..255, the weights summing to 2048 along both axes. */
+static void enlarged_row_plain(const int32_t *restrict r0, const int32_t *restrict r1, int32_t b1, Py_ssize_t w,
+                               uint8_t *restrict out) {
+    for (Py_ssize_t c = 0; c < w; c++) out[c] = (uint8_t)(((r0[c] << 11) + (r1[c] - r0[c]) * b1 + (1 << 21)) >> 22);
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+/* enlarged_row_plain with AVX2, 32 pixels a step: four sets of eight sums packed to bytes, whose
+ * lanes the packs interleave and a permutation puts back in order. */
+__attribute__((target("avx2"))) static void enlarged_row_avx2(const int32_t *r0, const int32_t *r1, int32_t b1,
+                                                                Py_ssize_t w, uint8_t *out) {
+    const __m256i half = _mm256_set1_epi32(1 << 21), weight = _mm256_set1_epi32(b1);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    Py_ssize_t c = 0;
+    for (; c + 32 <= w; c += 32) {
+        __m256i v[4];
+        for (int j = 0; j < 4; j++) {
+            __m256i a = _mm256_loadu_si256((const __m256i *)(r0 + c + 8 * j));
+            __m256i b = _mm256_loadu_si256((const __m256i *)(r1 + c + 8 * j));
+            __m256i sum = _mm256_add_epi32(_mm256_add_epi32(_mm256_slli_epi32(a, 11), half),
+                                           _mm256_mullo_epi32(_mm256_sub_epi32(b, a), weight));
+            v[j] = _mm256_srai_epi32(sum, 22);
+        }
+        __m256i bytes = _mm256_packus_epi16(_mm256_packs_epi32(v[0], v[1]), _mm256_packs_epi32(v[2], v[3]));
+        _mm256_storeu_si256((__m256i *)(out + c), _mm256_permutevar8x32_epi32(bytes, order));
+    }
+    enlarged_row_plain(r0 + c, r1 + c, b1, w - c, out + c);
+}
+#endif
+
+/* Output row `y` of the enlarged level (see lerp_weights) from `across` (enlarged_columns). */
+static void enlarged_row(const int32_t *across, Py_ssize_t w, const lerp *y, uint8_t *out) {
+    const int32_t *r0 = across + y->lo * w, *r1 = across + y->hi * w;
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (avx2_here()) {
+        enlarged_row_avx2(r0, r1, y->a1, w, out);
+        return;
+    }
+#endif
+    enlarged_row_plain(r0, r1, y->a1, w, out);
+}
+
+/* enlarge(small, out): the small level bilinearly enlarged to `out`'s size (see lerp_weights). */
+static PyObject *enlarge(PyObject *self, PyObject *args) {
+    PyObject *in_obj, *out_obj;
+    if (!PyArg_ParseTuple(args, "OO", &in_obj, &out_obj)) return NULL;
+    grid in, out;
+    if (in_and_out(in_obj, &in, out_obj, &out) < 0) return NULL;
+    PyObject *result = NULL;
+    uint8_t *small = NULL, *row = NULL;
+    lerp *xs = NULL, *ys = NULL;
+    int32_t *across = NULL;
+    if (in.h < 1 || in.w < 1 || out.h < 1 || out.w < 1) {
+        PyErr_SetString(PyExc_ValueError, "expected a non-empty image and a non-empty output");
+        goto done;
+    }
+    if (!(small = packed_copy(&in))) goto done;
+    xs = lerp_weights(in.w, out.w);
+    ys = lerp_weights(in.h, out.h);
+    row = malloc((size_t)out.w);
+    across = xs ? enlarged_columns(small, in.h, in.w, out.w, xs) : NULL;
+    if (!ys || !row || !across) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t r = 0; r < out.h; r++) {
+        char *to = out.data + r * out.s0;
+        if (out.s1 == 1) {
+            enlarged_row(across, out.w, ys + r, (uint8_t *)to);
+        } else {
+            enlarged_row(across, out.w, ys + r, row);
+            const Py_ssize_t step = out.s1, w = out.w;
+            for (Py_ssize_t c = 0; c < w; c++) to[c * step] = (char)row[c];
+        }
+    }
+    result = Py_NewRef(Py_None);
+done:
+    free(small);
+    free(row);
+    free(xs);
+    free(ys);
+    free(across);
+    PyBuffer_Release(&in.view);
+    PyBuffer_Release(&out.view);
+    return result;
+}
+
+/* absorbed_ink(gray, level, min_top, out) -> (top, scale) (kernels): `level` is the paper's
+ * level at a small size, enlarged to the page a row at a time (enlarged_row) as the ink is made. */
 static PyObject *absorbed_ink(PyObject *self, PyObject *args) {
     PyObject *gobj, *pobj, *oobj;
     int min_top;
@@ -937,9 +1167,21 @@ static PyObject *absorbed_ink(PyObject *self, PyObject *args) {
         return NULL;
     }
     PyObject *result = NULL;
+    uint8_t *small = NULL, *paper = NULL;
+    lerp *xs = NULL, *ys = NULL;
+    int32_t *across = NULL;
     const Py_ssize_t h = g.h, w = g.w;
-    if (p.h != h || p.w != w || o.h != h || o.w != w || g.s1 != 1 || p.s1 != 1 || o.s1 != 1) {
-        PyErr_SetString(PyExc_ValueError, "expected three 8-bit images of one shape, rows contiguous");
+    if (o.h != h || o.w != w || g.s1 != 1 || o.s1 != 1 || h < 1 || w < 1 || p.h < 1 || p.w < 1) {
+        PyErr_SetString(PyExc_ValueError, "expected a non-empty page and its ink of one shape, rows contiguous, and a level");
+        goto done;
+    }
+    if (!(small = packed_copy(&p))) goto done;
+    xs = lerp_weights(p.w, w);
+    ys = lerp_weights(p.h, h);
+    paper = malloc((size_t)w);
+    across = xs ? enlarged_columns(small, p.h, p.w, w, xs) : NULL;
+    if (!ys || !paper || !across) {
+        PyErr_NoMemory();
         goto done;
     }
     /* The ink rounded to 8 bits (into `out`, for now), its levels, then the stretched ink. */
@@ -955,31 +1197,38 @@ static PyObject *absorbed_ink(PyObject *self, PyObject *args) {
      * strongest level reaches min_top reads its counts from top / 2 + 1 >= min_top / 2 + 1 up
      * (one below min_top is a blank, whose scale nobody reads). */
     int low = (min_top > 0 ? min_top : 0) / 2 + 1, top = 0;
-    int64_t counts[256];
+    int64_t counts[4][256];
     memset(counts, 0, sizeof(counts));
     for (Py_ssize_t r = 0; r < h; r++) {
         unsigned char *row = (unsigned char *)o.data + r * o.s0;
-        row_of((const unsigned char *)g.data + r * g.s0, (const unsigned char *)p.data + r * p.s0, w, 1.0f, row,
-               keep ? keep + r * w : NULL);
+        enlarged_row(across, w, ys + r, paper);
+        row_of((const unsigned char *)g.data + r * g.s0, paper, w, 1.0f, row, keep ? keep + r * w : NULL);
         unsigned char m = row_max(row, w);
         top = m > top ? m : top;
         count_high(row, w, low, counts);
     }
     int first = top / 2 + 1;
-    int scale = levels_above(counts, first > low ? first : low);
+    counts_total(counts);
+    int scale = levels_above(counts[0], first > low ? first : low);
     if (top >= min_top) {
         float alpha = (float)(255.0 / (double)scale); /* what OpenCV multiplies by */
         for (Py_ssize_t r = 0; r < h; r++) {
             unsigned char *row = (unsigned char *)o.data + r * o.s0;
-            if (keep)
+            if (keep) {
                 scaled_row(keep + r * w, w, alpha, row);
-            else
-                row_of((const unsigned char *)g.data + r * g.s0, (const unsigned char *)p.data + r * p.s0, w, alpha,
-                       row, NULL);
+            } else {
+                enlarged_row(across, w, ys + r, paper);
+                row_of((const unsigned char *)g.data + r * g.s0, paper, w, alpha, row, NULL);
+            }
         }
     }
     result = Py_BuildValue("ii", top, scale);
 done:
+    free(small);
+    free(paper);
+    free(xs);
+    free(ys);
+    free(across);
     PyBuffer_Release(&g.view);
     PyBuffer_Release(&p.view);
     PyBuffer_Release(&o.view);
@@ -1053,68 +1302,65 @@ static void box_columns(const uint8_t *in, uint8_t *out, Py_ssize_t h, Py_ssize_
     box_columns_plain(in, out, h, w, r, ww, fw, sum);
 }
 
-/* gaussian_blur(image, radius, out): PIL's ImageFilter.GaussianBlur(radius) of an 8-bit image
- * (three extended-box passes along the rows, then three along the columns), into `out`. The
- * row passes run down the columns of the transposed image (see box_columns). */
+/* PIL's ImageFilter.GaussianBlur(sigma) of a contiguous h x w 8-bit image, in place (three
+ * extended-box passes along the rows, then three along the columns). The row passes run down the
+ * columns of the transposed image (see box_columns). 0, or -1 if out of memory. */
+static int blur_pixels(uint8_t *image, Py_ssize_t h, Py_ssize_t w, double sigma) {
+    if (!(sigma > 0) || h < 1 || w < 1) return 0;
+    uint8_t *a = malloc((size_t)(h * w)), *b = malloc((size_t)(h * w));
+    uint32_t *sum = malloc(sizeof(uint32_t) * (size_t)(h > w ? h : w));
+    if (!a || !b || !sum) {
+        free(a);
+        free(b);
+        free(sum);
+        return -1;
+    }
+    float radius = box_radius((float)sigma, 3);
+    int whole = (int)radius;
+    uint32_t ww = (uint32_t)((float)(1 << 24) / (radius * 2 + 1));
+    uint32_t fw = ((1u << 24) - (uint32_t)(whole * 2 + 1) * ww) / 2;
+    for (Py_ssize_t r = 0; r < h; r++) /* transposed: w rows of h */
+        for (Py_ssize_t c = 0; c < w; c++) a[c * h + r] = image[r * w + c];
+    box_columns(a, b, w, h, whole, ww, fw, sum);
+    box_columns(b, a, w, h, whole, ww, fw, sum);
+    box_columns(a, b, w, h, whole, ww, fw, sum);
+    for (Py_ssize_t c = 0; c < w; c++) /* back upright */
+        for (Py_ssize_t r = 0; r < h; r++) a[r * w + c] = b[c * h + r];
+    box_columns(a, b, h, w, whole, ww, fw, sum);
+    box_columns(b, a, h, w, whole, ww, fw, sum);
+    box_columns(a, image, h, w, whole, ww, fw, sum);
+    free(a);
+    free(b);
+    free(sum);
+    return 0;
+}
+
+/* gaussian_blur(image, radius, out): PIL's ImageFilter.GaussianBlur(radius) of an 8-bit image,
+ * into `out` (blur_pixels). */
 static PyObject *gaussian_blur(PyObject *self, PyObject *args) {
     PyObject *in_obj, *out_obj;
     double sigma;
     if (!PyArg_ParseTuple(args, "OdO", &in_obj, &sigma, &out_obj)) return NULL;
     grid in, out;
     if (in_and_out(in_obj, &in, out_obj, &out) < 0) return NULL;
-    Py_ssize_t h = in.h, w = in.w, size = h * w > 0 ? h * w : 1;
-    uint8_t *a = malloc((size_t)size), *b = malloc((size_t)size);
-    uint32_t *sum = malloc(sizeof(uint32_t) * (size_t)(h > w ? h : w > 0 ? w : 1));
-    if (out.h != h || out.w != w || !a || !b || !sum || !(sigma >= 0)) {
-        int no_memory = !a || !b || !sum;
-        free(a);
-        free(b);
-        free(sum);
-        PyBuffer_Release(&in.view);
-        PyBuffer_Release(&out.view);
-        if (no_memory) return PyErr_NoMemory();
+    PyObject *result = NULL;
+    uint8_t *pixels = NULL;
+    if (out.h != in.h || out.w != in.w || !(sigma >= 0)) {
         PyErr_SetString(PyExc_ValueError, "out must have the image's shape; radius >= 0");
-        return NULL;
+        goto done;
     }
-    if (sigma > 0 && h > 0 && w > 0) {
-        float radius = box_radius((float)sigma, 3);
-        int whole = (int)radius;
-        uint32_t ww = (uint32_t)((float)(1 << 24) / (radius * 2 + 1));
-        uint32_t fw = ((1u << 24) - (uint32_t)(whole * 2 + 1) * ww) / 2;
-        const char *pixels = in.data;
-        const Py_ssize_t s0 = in.s0, s1 = in.s1;
-        for (Py_ssize_t r = 0; r < h; r++) /* transposed: w rows of h */
-            for (Py_ssize_t c = 0; c < w; c++) a[c * h + r] = (uint8_t)pixels[r * s0 + c * s1];
-        box_columns(a, b, w, h, whole, ww, fw, sum);
-        box_columns(b, a, w, h, whole, ww, fw, sum);
-        box_columns(a, b, w, h, whole, ww, fw, sum);
-        for (Py_ssize_t c = 0; c < w; c++) /* back upright */
-            for (Py_ssize_t r = 0; r < h; r++) a[r * w + c] = b[c * h + r];
-        box_columns(a, b, h, w, whole, ww, fw, sum);
-        box_columns(b, a, h, w, whole, ww, fw, sum);
-        box_columns(a, b, h, w, whole, ww, fw, sum);
-    } else {
-        const char *pixels = in.data;
-        const Py_ssize_t s0 = in.s0, s1 = in.s1;
-        for (Py_ssize_t r = 0; r < h; r++)
-            for (Py_ssize_t c = 0; c < w; c++) b[r * w + c] = (uint8_t)pixels[r * s0 + c * s1];
+    if (!(pixels = packed_copy(&in))) goto done;
+    if (blur_pixels(pixels, in.h, in.w, sigma) < 0) {
+        PyErr_NoMemory();
+        goto done;
     }
-    /* Out a row at a time (the strides held in locals: a byte store may alias them). */
-    char *to = out.data;
-    const Py_ssize_t t0 = out.s0, t1 = out.s1;
-    for (Py_ssize_t r = 0; r < h; r++) {
-        if (t1 == 1) {
-            memcpy(to + r * t0, b + r * w, (size_t)w);
-        } else {
-            for (Py_ssize_t c = 0; c < w; c++) to[r * t0 + c * t1] = (char)b[r * w + c];
-        }
-    }
-    free(a);
-    free(b);
-    free(sum);
+    unpack_into(pixels, &out);
+    result = Py_NewRef(Py_None);
+done:
+    free(pixels);
     PyBuffer_Release(&in.view);
     PyBuffer_Release(&out.view);
-    Py_RETURN_NONE;
+    return result;
 }
 
 /* frame(image) -> (sum, light, count) of an 8-bit image's border frame, as normalize._border
@@ -1514,17 +1760,17 @@ release:
     return done;
 }
 
-/* PIL's MaxFilter(k) of a contiguous h x w image in place (k odd; edges repeated, as OpenCV's
- * dilation with a k x k square and BORDER_REPLICATE): the maximum along the rows, then down the
- * columns (a square's maximum is separable). `tmp`: h x w bytes. */
-static void max_filter_square(uint8_t *img, Py_ssize_t h, Py_ssize_t w, int k, uint8_t *tmp) {
+/* PIL's MaxFilter(k) (`maximum` 1) or MinFilter(k) (0) of a contiguous h x w image in place (k
+ * odd; edges repeated, as OpenCV's dilation or erosion with a k x k square and BORDER_REPLICATE):
+ * along the rows, then down the columns (a square's extreme is separable). `tmp`: h x w bytes. */
+static void rank_filter_square(uint8_t *img, Py_ssize_t h, Py_ssize_t w, int k, int maximum, uint8_t *tmp) {
     Py_ssize_t r2 = k / 2;
     for (Py_ssize_t r = 0; r < h; r++) {
         const uint8_t *row = img + r * w;
         for (Py_ssize_t c = 0; c < w; c++) {
             Py_ssize_t lo = c - r2 < 0 ? 0 : c - r2, hi = c + r2 >= w ? w - 1 : c + r2;
-            uint8_t m = 0;
-            for (Py_ssize_t x = lo; x <= hi; x++) m = row[x] > m ? row[x] : m;
+            uint8_t m = row[lo];
+            for (Py_ssize_t x = lo + 1; x <= hi; x++) m = maximum ? (row[x] > m ? row[x] : m) : (row[x] < m ? row[x] : m);
             tmp[r * w + c] = m;
         }
     }
@@ -1534,7 +1780,10 @@ static void max_filter_square(uint8_t *img, Py_ssize_t h, Py_ssize_t w, int k, u
         memcpy(out, tmp + lo * w, (size_t)w);
         for (Py_ssize_t y = lo + 1; y <= hi; y++) {
             const uint8_t *row = tmp + y * w;
-            for (Py_ssize_t c = 0; c < w; c++) out[c] = row[c] > out[c] ? row[c] : out[c];
+            if (maximum)
+                for (Py_ssize_t c = 0; c < w; c++) out[c] = row[c] > out[c] ? row[c] : out[c];
+            else
+                for (Py_ssize_t c = 0; c < w; c++) out[c] = row[c] < out[c] ? row[c] : out[c];
         }
     }
 }
@@ -1590,7 +1839,7 @@ static PyObject *fit_and_centre(PyObject *self, PyObject *args) {
     }
     if (0 < width && width < min_stroke) {
         int grow = 2 * (int)nearbyint((target_stroke - width) / 2) + 1; /* MaxFilter(k) widens by k - 1 */
-        max_filter_square(mid, mh, mw, grow > 3 ? grow : 3, tmp);
+        rank_filter_square(mid, mh, mw, grow > 3 ? grow : 3, 1, tmp);
     }
     /* Into the box, placed in the field, then moved so its centre of mass is the field's. */
     if (resize_pixels(mid, mw, mh, mw, nw, nh, FILTER_LANCZOS, small) < 0) goto done;
@@ -1624,6 +1873,49 @@ done:
     free(placed);
     PyBuffer_Release(&d.view);
     PyBuffer_Release(&o.view);
+    return result;
+}
+
+/* paper_level(gray, rank, maximum, radius, out): the paper's level at `out`'s small size: PIL's
+ * box reduction of the page to it, its MaxFilter(rank) (`maximum`; MinFilter for light ink on
+ * dark paper), then its GaussianBlur(radius) (normalize._local_level). */
+static PyObject *paper_level(PyObject *self, PyObject *args) {
+    PyObject *in_obj, *out_obj;
+    int rank, maximum;
+    double radius;
+    if (!PyArg_ParseTuple(args, "OipdO", &in_obj, &rank, &maximum, &radius, &out_obj)) return NULL;
+    grid in, out;
+    if (in_and_out(in_obj, &in, out_obj, &out) < 0) return NULL;
+    PyObject *result = NULL;
+    uint8_t *src = NULL, *small = NULL, *tmp = NULL;
+    const Py_ssize_t sh = out.h, sw = out.w;
+    if (in.h < 1 || in.w < 1 || sh < 1 || sw < 1 || rank < 1 || rank % 2 == 0 || !(radius >= 0)) {
+        PyErr_SetString(PyExc_ValueError, "expected a non-empty page and level, an odd rank and radius >= 0");
+        goto done;
+    }
+    const uint8_t *image;
+    Py_ssize_t stride;
+    if (contiguous_rows(&in, &image, &stride, &src) < 0) goto done;
+    small = malloc((size_t)(sh * sw));
+    tmp = malloc((size_t)(sh * sw));
+    if (!small || !tmp) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (resize_pixels(image, stride, in.h, in.w, sw, sh, FILTER_BOX, small) < 0) goto done;
+    rank_filter_square(small, sh, sw, rank, maximum, tmp);
+    if (blur_pixels(small, sh, sw, radius) < 0) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    unpack_into(small, &out);
+    result = Py_NewRef(Py_None);
+done:
+    free(src);
+    free(small);
+    free(tmp);
+    PyBuffer_Release(&in.view);
+    PyBuffer_Release(&out.view);
     return result;
 }
 
@@ -2042,6 +2334,8 @@ static PyMethodDef methods[] = {
     {"stretch_levels", stretch_levels, METH_VARARGS, "Strongest level and scale (see kernels.stretch_levels)."},
     {"resize", resize, METH_VARARGS, "PIL's Image.resize of an 8-bit image (see kernels.resize)."},
     {"frame", frame, METH_VARARGS, "Sum, light pixels and count of the border frame (see kernels.frame)."},
+    {"paper_level", paper_level, METH_VARARGS, "The paper's level at a small size (see kernels.paper_level)."},
+    {"enlarge", enlarge, METH_VARARGS, "A small level enlarged bilinearly (see kernels.enlarge)."},
     {"gaussian_blur", gaussian_blur, METH_VARARGS, "PIL's GaussianBlur of an 8-bit image (see kernels.gaussian_blur)."},
     {"digit_evidence", digit_evidence, METH_VARARGS, "Ink counts and side-by-side components of digits (see kernels.digit_evidence)."},
     {NULL, NULL, 0, NULL},

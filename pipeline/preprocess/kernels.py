@@ -168,26 +168,51 @@ def stretch_levels(rounded: np.ndarray) -> tuple[int, int]:
     return _loops.stretch_levels(rounded)
 
 
-def absorbed_ink(gray: np.ndarray, paper: np.ndarray, min_top: int) -> np.ndarray | None:
+def absorbed_ink(gray: np.ndarray, level: np.ndarray, min_top: int) -> np.ndarray | None:
     """`normalize._ink_values` for dark ink on light paper under a local paper level: the ink as
     the fraction of the paper's light it absorbs, 255 * (paper - pixel) / paper (0 where the paper
     is darker), in float32 as OpenCV's divide gives it, then `normalize._stretch` of it (the levels
     of its rounding, then scaled, rounded and saturated as OpenCV's convertScaleAbs does): the same
-    bytes in two passes instead of six OpenCV calls, each a pass over the image. The divisions,
-    eight or four pixels an instruction (AVX2 where the processor has it, SSE2), bound it: their
-    float results are kept for the second pass in a buffer the process reuses (an image over 4
-    megapixels divides again instead). Returns the stretched ink, or None when its strongest level
-    is under `min_top` (a blank). `gray` and `paper`: 8-bit images of one shape, rows contiguous."""
+    bytes in two passes instead of six OpenCV calls, each a pass over the image. `level` is the
+    paper at its small size (`paper_level`), enlarged a row at a time as `enlarge` enlarges it,
+    so the page-sized paper is never made. The divisions, eight or four pixels an instruction
+    (AVX2 where the processor has it, SSE2), bound it: their float results are kept for the
+    second pass in a buffer the process reuses (an image over 4 megapixels divides again
+    instead). Returns the stretched ink, or None when its strongest level is under `min_top` (a
+    blank). `gray`: 8-bit, rows contiguous."""
     out = np.empty(gray.shape, np.uint8)
-    top, _ = _loops.absorbed_ink(gray, paper, min_top, out)
+    top, _ = _loops.absorbed_ink(gray, level, min_top, out)
     return out if top >= min_top else None
+
+
+def paper_level(
+    gray: np.ndarray, size: tuple[int, int], light_paper: bool, rank: int, radius: float
+) -> np.ndarray:
+    """The paper's brightness at a small `size` ((width, height), as PIL's): PIL's box reduction
+    of the page to it, its MaxFilter(rank) (MinFilter for light ink on dark paper), then its
+    GaussianBlur(radius); the same pixels as those three PIL steps, in one call."""
+    width, height = size
+    out = np.empty((height, width), np.uint8)
+    _loops.paper_level(gray, rank, light_paper, radius, out)
+    return out
+
+
+def enlarge(level: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A small 8-bit image enlarged bilinearly to `shape` (height, width): pixel centres aligned
+    and clamped at the edges as OpenCV's INTER_LINEAR places them, 11-bit weights, the two passes
+    summed exactly and rounded once to the nearest. OpenCV's own enlargement rounds its vector
+    and scalar paths differently, and differently from one version to the next; this one is the
+    same everywhere, and `absorbed_ink` makes it row by row."""
+    out = np.empty(shape, np.uint8)
+    _loops.enlarge(level, out)
+    return out
 
 
 def gaussian_blur(image: np.ndarray, radius: float) -> np.ndarray:
     """PIL's `ImageFilter.GaussianBlur(radius)` of an 8-bit image, the same pixels (three passes
     of an extended box along the rows, then along the columns, in PIL's fixed point; tested
-    against PIL), without the image's round trip through PIL: the paper level blurs a 64-pixel
-    image per scan, where that round trip cost more than the blur."""
+    against PIL), without the image's round trip through PIL. The scan path blurs inside
+    `paper_level`; this is the same C pass on its own, where the tests hold it to PIL."""
     out = np.empty_like(image)
     _loops.gaussian_blur(image, radius, out)
     return out
@@ -234,8 +259,8 @@ def resize(image: np.ndarray, size: tuple[int, int], resample: Image.Resampling)
     rounded to 22-bit fixed point, 8 bits between the passes, and the passes in PIL's order (the
     vertical one first when the height shrinks by more than twice what the width does: Pillow
     13's rule, read from its machine code; tests hold it to the installed Pillow). A scan is
-    resized three times; PIL's copies in and out, and its weights computed anew each time (a
-    Lanczos weight is two sines), cost more than the passes."""
+    resized three times, inside `paper_level` and `fit_and_centre`; this is the same C passes on
+    their own, where the tests hold them to PIL."""
     width, height = size
     out = np.empty((height, width), np.uint8)
     _loops.resize(image, width, height, int(resample), out)

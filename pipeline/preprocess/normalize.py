@@ -23,7 +23,7 @@ from pipeline.errors import BlankImageError, ImageError
 from pipeline.preprocess import kernels
 from pipeline.preprocess.decode import REDUCTION_INFO, read_gray, to_gray, to_working_size
 from pipeline.preprocess.forms import erase_form_lines
-from pipeline.preprocess.masks import Located, bbox, locate, max_filter, min_filter
+from pipeline.preprocess.masks import Located, bbox, locate
 
 
 def _border(gray: np.ndarray) -> np.ndarray:
@@ -44,25 +44,24 @@ def _paper(gray: np.ndarray) -> tuple[float, bool]:
 
 
 def _local_level(gray: np.ndarray, light_paper: bool) -> np.ndarray:
-    """The paper's brightness under every pixel (uint8), for unevenly lit pages and photos.
+    """The paper's brightness, for unevenly lit pages and photos, at a small size (uint8, its
+    longer side _LEVEL_SIDE): `kernels.enlarge` gives it under every pixel.
 
     At a 64-pixel working size, a max filter (min filter for light ink on dark paper) wider than
-    any pen stroke removes the ink and leaves the paper; a blur smooths it, and it is scaled back
-    to full size. The small steps give PIL's pixels (its box reduction and Gaussian blur, which
-    `kernels` reproduces in C): OpenCV's stand-ins moved the level enough to change a few
-    form-field answers either way; only the full-size bilinear enlargement is OpenCV's.
+    any pen stroke removes the ink and leaves the paper; a blur smooths it. The small steps give
+    PIL's pixels (its box reduction, rank filter and Gaussian blur, which `kernels.paper_level`
+    reproduces in C): OpenCV's stand-ins moved the level enough to change a few form-field
+    answers either way.
     """
     h, w = gray.shape
     scale = _LEVEL_SIDE / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    small = kernels.resize(gray, size, Image.Resampling.BOX)  # PIL's box reduction, the same pixels
-    rank = max_filter if light_paper else min_filter
-    level = kernels.gaussian_blur(rank(small, 9), 4)  # PIL's GaussianBlur(4), the same pixels
-    return cv2.resize(level, (w, h), interpolation=cv2.INTER_LINEAR)
+    return kernels.paper_level(gray, size, light_paper, _LEVEL_RANK, _LEVEL_BLUR)
 
 
-# The paper level's working size, in pixels.
-_LEVEL_SIDE = 64
+# The paper level's working size, in pixels; its rank filter's size (wider than a pen stroke
+# there) and its blur's radius.
+_LEVEL_SIDE, _LEVEL_RANK, _LEVEL_BLUR = 64, 9, 4.0
 
 
 def _ink_values(gray: np.ndarray) -> np.ndarray:
@@ -83,13 +82,13 @@ def _ink_values(gray: np.ndarray) -> np.ndarray:
     """
     light_paper = _paper(gray)[1]
     if min(gray.shape) >= 2 * defaults.FIELD_SIZE:
-        paper = _local_level(gray, light_paper)
+        level = _local_level(gray, light_paper)
         if light_paper:  # 255 * (paper - pixel) / paper, negatives (paper darker than ink) to 0
-            ink = kernels.absorbed_ink(np.ascontiguousarray(gray), paper, defaults.BLANK_MAX_INK)
+            ink = kernels.absorbed_ink(np.ascontiguousarray(gray), level, defaults.BLANK_MAX_INK)
             if ink is None:
                 raise BlankImageError("blank: no ink found")
             return ink  # stretched as `_stretch` stretches
-        values = cv2.subtract(gray, paper)
+        values = cv2.subtract(gray, kernels.enlarge(level, gray.shape))
     else:
         values = 255 - gray if light_paper else gray
         values = np.clip(values.astype(np.float32) - float(np.median(_border(values))), 0, None)
