@@ -194,8 +194,10 @@ static int compare_int64(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-/* Fit a straight line to the ink of rows lo:hi, columns start:end (kernels: long_bands). */
-static int fit(const grid *m, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t start, Py_ssize_t end, double *row) {
+/* Fit a straight line to the ink of rows lo:hi, columns start:end (kernels: long_bands) of the
+ * contiguous 0/1 mask `flat`, w bytes a row. */
+static int fit(const unsigned char *flat, Py_ssize_t w, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t start,
+               Py_ssize_t end, double *row) {
     Py_ssize_t n = end - start, k = 0, used = 0;
     int64_t *counts = malloc(sizeof(int64_t) * 3 * (size_t)(n > 0 ? n : 1));
     double *xs = malloc(sizeof(double) * 2 * (size_t)(n > 0 ? n : 1));
@@ -207,18 +209,17 @@ static int fit(const grid *m, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t start, Py
     }
     int64_t *sums = counts + n, *inked = counts + 2 * n;
     double *ys = xs + n;
-    for (Py_ssize_t j = 0; j < n; j++) {
-        int64_t c = 0, s = 0;
-        for (Py_ssize_t r = lo; r < hi; r++) {
-            if (AT(m, r, start + j)) {
-                c += 1;
-                s += r;
-            }
+    /* Each column's ink and the sum of its rows, a row at a time (contiguous, vectorised). */
+    for (Py_ssize_t j = 0; j < n; j++) counts[j] = sums[j] = 0;
+    for (Py_ssize_t r = lo; r < hi; r++) {
+        const unsigned char *p = flat + r * w + start;
+        for (Py_ssize_t j = 0; j < n; j++) {
+            counts[j] += p[j];
+            sums[j] += p[j] * (int64_t)r;
         }
-        counts[j] = c;
-        sums[j] = s;
-        if (c > 0) inked[k++] = c;
     }
+    for (Py_ssize_t j = 0; j < n; j++)
+        if (counts[j] > 0) inked[k++] = counts[j];
     double thickness;
     if (k) {
         qsort(inked, (size_t)k, sizeof(int64_t), compare_int64);
@@ -314,9 +315,24 @@ static PyObject *long_bands(PyObject *self, PyObject *args) {
         unsigned char *dst = flat + r * w;
         if (m.s1 == 1) {
             for (Py_ssize_t c = 0; c < w; c++) dst[c] = src[c] != 0;
-        } else {
+        } else if (m.s0 != 1) {
             const Py_ssize_t step = m.s1;
             for (Py_ssize_t c = 0; c < w; c++) dst[c] = src[c * step] != 0;
+        }
+    }
+    if (m.s0 == 1 && m.s1 != 1) { /* a transposed view: read along the array's own rows, eight at a time */
+        Py_ssize_t c = 0;
+        for (; c + 8 <= w; c += 8) {
+            const unsigned char *src[8];
+            for (int k = 0; k < 8; k++) src[k] = (const unsigned char *)m.data + (c + k) * m.s1;
+            for (Py_ssize_t r = 0; r < h; r++) {
+                unsigned char *dst = flat + r * w + c;
+                for (int k = 0; k < 8; k++) dst[k] = src[k][r] != 0;
+            }
+        }
+        for (; c < w; c++) {
+            const unsigned char *src = (const unsigned char *)m.data + c * m.s1;
+            for (Py_ssize_t r = 0; r < h; r++) flat[r * w + c] = src[r] != 0;
         }
     }
     /* Row r grown is any ink in rows r - reach .. r + reach: a count per column over that window,
@@ -347,7 +363,6 @@ static PyObject *long_bands(PyObject *self, PyObject *args) {
             c = e >= w ? w : e + first_nonzero(grown + e, w - e);
         }
     }
-    free(flat);
     free(grown);
     free(count);
     double *rows = (double *)out.buf;
@@ -368,12 +383,13 @@ static PyObject *long_bands(PyObject *self, PyObject *args) {
             row[HI] = (double)hi;
             row[START] = (double)start;
             row[END] = (double)end;
-            failed = fit(&m, lo, hi, start, end, row) < 0;
+            failed = fit(flat, w, lo, hi, start, end, row) < 0;
             found++;
         }
         i = j + 1;
     }
     free(run);
+    free(flat);
     PyBuffer_Release(&m.view);
     PyBuffer_Release(&out);
     if (failed) return NULL;
@@ -777,38 +793,42 @@ static PyObject *erosion(PyObject *self, PyObject *args) {
 
 /* profile(mask, per_row, per_col) -> (height, first, last, total) of a bool mask (kernels). */
 static PyObject *profile(PyObject *self, PyObject *args) {
-    PyObject *mobj, *robj, *cobj;
-    if (!PyArg_ParseTuple(args, "OOO", &mobj, &robj, &cobj)) return NULL;
+    PyObject *mobj, *aobj;
+    if (!PyArg_ParseTuple(args, "OO", &mobj, &aobj)) return NULL;
     grid m;
     if (get_grid(mobj, &m, 0) < 0) return NULL;
-    Py_buffer rows, cols;
-    if (get_vector(robj, &rows, sizeof(int64_t), 1) < 0) {
+    Py_buffer areas;
+    if (get_vector(aobj, &areas, sizeof(int64_t), 1) < 0) {
         PyBuffer_Release(&m.view);
-        return NULL;
-    }
-    if (get_vector(cobj, &cols, sizeof(int64_t), 1) < 0) {
-        PyBuffer_Release(&m.view);
-        PyBuffer_Release(&rows);
         return NULL;
     }
     PyObject *result = NULL;
-    if (rows.len != m.h * (Py_ssize_t)sizeof(int64_t) || cols.len != m.w * (Py_ssize_t)sizeof(int64_t)) {
-        PyErr_SetString(PyExc_ValueError, "per_row and per_col must have one int64 per row and column");
+    const Py_ssize_t h = m.h, w = m.w, stride = w + 1;
+    int64_t *per_col = calloc((size_t)(w > 0 ? w : 1), sizeof(int64_t));
+    if (!per_col) {
+        PyErr_NoMemory();
         goto done;
     }
-    int64_t *per_row = (int64_t *)rows.buf, *per_col = (int64_t *)cols.buf;
-    memset(per_col, 0, sizeof(int64_t) * (size_t)m.w);
-    int64_t total = 0;
+    if (areas.len != (h + 1) * stride * (Py_ssize_t)sizeof(int64_t)) {
+        PyErr_SetString(PyExc_ValueError, "area must have one int64 per (row + 1, column + 1)");
+        goto done;
+    }
+    /* area[r][c]: the ink of rows < r, columns < c (a summed-area table, its first row and column
+     * zero), built row by row from each row's running count. */
+    int64_t *area = (int64_t *)areas.buf, total = 0;
+    memset(area, 0, sizeof(int64_t) * (size_t)stride);
     Py_ssize_t top = -1, bottom = -1;
-    for (Py_ssize_t r = 0; r < m.h; r++) {
+    for (Py_ssize_t r = 0; r < h; r++) {
         const char *p = m.data + r * m.s0;
-        int64_t n = 0;
-        for (Py_ssize_t c = 0; c < m.w; c++) {
+        const int64_t *above = area + r * stride;
+        int64_t *here = area + (r + 1) * stride, n = 0;
+        here[0] = 0;
+        for (Py_ssize_t c = 0; c < w; c++) {
             int on = p[c * m.s1] != 0;
             n += on;
             per_col[c] += on;
+            here[c + 1] = above[c + 1] + n;
         }
-        per_row[r] = n;
         total += n;
         if (n) {
             if (top < 0) top = r;
@@ -823,7 +843,7 @@ static PyObject *profile(PyObject *self, PyObject *args) {
      * numpy's cumsum / sum gives it (searchsorted: the first at or above). */
     Py_ssize_t first = -1, last = -1;
     int64_t running = 0;
-    for (Py_ssize_t c = 0; c < m.w && last < 0; c++) {
+    for (Py_ssize_t c = 0; c < w && last < 0; c++) {
         if (!per_col[c]) continue;
         running += per_col[c];
         double share = (double)running / (double)total;
@@ -832,9 +852,9 @@ static PyObject *profile(PyObject *self, PyObject *args) {
     }
     result = Py_BuildValue("nnnL", bottom - top + 1, first, last, (long long)total);
 done:
+    free(per_col);
     PyBuffer_Release(&m.view);
-    PyBuffer_Release(&rows);
-    PyBuffer_Release(&cols);
+    PyBuffer_Release(&areas);
     return result;
 }
 
@@ -1366,12 +1386,46 @@ done:
 /* frame(image) -> (sum, light, count) of an 8-bit image's border frame, as normalize._border
  * concatenates it (the bh top and bottom rows, then the bw left and right columns, corners in
  * both): the sum of its pixels, how many are above 127, and how many there are. */
+/* The sum of n contiguous bytes and how many are above 127 (their top bit set): sixteen bytes an
+ * instruction (SSE2's sum of absolute differences from zero, and the bytes' top bits). */
+static void sum_and_light(const unsigned char *p, Py_ssize_t n, long long *sum, long long *light) {
+    Py_ssize_t c = 0;
+#if defined(__SSE2__)
+    __m128i sums = _mm_setzero_si128();
+    long long high = 0;
+    for (; c + 16 <= n; c += 16) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(p + c));
+        sums = _mm_add_epi64(sums, _mm_sad_epu8(v, _mm_setzero_si128()));
+        high += __builtin_popcount((unsigned)_mm_movemask_epi8(v));
+    }
+    *sum += _mm_cvtsi128_si64(sums) + _mm_cvtsi128_si64(_mm_unpackhi_epi64(sums, sums));
+    *light += high;
+#endif
+    for (; c < n; c++) {
+        *sum += p[c];
+        *light += p[c] > 127;
+    }
+}
+
 static PyObject *frame(PyObject *self, PyObject *args) {
     grid g;
     if (only_grid(args, &g) < 0) return NULL;
     Py_ssize_t h = g.h, w = g.w, bh = h / 20 > 1 ? h / 20 : 1, bw = w / 20 > 1 ? w / 20 : 1;
     long long sum = 0, light = 0, count = 0;
-    if (h > 0 && w > 0) {
+    if (h > 0 && w > 0 && g.s1 == 1) { /* rows contiguous (a decoded page): runs of bytes */
+        for (Py_ssize_t i = 0; i < bh; i++) {
+            Py_ssize_t rows[2] = {i < h ? i : h - 1, h - bh + i >= 0 ? h - bh + i : 0};
+            for (int k = 0; k < 2; k++) sum_and_light((const unsigned char *)g.data + rows[k] * g.s0, w, &sum, &light);
+            count += 2 * w;
+        }
+        /* The columns: the first and last bw of every row (bw <= w: w / 20, or 1). */
+        for (Py_ssize_t r = 0; r < h; r++) {
+            const unsigned char *row = (const unsigned char *)g.data + r * g.s0;
+            sum_and_light(row, bw, &sum, &light);
+            sum_and_light(row + w - bw, bw, &sum, &light);
+        }
+        count += 2 * bw * h;
+    } else if (h > 0 && w > 0) {
         for (Py_ssize_t i = 0; i < bh; i++) {
             Py_ssize_t rows[2] = {i < h ? i : h - 1, h - bh + i >= 0 ? h - bh + i : 0};
             for (int k = 0; k < 2; k++) {
@@ -1471,8 +1525,12 @@ static int compute_weights(Py_ssize_t in_size, Py_ssize_t out_size, int filter, 
 /* The weights of the last sizes asked for, by (input size, output size, filter): a scan's digit
  * is resized to 80 and then 20 pixels, so the same sizes come back again and again, and a
  * Lanczos weight costs two sines. Direct-mapped, one table per axis (a resize's two lookups never
- * evict each other's weights); the module runs under the GIL, one call at a time. */
-#define CACHE_SLOTS 256
+ * evict each other's weights); the module runs under the GIL, one call at a time. The digits'
+ * shorter sides make thousands of (size, size) pairs over a run, so the tables are large: the
+ * weights a scan resizes with are a few kilobytes, and a worker holds those of the pairs it met
+ * (a few megabytes). */
+#define CACHE_BITS 12
+#define CACHE_SLOTS (1 << CACHE_BITS)
 enum { ALONG_ROWS, DOWN_COLUMNS };
 typedef struct {
     Py_ssize_t in_size, out_size;
@@ -1484,7 +1542,8 @@ static weights_slot caches[2][CACHE_SLOTS];
 
 static int axis_weights(int axis, Py_ssize_t in_size, Py_ssize_t out_size, int filter, const int **first,
                         const int **count, const int32_t **weights) {
-    size_t slot = ((size_t)in_size * 2654435761u + (size_t)out_size * 40503u + (size_t)filter) % CACHE_SLOTS;
+    uint64_t key = (uint64_t)in_size * 0x9E3779B97F4A7C15ull ^ (uint64_t)out_size * 0xC2B2AE3D27D4EB4Full ^ (uint64_t)filter;
+    size_t slot = (size_t)((key * 0x9E3779B97F4A7C15ull) >> (64 - CACHE_BITS));
     weights_slot *cache = caches[axis];
     if (!(cache[slot].ksize && cache[slot].in_size == in_size && cache[slot].out_size == out_size &&
           cache[slot].filter == filter)) {
@@ -1762,17 +1821,49 @@ release:
 
 /* PIL's MaxFilter(k) (`maximum` 1) or MinFilter(k) (0) of a contiguous h x w image in place (k
  * odd; edges repeated, as OpenCV's dilation or erosion with a k x k square and BORDER_REPLICATE):
- * along the rows, then down the columns (a square's extreme is separable). `tmp`: h x w bytes. */
+ * along the rows, then down the columns (a square's extreme is separable). Each row is first
+ * copied with its edge pixels repeated k / 2 times on either side, so every output is the extreme
+ * of k neighbours, sixteen outputs an instruction (SSE2's byte max and min). `tmp`: h x w bytes. */
 static void rank_filter_square(uint8_t *img, Py_ssize_t h, Py_ssize_t w, int k, int maximum, uint8_t *tmp) {
     Py_ssize_t r2 = k / 2;
-    for (Py_ssize_t r = 0; r < h; r++) {
-        const uint8_t *row = img + r * w;
-        for (Py_ssize_t c = 0; c < w; c++) {
-            Py_ssize_t lo = c - r2 < 0 ? 0 : c - r2, hi = c + r2 >= w ? w - 1 : c + r2;
-            uint8_t m = row[lo];
-            for (Py_ssize_t x = lo + 1; x <= hi; x++) m = maximum ? (row[x] > m ? row[x] : m) : (row[x] < m ? row[x] : m);
-            tmp[r * w + c] = m;
+    uint8_t *padded = malloc((size_t)(w + 2 * r2 + 16));
+    if (!padded) { /* no room for the padded row: one pixel at a time */
+        for (Py_ssize_t r = 0; r < h; r++) {
+            const uint8_t *row = img + r * w;
+            for (Py_ssize_t c = 0; c < w; c++) {
+                Py_ssize_t lo = c - r2 < 0 ? 0 : c - r2, hi = c + r2 >= w ? w - 1 : c + r2;
+                uint8_t m = row[lo];
+                for (Py_ssize_t x = lo + 1; x <= hi; x++)
+                    m = maximum ? (row[x] > m ? row[x] : m) : (row[x] < m ? row[x] : m);
+                tmp[r * w + c] = m;
+            }
         }
+    } else {
+        for (Py_ssize_t r = 0; r < h; r++) {
+            const uint8_t *row = img + r * w;
+            uint8_t *out = tmp + r * w;
+            memset(padded, row[0], (size_t)r2);
+            memcpy(padded + r2, row, (size_t)w);
+            memset(padded + r2 + w, row[w - 1], (size_t)(r2 + 16));
+            Py_ssize_t c = 0;
+#if defined(__SSE2__)
+            for (; c + 16 <= w; c += 16) {
+                __m128i m = _mm_loadu_si128((const __m128i *)(padded + c));
+                for (Py_ssize_t x = 1; x < k; x++) {
+                    __m128i v = _mm_loadu_si128((const __m128i *)(padded + c + x));
+                    m = maximum ? _mm_max_epu8(m, v) : _mm_min_epu8(m, v);
+                }
+                _mm_storeu_si128((__m128i *)(out + c), m);
+            }
+#endif
+            for (; c < w; c++) {
+                uint8_t m = padded[c];
+                for (Py_ssize_t x = 1; x < k; x++)
+                    m = maximum ? (padded[c + x] > m ? padded[c + x] : m) : (padded[c + x] < m ? padded[c + x] : m);
+                out[c] = m;
+            }
+        }
+        free(padded);
     }
     for (Py_ssize_t r = 0; r < h; r++) {
         Py_ssize_t lo = r - r2 < 0 ? 0 : r - r2, hi = r + r2 >= h ? h - 1 : r + r2;
@@ -2329,7 +2420,7 @@ static PyMethodDef methods[] = {
     {"bbox", bbox, METH_VARARGS, "The box of a mask's nonzero pixels (see kernels.bbox)."},
     {"locate", locate, METH_VARARGS, "The ink mask and its box (see kernels.locate)."},
     {"erosion", erosion, METH_VARARGS, "Ink, what a 3x3 erosion leaves of it, and where (see kernels.erosion)."},
-    {"profile", profile, METH_VARARGS, "Ink per row and column, and where it lies (see kernels.profile)."},
+    {"profile", profile, METH_VARARGS, "The ink's summed-area table, and where it lies (see kernels.profile)."},
     {"absorbed_ink", absorbed_ink, METH_VARARGS, "Ink absorbed from the paper, stretched (see kernels.absorbed_ink)."},
     {"stretch_levels", stretch_levels, METH_VARARGS, "Strongest level and scale (see kernels.stretch_levels)."},
     {"resize", resize, METH_VARARGS, "PIL's Image.resize of an 8-bit image (see kernels.resize)."},

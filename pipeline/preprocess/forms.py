@@ -176,8 +176,7 @@ class _Profile:
     """The digit's ink counted along one orientation (rows across the lines, columns along them):
     what `_ends` reads for every line of that orientation, counted once per digit."""
 
-    per_row: np.ndarray
-    per_col: np.ndarray
+    area: np.ndarray  # the summed-area table (`kernels.profile`): [r, c] holds rows < r, columns < c
     height: int  # first to last inked row
     first: int  # the ink's extent along the rows, 1% of it at either end (specks) left out
     last: int
@@ -191,6 +190,13 @@ def _profile(digit: np.ndarray, vertical: bool, profiles: dict[bool, _Profile]) 
     return profiles[vertical]
 
 
+def _inked(area: np.ndarray, top: int, bottom: int, left: int, right: int) -> int:
+    """The ink of rows top:bottom, columns left:right (within the table's mask) from its
+    summed-area table."""
+    below = area.item(bottom, right) - area.item(bottom, left)
+    return int(below - area.item(top, right) + area.item(top, left))
+
+
 def _ends(line: FormLine, digit: np.ndarray, stroke: float, profiles: dict[bool, _Profile]) -> _Ends | None:
     """For each end: whether the line passes the digit's extent along it by the overhang, with no
     digit ink within the last tenth of the line (a 7's bar ends at its stem). `profiles` holds
@@ -202,9 +208,11 @@ def _ends(line: FormLine, digit: np.ndarray, stroke: float, profiles: dict[bool,
     line is `through`: not a box's side, whose sides have the digit on one side only.
     """
     p = _profile(digit, line.vertical, profiles)
+    rows, columns = p.area.shape[0] - 1, p.area.shape[1] - 1
     crossing = max(2, round(defaults.FORM_LINE_CROSSING * p.height))
-    before = int(p.per_row[: max(0, line.lo - crossing)].sum())
-    after = int(p.per_row[line.hi + crossing :].sum())
+    top, bottom = max(0, line.lo - crossing), min(rows, line.hi + crossing)  # near the line
+    before = p.area.item(top, columns)
+    after = p.total - p.area.item(bottom, columns)
     far = min(before, after)
     through = far > defaults.FORM_LINE_FAR_INK * (before + after)
     if through and (line.vertical or far > defaults.FORM_LINE_THROUGH_INK * (before + after)):
@@ -214,10 +222,12 @@ def _ends(line: FormLine, digit: np.ndarray, stroke: float, profiles: dict[bool,
         round(defaults.FORM_LINE_OVERHANG * (p.last - p.first)),
         round(defaults.FORM_LINE_OVERHANG_STROKES * stroke),
     )
-    near = _oriented(digit, line.vertical)[max(0, line.lo - crossing) : line.hi + crossing]
     tip, allowed = max(2, (line.end - line.start) // 10), max(2, int(0.002 * p.total))
-    start = line.start <= p.first - overhang and _count(near[:, line.start : line.start + tip]) <= allowed
-    end = line.end >= p.last + overhang and _count(near[:, line.end - tip : line.end]) <= allowed
+    start = (
+        line.start <= p.first - overhang
+        and _inked(p.area, top, bottom, line.start, min(columns, line.start + tip)) <= allowed
+    )
+    end = line.end >= p.last + overhang and _inked(p.area, top, bottom, line.end - tip, line.end) <= allowed
     if through and not (start and end):
         return None
     return _Ends(start, end, overhang, after >= before, through)

@@ -150,16 +150,16 @@ def erosion(image: np.ndarray, threshold: int = 0) -> tuple[int, int, tuple[int,
     return area, eroded, ((top, bottom, left, right) if eroded else None)
 
 
-def profile(m: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, int, int, int]:
+def profile(m: np.ndarray) -> tuple[np.ndarray, int, int, int, int]:
     """`forms._profile` of the bool mask `m` (oriented so the lines run along its rows; any
-    strides; some ink): its ink per row and per column (int64), the height from the first inked
-    row to the last, the columns where the running share of the ink first reaches 1% and 99%
-    (plus one), and the total. One pass, where numpy took a sum along each axis, two nonzero
-    scans, a cumulative sum and two searches, each a call on a small array."""
-    per_row = np.empty(m.shape[0], np.int64)
-    per_col = np.empty(m.shape[1], np.int64)
-    height, first, last, total = _loops.profile(m, per_row, per_col)
-    return per_row, per_col, height, first, last, total
+    strides; some ink): its summed-area table (int64, one row and column more than `m`: entry
+    [r, c] is the ink of rows < r, columns < c), the height from the first inked row to the last,
+    the columns where the running share of the ink first reaches 1% and 99% (plus one), and the
+    total. One pass: `forms._ends` reads the ink on either side of a line and near its tips from
+    the table, four lookups a count, where numpy summed and counted slices for every line."""
+    area = np.empty((m.shape[0] + 1, m.shape[1] + 1), np.int64)
+    height, first, last, total = _loops.profile(m, area)
+    return area, height, first, last, total
 
 
 def stretch_levels(rounded: np.ndarray) -> tuple[int, int]:
