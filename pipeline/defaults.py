@@ -193,6 +193,10 @@ IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "bmp", "gif", "tif", "tiff", "webp")
 CLASSIFY_INFERENCE_BATCH = 32
 # Files handed to a worker process at once: amortises inter-process overhead on 28x28 PNGs.
 CLASSIFY_CHUNK_SIZE = 256
+# The fewest files in one of the shrinking chunks a run ends with (`local._chunks`): a chunk of
+# 256 scans is ~0.1 s of one worker, which the other workers would otherwise wait out at the end;
+# under 16 files a chunk costs more in its hand-over than the wait it saves.
+CLASSIFY_TAIL_CHUNK_MIN = 16
 # Chunks classify times with a one-thread inference session (after the first, which warms the
 # session up) before it sizes the inference thread pool: about a second of work, enough to average
 # out one slow file.

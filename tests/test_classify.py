@@ -211,6 +211,26 @@ def test_a_names_suffix_is_what_splitext_gives() -> None:
         assert suffix(name) == os.path.splitext(name)[1].lower(), name
 
 
+@pytest.mark.parametrize("count", [0, 1, 15, 255, 300, 767, 768, 1000, 10_000])
+def test_chunks_keep_the_walk_order_and_shrink_at_the_end(count: int) -> None:
+    """Every path once, in walk order; with two workers the run ends in chunks that shrink to the
+    floor (so the workers finish together), and one process keeps chunks of the full size."""
+    from pipeline import defaults
+
+    paths = [f"{i:05d}.png" for i in range(count)]
+    chunks = list(local._chunks(iter(paths), 256, 2))
+    assert [p for chunk in chunks for p in chunk] == paths
+    sizes = [len(chunk) for chunk in chunks]
+    assert all(0 < size <= 256 for size in sizes)
+    tail = [size for size in sizes if size < 256]
+    assert tail == sorted(tail, reverse=True)[: len(tail) - 1] + tail[-1:]  # shrinking, then the rest
+    if count > 2 * defaults.CLASSIFY_TAIL_CHUNK_MIN:
+        assert sizes[-2] == defaults.CLASSIFY_TAIL_CHUNK_MIN and len(chunks) >= 4
+    assert [len(chunk) for chunk in local._chunks(iter(paths), 256, 1)] == [256] * (count // 256) + (
+        [count % 256] if count % 256 else []
+    )
+
+
 def test_output_is_deterministic(
     int8_onnx: Path, test_digits: tuple[np.ndarray, np.ndarray], tmp_path: Path
 ) -> None:

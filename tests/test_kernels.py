@@ -636,6 +636,19 @@ def test_frame_counts_the_border_as_normalize_cuts_it() -> None:
             assert kernels.frame(view) == expected
 
 
+def test_resize_weights_survive_their_cache_filling_up() -> None:
+    """Tall images shrunk to 40 rows have wide Lanczos weights (900 taps an output row): sixty
+    of them fill the kept weights past their bound, which empties the table mid-resize while the
+    other axis's weights are in use. Every result must still be PIL's."""
+    from PIL import Image
+
+    rng = np.random.default_rng(21)
+    for i in range(70):
+        image = rng.integers(0, 256, (6000 + 7 * i, 5), dtype=np.uint8)
+        expected = np.asarray(Image.fromarray(image).resize((3, 40), Image.Resampling.LANCZOS))
+        assert np.array_equal(kernels.resize(image, (3, 40), Image.Resampling.LANCZOS), expected), i
+
+
 @pytest.mark.parametrize("resample", ["BOX", "BICUBIC", "LANCZOS"])
 def test_resize_gives_pils_pixels(resample: str, widest: bool) -> None:
     """Scans are resized three times (the paper level, the 80-pixel stroke check, the 20-pixel

@@ -31,15 +31,23 @@ from pipeline.errors import ClassifyError
 from pipeline.formats import Format
 
 
-def _chunks(paths: Iterator[str], size: int) -> Iterator[list[str]]:
-    chunk: list[str] = []
+def _chunks(paths: Iterator[str], size: int, workers: int = 1) -> Iterator[list[str]]:
+    """The paths in walk order, in chunks of `size`. With several workers the last ones shrink:
+    the paths are read `workers` chunks ahead, and once the walk ends, what is left goes out in
+    chunks of a `2 * workers`-th of it (CLASSIFY_TAIL_CHUNK_MIN at least), so the workers finish
+    within a small chunk of each other instead of one waiting out another's whole last chunk."""
+    pending: list[str] = []
+    ahead = size * (workers if workers > 1 else 0)
     for path in paths:
-        chunk.append(path)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+        pending.append(path)
+        if len(pending) >= size + ahead:
+            yield pending[:size]
+            del pending[:size]
+    while pending:
+        share = -(-len(pending) // (2 * workers))
+        step = min(size, max(defaults.CLASSIFY_TAIL_CHUNK_MIN, share)) if ahead else size
+        yield pending[:step]
+        del pending[:step]
 
 
 def decoded_chunks(
@@ -50,7 +58,7 @@ def decoded_chunks(
     `predict` (a model and the review check), each worker also predicts its chunk and gives its
     rows their reasons (`_predicted_chunk`)."""
     root = os.fsdecode(folder)
-    chunks = _chunks(paths, chunk_size)
+    chunks = _chunks(paths, chunk_size, workers)
     if workers <= 1:
         for chunk in chunks:
             yield decode_chunk(root, chunk, deskew, max_pixels, evidence)

@@ -1531,6 +1531,9 @@ static int compute_weights(Py_ssize_t in_size, Py_ssize_t out_size, int filter, 
  * (a few megabytes). */
 #define CACHE_BITS 12
 #define CACHE_SLOTS (1 << CACHE_BITS)
+/* The most bytes of weights one axis's table holds: past it (huge images, whose weights span
+ * many pixels each), the table is emptied before the next entry goes in. */
+#define CACHE_MAX_BYTES (8 * 1024 * 1024)
 enum { ALONG_ROWS, DOWN_COLUMNS };
 typedef struct {
     Py_ssize_t in_size, out_size;
@@ -1539,6 +1542,11 @@ typedef struct {
     int32_t *weights;
 } weights_slot;
 static weights_slot caches[2][CACHE_SLOTS];
+static size_t cached_bytes[2];
+
+static size_t slot_bytes(Py_ssize_t out_size, int ksize) {
+    return (size_t)out_size * (2 * sizeof(int) + (size_t)ksize * sizeof(int32_t));
+}
 
 static int axis_weights(int axis, Py_ssize_t in_size, Py_ssize_t out_size, int filter, const int **first,
                         const int **count, const int32_t **weights) {
@@ -1551,6 +1559,18 @@ static int axis_weights(int axis, Py_ssize_t in_size, Py_ssize_t out_size, int f
         int32_t *k;
         int ksize = compute_weights(in_size, out_size, filter, &f, &c, &k);
         if (!ksize) return 0;
+        if (cached_bytes[axis] + slot_bytes(out_size, ksize) > CACHE_MAX_BYTES) {
+            /* Only this axis's table: a resize holds the other axis's weights meanwhile. */
+            for (size_t i = 0; i < CACHE_SLOTS; i++) {
+                free(cache[i].first);
+                free(cache[i].count);
+                free(cache[i].weights);
+                cache[i] = (weights_slot){0};
+            }
+            cached_bytes[axis] = 0;
+        }
+        if (cache[slot].ksize) cached_bytes[axis] -= slot_bytes(cache[slot].out_size, cache[slot].ksize);
+        cached_bytes[axis] += slot_bytes(out_size, ksize);
         free(cache[slot].first);
         free(cache[slot].count);
         free(cache[slot].weights);
