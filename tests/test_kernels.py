@@ -139,6 +139,57 @@ def test_stretch_levels_count_only_the_strong_ink_the_same() -> None:
             assert kernels.stretch_levels(view) == _levels_by_numpy(view), (i, view.shape)
 
 
+def _opened_box_by_numpy(mask: np.ndarray, full: tuple[int, int, int, int]) -> tuple[tuple[int, ...], bool]:
+    """`kernels.opened_box` as `normalize._ink_box` computed it step by step: OpenCV's 3x3
+    erosion of the ink's box and two pixels around it, the eroded ink's box grown by a pixel,
+    then grown over the ink it touches, round by round."""
+    import cv2
+
+    from pipeline.preprocess.masks import bbox
+
+    h, w = mask.shape
+    t, b, l_, r = max(0, full[0] - 2), min(h, full[1] + 2), max(0, full[2] - 2), min(w, full[3] + 2)
+    window = np.ascontiguousarray(mask[t:b, l_:r]).view(np.uint8)
+    eroded = bbox(cv2.erode(window, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_REPLICATE))
+    if eroded is None:
+        return full, True
+    top, bottom = t + max(0, eroded[0] - 1), t + min(b - t, eroded[1] + 1)
+    left, right = l_ + max(0, eroded[2] - 1), l_ + min(r - l_, eroded[3] + 1)
+    for _ in range(8):
+        pad = 2 + max(bottom - top, right - left) // 10
+        t, b, l_, r = max(0, top - pad), min(h, bottom + pad), max(0, left - pad), min(w, right + pad)
+        inner = bbox(mask[t:b, l_:r])
+        assert inner is not None
+        grown = (t + inner[0], t + inner[1], l_ + inner[2], l_ + inner[3])
+        if grown == (top, bottom, left, right):
+            break
+        top, bottom, left, right = grown
+    return (top, bottom, left, right), False
+
+
+def test_opened_box_is_the_step_by_step_opening_and_growth() -> None:
+    """The digit's box on a large page: the same box and thin flag as the opening and growth done
+    step by step with OpenCV and numpy, on digits with specks around them, strokes under 3 px
+    (nothing survives the opening), ink at the page's edges, transposed and strided masks."""
+    from pipeline.preprocess.masks import bbox
+
+    rng = np.random.default_rng(23)
+    for i in range(600):
+        h, w = (int(n) for n in rng.integers(8, 200, 2))
+        mask = rng.random((h, w)) < (0.001, 0.01, 0.05)[i % 3]  # specks
+        top, left = int(rng.integers(0, h - 4)), int(rng.integers(0, w - 4))
+        bottom, right = int(rng.integers(top + 1, h + 1)), int(rng.integers(left + 1, w + 1))
+        stroke = int(rng.integers(1, 6))  # thinner than the opening, or not
+        mask[top:bottom, left : min(w, left + stroke)] = True
+        mask[top : min(h, top + stroke), left:right] = True
+        for view in (mask, np.ascontiguousarray(mask.T).T, np.pad(mask, 3)[3:-3, 3:-3]):
+            full = bbox(view)
+            assert full is not None
+            assert kernels.opened_box(view, full) == _opened_box_by_numpy(view, full), i
+    with pytest.raises(ValueError):
+        kernels.opened_box(np.ones((5, 5), bool), (0, 6, 0, 5))
+
+
 def test_profile_is_numpys_count_of_the_ink() -> None:
     """A digit's profile across the lines (`forms._ends` reads it for every line): its summed-area
     table, its height, and the columns where 1% and 99% of the ink is reached, as numpy's
@@ -222,9 +273,15 @@ def test_absorbed_ink_is_opencvs_divide_and_stretch(widest: bool) -> None:
             return None
 
     def absorbed(gray: np.ndarray, paper: np.ndarray, min_top: int) -> np.ndarray | None:
-        out = np.empty(gray.shape, np.uint8)
-        top, _ = _loops.absorbed_ink(gray, paper, min_top, out)
-        return out if top >= min_top else None
+        """The ink (the paper at the page's size: enlarged to itself, unchanged), its mask and box
+        checked against `locate`'s of it."""
+        found = kernels.absorbed_ink(gray, paper, min_top, 30)
+        if found is None:
+            return None
+        ink, mask, box = found
+        expected_mask, expected_box = kernels.locate(ink, 30)
+        assert np.array_equal(mask, expected_mask) and box == expected_box
+        return ink
 
     levels = np.arange(256, dtype=np.uint8)
     gray, paper = np.repeat(levels, 256).reshape(256, 256), np.tile(levels, 256).reshape(256, 256)
@@ -242,7 +299,8 @@ def test_absorbed_ink_is_opencvs_divide_and_stretch(widest: bool) -> None:
         got = absorbed(gray, paper, defaults.BLANK_MAX_INK)
         assert (got is None) == (expected is None), i
         assert got is None or np.array_equal(got, expected), i
-        scales.add(_loops.absorbed_ink(gray, paper, 0, np.empty((h, w), np.uint8))[1])
+        empty = np.empty((h, w), np.uint8)
+        scales.add(_loops.absorbed_ink(gray, paper, 0, empty, 30, np.empty((h, w), bool))[1])
     assert len(scales) > 200  # the stretch's scale, and so its rounding, took most of its values
     # Larger than the float ink kept between the passes (4 megapixels): divided again instead.
     paper = np.full((2100, 2100), 230, np.uint8)
@@ -318,9 +376,9 @@ def test_absorbed_ink_enlarges_the_level_as_enlarge_does(widest: bool) -> None:
             expected: np.ndarray | None = _stretch(values)
         except BlankImageError:
             expected = None
-        got = kernels.absorbed_ink(gray, level, defaults.BLANK_MAX_INK)
-        assert (got is None) == (expected is None), i
-        assert got is None or np.array_equal(got, expected), i
+        found = kernels.absorbed_ink(gray, level, defaults.BLANK_MAX_INK, 30)
+        assert (found is None) == (expected is None), i
+        assert found is None or np.array_equal(found[0], expected), i
 
 
 @pytest.mark.parametrize("light_paper", [True, False])
@@ -588,8 +646,18 @@ def _read_only(shape: tuple[int, int]) -> np.ndarray:
         lambda: kernels.paper_level(np.zeros((4, 5), np.uint8), (2, 2), True, 8, 4.0),  # an even rank
         lambda: kernels.paper_level(np.zeros((4, 5), np.uint8), (0, 2), True, 9, 4.0),
         lambda: kernels.paper_level(np.zeros((4, 5), np.uint8), (2, 2), True, 9, -1.0),
-        lambda: kernels.absorbed_ink(np.zeros((4, 5), np.uint8), np.zeros((0, 2), np.uint8), 10),  # no level
-        lambda: kernels.absorbed_ink(np.zeros((4, 5), np.uint8)[:, ::2], np.zeros((2, 2), np.uint8), 10),
+        lambda: kernels.absorbed_ink(
+            np.zeros((4, 5), np.uint8), np.zeros((0, 2), np.uint8), 10, 30
+        ),  # no level
+        lambda: kernels.absorbed_ink(np.zeros((4, 5), np.uint8)[:, ::2], np.zeros((2, 2), np.uint8), 10, 30),
+        lambda: _loops.absorbed_ink(  # the mask's shape is not the page's
+            np.zeros((4, 5), np.uint8),
+            np.zeros((2, 2), np.uint8),
+            10,
+            np.zeros((4, 5), np.uint8),
+            30,
+            np.zeros((5, 4), bool),
+        ),
         lambda: _loops.digit_evidence(  # 28 rows are not stacks of 5
             np.zeros((28, 28), np.uint8), 5, 64, 0.2, 0.25, np.zeros((5, 5), np.int64), np.zeros(5, bool)
         ),

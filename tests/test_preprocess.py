@@ -270,7 +270,7 @@ def test_digits_without_lines_are_left_alone(test_digits: tuple[np.ndarray, np.n
     nothing: 1 in 3,000 of each lost part of a stroke when the rules were chosen."""
     rng = np.random.default_rng(11)
     for i in range(4000, 4150):
-        ink = normalize._ink_values(preprocess.to_gray(render_scan(test_digits[0][i], rng)))
+        ink = normalize._ink_values(preprocess.to_gray(render_scan(test_digits[0][i], rng)))[0]
         assert preprocess.erase_form_lines(ink) is None, i
         top, bottom, left, right = bbox(ink > 64) or (0, 0, 0, 0)
         tight = ink[max(0, top - 2) : bottom + 2, max(0, left - 2) : right + 2]
@@ -294,7 +294,7 @@ def test_a_lone_line_left_untraced_is_what_the_full_rules_decide(
     inks = []
     for i in range(5000, 5100):
         page = render_scan(test_digits[0][i], rng) if i % 2 else render_form(test_digits[0][i], rng)
-        ink = normalize._ink_values(preprocess.to_gray(page))
+        ink = normalize._ink_values(preprocess.to_gray(page))[0]
         top, bottom, left, right = bbox(ink > 64) or (0, 0, 0, 0)
         inks += [ink, ink[max(0, top - 2) : bottom + 2, max(0, left - 2) : right + 2]]
     inks += [_seven(), _framed(_seven(), 24, "underline", 0.0)]

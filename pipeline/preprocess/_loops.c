@@ -660,6 +660,20 @@ static PyObject *bbox(PyObject *self, PyObject *args) {
 }
 
 /* locate(values, level, mask) -> the box of mask = values > level (kernels). */
+/* One contiguous row of the mask p > level, into `out` (0/1 bytes; level < 0: all, >= 255: none). */
+static void locate_row(const unsigned char *p, Py_ssize_t w, int level, unsigned char *out) {
+    /* p > level as bytes: p >= level + 1, i.e. max(p, level + 1) == p. */
+    if (level < 0 || level >= 255) {
+        memset(out, level < 0, (size_t)w);
+        return;
+    }
+    const unsigned char floor_level = (unsigned char)(level + 1);
+    for (Py_ssize_t c = 0; c < w; c++) {
+        unsigned char high = p[c] > floor_level ? p[c] : floor_level;
+        out[c] = high == p[c];
+    }
+}
+
 static PyObject *locate(PyObject *self, PyObject *args) {
     PyObject *vobj, *mobj;
     int level;
@@ -673,19 +687,11 @@ static PyObject *locate(PyObject *self, PyObject *args) {
     }
     Py_ssize_t box[4] = {-1, -1, v.w, -1};
     const Py_ssize_t w = v.w, step = v.s1;
-    /* p > level as bytes: p >= level + 1, i.e. max(p, level + 1) == p (level 255: nothing is). */
-    const unsigned char floor_level = (unsigned char)(level < 0 ? 0 : level > 254 ? 255 : level + 1);
-    const int none = level >= 255, all = level < 0;
     for (Py_ssize_t r = 0; r < v.h; r++) {
         const unsigned char *p = (const unsigned char *)v.data + r * v.s0;
         unsigned char *out = (unsigned char *)m.data + r * m.s0;
-        if (none || all) {
-            memset(out, all, (size_t)w);
-        } else if (step == 1) {
-            for (Py_ssize_t c = 0; c < w; c++) {
-                unsigned char high = p[c] > floor_level ? p[c] : floor_level;
-                out[c] = high == p[c];
-            }
+        if (step == 1 || level < 0 || level >= 255) {
+            locate_row(p, w, level, out);
         } else {
             for (Py_ssize_t c = 0; c < w; c++) out[c] = p[c * step] > level;
         }
@@ -777,6 +783,77 @@ static int erosion_counts(const char *data, Py_ssize_t h, Py_ssize_t w, Py_ssize
 }
 
 /* erosion(image, threshold) -> (area, eroded, top, bottom, left, right) (kernels). */
+/* The box of the nonzero pixels of rows t:b, columns l:r of a grid (box_row's inclusive form,
+ * box[0] < 0 if none). `row`: scratch for r - l bytes, used where the grid's pixels are strided. */
+static void window_box(const grid *g, Py_ssize_t t, Py_ssize_t b, Py_ssize_t l, Py_ssize_t r, unsigned char *row,
+                       Py_ssize_t box[4]) {
+    box[0] = box[1] = box[3] = -1;
+    box[2] = r - l;
+    for (Py_ssize_t y = t; y < b; y++) {
+        const unsigned char *p = (const unsigned char *)g->data + y * g->s0 + l * g->s1;
+        if (g->s1 != 1) {
+            for (Py_ssize_t c = 0; c < r - l; c++) row[c] = p[c * g->s1];
+            p = row;
+        }
+        box_row(p, r - l, y - t, box);
+    }
+}
+
+/* opened_box(mask, top, bottom, left, right) -> ((top, bottom, left, right), thin)
+ * (normalize._ink_box): the box of what a 3x3 opening leaves of the ink in the ink's box (two
+ * pixels of paper around it), grown back over the ink it touches until it stops changing (eight
+ * rounds at most); the ink's own box, and thin, where the opening leaves nothing. */
+static PyObject *opened_box(PyObject *self, PyObject *args) {
+    PyObject *obj;
+    Py_ssize_t full[4];
+    if (!PyArg_ParseTuple(args, "Onnnn", &obj, &full[0], &full[1], &full[2], &full[3])) return NULL;
+    grid g;
+    if (get_grid(obj, &g, 0) < 0) return NULL;
+    PyObject *result = NULL;
+    const Py_ssize_t h = g.h, w = g.w;
+    unsigned char *row = malloc((size_t)(w > 0 ? w : 1));
+    if (!row) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (!(0 <= full[0] && full[0] < full[1] && full[1] <= h && 0 <= full[2] && full[2] < full[3] && full[3] <= w)) {
+        PyErr_SetString(PyExc_ValueError, "the ink's box must lie within the mask");
+        goto done;
+    }
+    Py_ssize_t t = full[0] - 2 > 0 ? full[0] - 2 : 0, b = full[1] + 2 < h ? full[1] + 2 : h;
+    Py_ssize_t l = full[2] - 2 > 0 ? full[2] - 2 : 0, r = full[3] + 2 < w ? full[3] + 2 : w;
+    long long area, eroded;
+    Py_ssize_t e[4];
+    if (erosion_counts(g.data + t * g.s0 + l * g.s1, b - t, r - l, g.s0, g.s1, 0, &area, &eroded, e) < 0) goto done;
+    if (!eroded) {
+        result = Py_BuildValue("(nnnn)O", full[0], full[1], full[2], full[3], Py_True);
+        goto done;
+    }
+    /* The opening's dilation grows what the erosion left by a pixel on each side, within the window. */
+    Py_ssize_t top = t + (e[0] - 1 > 0 ? e[0] - 1 : 0), bottom = t + (e[1] + 1 < b - t ? e[1] + 1 : b - t);
+    Py_ssize_t left = l + (e[2] - 1 > 0 ? e[2] - 1 : 0), right = l + (e[3] + 1 < r - l ? e[3] + 1 : r - l);
+    for (int round = 0; round < 8; round++) {
+        Py_ssize_t size = bottom - top > right - left ? bottom - top : right - left, pad = 2 + size / 10;
+        t = top - pad > 0 ? top - pad : 0;
+        b = bottom + pad < h ? bottom + pad : h;
+        l = left - pad > 0 ? left - pad : 0;
+        r = right + pad < w ? right + pad : w;
+        Py_ssize_t inner[4];
+        window_box(&g, t, b, l, r, row, inner); /* holds the opened box, which holds ink */
+        Py_ssize_t grown[4] = {t + inner[0], t + inner[1] + 1, l + inner[2], l + inner[3] + 1};
+        if (grown[0] == top && grown[1] == bottom && grown[2] == left && grown[3] == right) break;
+        top = grown[0];
+        bottom = grown[1];
+        left = grown[2];
+        right = grown[3];
+    }
+    result = Py_BuildValue("(nnnn)O", top, bottom, left, right, Py_False);
+done:
+    free(row);
+    PyBuffer_Release(&g.view);
+    return result;
+}
+
 static PyObject *erosion(PyObject *self, PyObject *args) {
     PyObject *obj;
     int threshold;
@@ -1169,13 +1246,15 @@ done:
     return result;
 }
 
-/* absorbed_ink(gray, level, min_top, out) -> (top, scale) (kernels): `level` is the paper's
- * level at a small size, enlarged to the page a row at a time (enlarged_row) as the ink is made. */
+/* absorbed_ink(gray, level, min_top, out, ink_level, mask) -> (top, scale, box) (kernels):
+ * `level` is the paper's level at a small size, enlarged to the page a row at a time
+ * (enlarged_row) as the ink is made; the stretched ink's mask (> ink_level) and its box are made
+ * with it (locate), when the page is not blank. */
 static PyObject *absorbed_ink(PyObject *self, PyObject *args) {
-    PyObject *gobj, *pobj, *oobj;
-    int min_top;
-    if (!PyArg_ParseTuple(args, "OOiO", &gobj, &pobj, &min_top, &oobj)) return NULL;
-    grid g, p, o;
+    PyObject *gobj, *pobj, *oobj, *mobj;
+    int min_top, level;
+    if (!PyArg_ParseTuple(args, "OOiOiO", &gobj, &pobj, &min_top, &oobj, &level, &mobj)) return NULL;
+    grid g, p, o, m;
     if (get_grid(gobj, &g, 0) < 0) return NULL;
     if (get_grid(pobj, &p, 0) < 0) {
         PyBuffer_Release(&g.view);
@@ -1186,15 +1265,24 @@ static PyObject *absorbed_ink(PyObject *self, PyObject *args) {
         PyBuffer_Release(&p.view);
         return NULL;
     }
+    if (get_grid(mobj, &m, 1) < 0) {
+        PyBuffer_Release(&g.view);
+        PyBuffer_Release(&p.view);
+        PyBuffer_Release(&o.view);
+        return NULL;
+    }
     PyObject *result = NULL;
     uint8_t *small = NULL, *paper = NULL;
     lerp *xs = NULL, *ys = NULL;
     int32_t *across = NULL;
     const Py_ssize_t h = g.h, w = g.w;
-    if (o.h != h || o.w != w || g.s1 != 1 || o.s1 != 1 || h < 1 || w < 1 || p.h < 1 || p.w < 1) {
-        PyErr_SetString(PyExc_ValueError, "expected a non-empty page and its ink of one shape, rows contiguous, and a level");
+    if (o.h != h || o.w != w || m.h != h || m.w != w || g.s1 != 1 || o.s1 != 1 || m.s1 != 1 || h < 1 || w < 1 ||
+        p.h < 1 || p.w < 1) {
+        PyErr_SetString(PyExc_ValueError,
+                        "expected a non-empty page, its ink and mask of one shape, rows contiguous, and a level");
         goto done;
     }
+    Py_ssize_t box[4] = {-1, -1, w, -1};
     if (!(small = packed_copy(&p))) goto done;
     xs = lerp_weights(p.w, w);
     ys = lerp_weights(p.h, h);
@@ -1233,16 +1321,18 @@ static PyObject *absorbed_ink(PyObject *self, PyObject *args) {
     if (top >= min_top) {
         float alpha = (float)(255.0 / (double)scale); /* what OpenCV multiplies by */
         for (Py_ssize_t r = 0; r < h; r++) {
-            unsigned char *row = (unsigned char *)o.data + r * o.s0;
+            unsigned char *row = (unsigned char *)o.data + r * o.s0, *inked = (unsigned char *)m.data + r * m.s0;
             if (keep) {
                 scaled_row(keep + r * w, w, alpha, row);
             } else {
                 enlarged_row(across, w, ys + r, paper);
                 row_of((const unsigned char *)g.data + r * g.s0, paper, w, alpha, row, NULL);
             }
+            locate_row(row, w, level, inked); /* the ink's mask and box while the row is at hand */
+            box_row(inked, w, r, box);
         }
     }
-    result = Py_BuildValue("ii", top, scale);
+    result = Py_BuildValue("iiN", top, scale, box_value(box));
 done:
     free(small);
     free(paper);
@@ -1252,6 +1342,7 @@ done:
     PyBuffer_Release(&g.view);
     PyBuffer_Release(&p.view);
     PyBuffer_Release(&o.view);
+    PyBuffer_Release(&m.view);
     return result;
 }
 
@@ -2439,6 +2530,7 @@ static PyMethodDef methods[] = {
     {"jpeg_frame", jpeg_frame, METH_VARARGS, "A JPEG's size and EXIF presence from its markers (see kernels.jpeg_frame)."},
     {"bbox", bbox, METH_VARARGS, "The box of a mask's nonzero pixels (see kernels.bbox)."},
     {"locate", locate, METH_VARARGS, "The ink mask and its box (see kernels.locate)."},
+    {"opened_box", opened_box, METH_VARARGS, "The ink's box after a 3x3 opening, grown back (see kernels.opened_box)."},
     {"erosion", erosion, METH_VARARGS, "Ink, what a 3x3 erosion leaves of it, and where (see kernels.erosion)."},
     {"profile", profile, METH_VARARGS, "The ink's summed-area table, and where it lies (see kernels.profile)."},
     {"absorbed_ink", absorbed_ink, METH_VARARGS, "Ink absorbed from the paper, stretched (see kernels.absorbed_ink)."},

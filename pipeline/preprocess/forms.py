@@ -55,8 +55,11 @@ def _oriented(array: np.ndarray, vertical: bool) -> np.ndarray:
     return array.T if vertical else array
 
 
-def _find_lines(mask: np.ndarray, vertical: bool, extent: int, thickest: int = 0) -> list[FormLine]:
-    """Horizontal (or vertical) bands of ink holding one run at least FORM_LINE_MIN_LENGTH long.
+def _find_lines(
+    mask: np.ndarray, extent: int, orientations: tuple[bool, ...] = (False, True), thickest: int = 0
+) -> list[FormLine]:
+    """Horizontal and vertical (`orientations`: whether vertical) bands of ink holding one run at
+    least FORM_LINE_MIN_LENGTH long, the horizontal ones first.
 
     Rows are merged over the tilt tolerance first (a 3-degree line drifts across rows), so a band
     is the line's rows plus that reach on each side; bands thicker than a printed line, and ink
@@ -67,15 +70,20 @@ def _find_lines(mask: np.ndarray, vertical: bool, extent: int, thickest: int = 0
     window that holds one line and what merged with it: `_closing_sides`).
     """
     length = max(16, math.ceil(defaults.FORM_LINE_MIN_LENGTH * extent))
-    reach = max(1, math.ceil(length * math.tan(math.radians(defaults.FORM_LINE_MAX_TILT_DEGREES)) / 2))
+    reach = max(1, math.ceil(length * _TILT / 2))
     thickest = thickest or 2 * reach + max(6, round(0.1 * extent))
     lines = []
-    for band in kernels.long_bands(_oriented(mask, vertical), length, reach, thickest).tolist():
-        lo, hi, start, end, intercept, slope, thickness, wobble = band
-        if wobble <= defaults.FORM_LINE_MAX_WOBBLE:
-            rows_and_columns = int(lo), int(hi), int(start), int(end)
-            lines.append(FormLine(vertical, *rows_and_columns, (intercept, slope), thickness, wobble))
+    for vertical in orientations:
+        for band in kernels.long_bands(_oriented(mask, vertical), length, reach, thickest).tolist():
+            lo, hi, start, end, intercept, slope, thickness, wobble = band
+            if wobble <= defaults.FORM_LINE_MAX_WOBBLE:
+                rows_and_columns = int(lo), int(hi), int(start), int(end)
+                lines.append(FormLine(vertical, *rows_and_columns, (intercept, slope), thickness, wobble))
     return lines
+
+
+# How far a line of the steepest tilt allowed drifts across rows, per pixel along it.
+_TILT = math.tan(math.radians(defaults.FORM_LINE_MAX_TILT_DEGREES))
 
 
 def _closing_sides(mask: np.ndarray, lines: list[FormLine], extent: int) -> list[FormLine]:
@@ -99,7 +107,9 @@ def _closing_sides(mask: np.ndarray, lines: list[FormLine], extent: int) -> list
             and c.lo - slack <= at <= c.hi + slack
         )
 
-    found = []
+    found: list[FormLine] = []
+    if len(lines) < 3:  # two parallel sides and a line joining them, at the least
+        return found
     for vertical in (False, True):  # the orientation of the side looked for
         sides = [line for line in lines if line.vertical != vertical]
         across = [line for line in lines if line.vertical == vertical]
@@ -122,7 +132,7 @@ def _closing_sides(mask: np.ndarray, lines: list[FormLine], extent: int) -> list
                 lo, hi = (edge - inside, edge + outside) if at_end else (edge - outside, edge + inside)
                 lo, hi = max(0, lo), min(oriented.shape[0], hi)
                 window = oriented[lo:hi].T if vertical else oriented[lo:hi]
-                for line in _find_lines(window, vertical, extent, thickest=hi - lo):
+                for line in _find_lines(window, extent, (vertical,), thickest=hi - lo):
                     intercept, slope = line.centre
                     side = FormLine(
                         vertical, line.lo + lo, line.hi + lo, line.start, line.end,
@@ -413,7 +423,7 @@ def erase_form_lines(values: np.ndarray, located: Located | None = None) -> np.n
     top, left = max(0, box[0] - 1), max(0, box[2] - 1)
     bottom, right = min(full.shape[0], box[1] + 1), min(full.shape[1], box[3] + 1)
     mask = full[top:bottom, left:right]
-    lines = _find_lines(mask, False, extent) + _find_lines(mask, True, extent)
+    lines = _find_lines(mask, extent)
     lines += _closing_sides(mask, lines, extent)
     total = _count(mask)
     if len(lines) == 1 and _stays_alone(lines[0], mask, total):

@@ -150,6 +150,17 @@ def erosion(image: np.ndarray, threshold: int = 0) -> tuple[int, int, tuple[int,
     return area, eroded, ((top, bottom, left, right) if eroded else None)
 
 
+def opened_box(mask: np.ndarray, box: tuple[int, int, int, int]) -> tuple[tuple[int, int, int, int], bool]:
+    """`normalize._ink_box` on a large image: the box (top, bottom, left, right; exclusive ends)
+    of what a 3x3 opening (edges repeated) leaves of the bool `mask`'s ink inside its box `box`
+    with two pixels of paper around it, grown by the opening's dilation, then grown over the ink
+    it touches until it stops changing (eight rounds at most, each looking `2 + a tenth of the
+    box` further); and whether the opening left nothing (then the box is `box`). One call, where
+    the erosion, the boxes of each round and their windows were a dozen calls and slices."""
+    top, bottom, left, right = box
+    return _loops.opened_box(mask, top, bottom, left, right)
+
+
 def profile(m: np.ndarray) -> tuple[np.ndarray, int, int, int, int]:
     """`forms._profile` of the bool mask `m` (oriented so the lines run along its rows; any
     strides; some ink): its summed-area table (int64, one row and column more than `m`: entry
@@ -168,7 +179,9 @@ def stretch_levels(rounded: np.ndarray) -> tuple[int, int]:
     return _loops.stretch_levels(rounded)
 
 
-def absorbed_ink(gray: np.ndarray, level: np.ndarray, min_top: int) -> np.ndarray | None:
+def absorbed_ink(
+    gray: np.ndarray, level: np.ndarray, min_top: int, ink_level: int
+) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int] | None] | None:
     """`normalize._ink_values` for dark ink on light paper under a local paper level: the ink as
     the fraction of the paper's light it absorbs, 255 * (paper - pixel) / paper (0 where the paper
     is darker), in float32 as OpenCV's divide gives it, then `normalize._stretch` of it (the levels
@@ -178,11 +191,13 @@ def absorbed_ink(gray: np.ndarray, level: np.ndarray, min_top: int) -> np.ndarra
     so the page-sized paper is never made. The divisions, eight or four pixels an instruction
     (AVX2 where the processor has it, SSE2), bound it: their float results are kept for the
     second pass in a buffer the process reuses (an image over 4 megapixels divides again
-    instead). Returns the stretched ink, or None when its strongest level is under `min_top` (a
-    blank). `gray`: 8-bit, rows contiguous."""
+    instead). Returns the stretched ink with its mask above `ink_level` and that mask's box (what
+    `locate` gives, made in the second pass while each row is at hand), or None when the ink's
+    strongest level is under `min_top` (a blank). `gray`: 8-bit, rows contiguous."""
     out = np.empty(gray.shape, np.uint8)
-    top, _ = _loops.absorbed_ink(gray, level, min_top, out)
-    return out if top >= min_top else None
+    mask = np.empty(gray.shape, bool)
+    top, _, box = _loops.absorbed_ink(gray, level, min_top, out, ink_level, mask)
+    return (out, mask, box) if top >= min_top else None
 
 
 def paper_level(

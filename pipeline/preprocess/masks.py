@@ -28,12 +28,12 @@ def ink_mask(values: np.ndarray) -> np.ndarray:
     float64 first, which costs far more than the comparison itself (docs/benchmarks.md).
     """
     if values.dtype == np.uint8:
-        return values > _INK_LEVEL
+        return values > INK_LEVEL
     return values > defaults.INK_THRESHOLD * 255
 
 
 # INK_THRESHOLD on the 8-bit scale, rounded down (see `ink_mask`).
-_INK_LEVEL = math.floor(defaults.INK_THRESHOLD * 255)
+INK_LEVEL = math.floor(defaults.INK_THRESHOLD * 255)
 
 
 class Located(NamedTuple):
@@ -48,7 +48,7 @@ def locate(values: np.ndarray) -> Located:
     both start from them, and left alone by the erasure (most scans), the ink is the same. 8-bit
     ink (every scan's) in one C pass (`kernels.locate`)."""
     if values.dtype == np.uint8:
-        return Located(*kernels.locate(values, _INK_LEVEL))
+        return Located(*kernels.locate(values, INK_LEVEL))
     mask = ink_mask(values)
     return Located(mask, bbox(mask))
 

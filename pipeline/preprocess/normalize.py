@@ -23,7 +23,7 @@ from pipeline.errors import BlankImageError, ImageError
 from pipeline.preprocess import kernels
 from pipeline.preprocess.decode import REDUCTION_INFO, read_gray, to_gray, to_working_size
 from pipeline.preprocess.forms import erase_form_lines
-from pipeline.preprocess.masks import Located, bbox, locate
+from pipeline.preprocess.masks import INK_LEVEL, Located, locate
 
 
 def _border(gray: np.ndarray) -> np.ndarray:
@@ -64,8 +64,9 @@ def _local_level(gray: np.ndarray, light_paper: bool) -> np.ndarray:
 _LEVEL_SIDE, _LEVEL_RANK, _LEVEL_BLUR = 64, 9, 4.0
 
 
-def _ink_values(gray: np.ndarray) -> np.ndarray:
-    """Ink strength in 0..255 (uint8, white digit on black), the paper removed, the ink stretched.
+def _ink_values(gray: np.ndarray) -> tuple[np.ndarray, Located]:
+    """Ink strength in 0..255 (uint8, white digit on black), the paper removed, the ink stretched,
+    and where the ink is (`masks.locate`).
 
     Scans rarely have white paper and black ink: grey paper, pencil and faded toner shrink the
     range, and the model was trained on digits whose strokes reach 255. Phone photos also light
@@ -84,15 +85,17 @@ def _ink_values(gray: np.ndarray) -> np.ndarray:
     if min(gray.shape) >= 2 * defaults.FIELD_SIZE:
         level = _local_level(gray, light_paper)
         if light_paper:  # 255 * (paper - pixel) / paper, negatives (paper darker than ink) to 0
-            ink = kernels.absorbed_ink(np.ascontiguousarray(gray), level, defaults.BLANK_MAX_INK)
-            if ink is None:
+            found = kernels.absorbed_ink(np.ascontiguousarray(gray), level, defaults.BLANK_MAX_INK, INK_LEVEL)
+            if found is None:
                 raise BlankImageError("blank: no ink found")
-            return ink  # stretched as `_stretch` stretches
+            ink, mask, box = found  # stretched as `_stretch` stretches, located as `locate` does
+            return ink, Located(mask, box)
         values = cv2.subtract(gray, kernels.enlarge(level, gray.shape))
     else:
         values = 255 - gray if light_paper else gray
         values = np.clip(values.astype(np.float32) - float(np.median(_border(values))), 0, None)
-    return _stretch(values)
+    ink = _stretch(values)
+    return ink, locate(ink)
 
 
 def _stretch(values: np.ndarray) -> np.ndarray:
@@ -126,25 +129,9 @@ def _ink_box(located: Located) -> tuple[tuple[int, int, int, int], bool]:
         return full, False
     # The opening only where the ink is, with two pixels of paper around it: past the ink's box
     # there is nothing to open, and that margin gives the edge pixels the neighbours they have in
-    # the whole image (an ink box at the image's edge keeps the image's own edge).
-    t, b = max(0, full[0] - 2), min(h, full[1] + 2)
-    l_, r = max(0, full[2] - 2), min(w, full[3] + 2)
-    eroded = kernels.erosion(mask[t:b, l_:r])[2]
-    if eroded is None:
-        return full, True
-    # The opening's dilation grows what the erosion left by a pixel on each side, within the window.
-    top, bottom = t + max(0, eroded[0] - 1), t + min(b - t, eroded[1] + 1)
-    left, right = l_ + max(0, eroded[2] - 1), l_ + min(r - l_, eroded[3] + 1)
-    for _ in range(8):
-        pad = 2 + max(bottom - top, right - left) // 10
-        t, b, l_, r = max(0, top - pad), min(h, bottom + pad), max(0, left - pad), min(w, right + pad)
-        inner = bbox(mask[t:b, l_:r])
-        assert inner is not None  # the window holds the opened box, which holds ink
-        grown = (t + inner[0], t + inner[1], l_ + inner[2], l_ + inner[3])
-        if grown == (top, bottom, left, right):
-            break
-        top, bottom, left, right = grown
-    return (top, bottom, left, right), False
+    # the whole image (an ink box at the image's edge keeps the image's own edge). Then the box
+    # grows back over the unopened ink it touches (`kernels.opened_box`).
+    return kernels.opened_box(mask, full)
 
 
 def _fit_and_centre(digit: np.ndarray) -> np.ndarray:
@@ -264,8 +251,7 @@ class _TooCoarse(Exception):
 
 
 def _scan_at(gray: np.ndarray, erase_lines: bool, check: bool) -> np.ndarray:
-    values = _ink_values(gray)
-    located = locate(values)
+    values, located = _ink_values(gray)
     lines = erase_form_lines(values, located) if erase_lines else None
     if lines is not None:
         values = _stretch(np.where(lines, np.uint8(0), values))
