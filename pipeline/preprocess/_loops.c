@@ -112,8 +112,12 @@ static uint8_t *packed_copy(const grid *g) {
         PyErr_NoMemory();
         return NULL;
     }
-    for (Py_ssize_t r = 0; r < g->h; r++)
-        for (Py_ssize_t c = 0; c < g->w; c++) copy[r * g->w + c] = (uint8_t)AT(g, r, c);
+    for (Py_ssize_t r = 0; r < g->h; r++) {
+        if (g->s1 == 1)
+            memcpy(copy + r * g->w, g->data + r * g->s0, (size_t)g->w);
+        else
+            for (Py_ssize_t c = 0; c < g->w; c++) copy[r * g->w + c] = (uint8_t)AT(g, r, c);
+    }
     return copy;
 }
 
@@ -189,11 +193,6 @@ static Py_ssize_t last_nonzero(const unsigned char *p, Py_ssize_t n) {
     return -1;
 }
 
-static int compare_int64(const void *a, const void *b) {
-    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
-    return (x > y) - (x < y);
-}
-
 /* Fit a straight line to the ink of rows lo:hi, columns start:end (kernels: long_bands) of the
  * contiguous 0/1 mask `flat`, w bytes a row. */
 static int fit(const unsigned char *flat, Py_ssize_t w, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t start,
@@ -222,8 +221,23 @@ static int fit(const unsigned char *flat, Py_ssize_t w, Py_ssize_t lo, Py_ssize_
         if (counts[j] > 0) inked[k++] = counts[j];
     double thickness;
     if (k) {
-        qsort(inked, (size_t)k, sizeof(int64_t), compare_int64);
-        thickness = (double)(inked[(k - 1) / 2] + inked[k / 2]) / 2;
+        /* The median of the inked columns' counts (each 1 .. hi - lo): counted, not sorted. */
+        Py_ssize_t levels = hi - lo + 1, seen = 0;
+        int64_t *tally = calloc((size_t)levels, sizeof(int64_t)), low = -1, high = -1;
+        if (!tally) {
+            free(counts);
+            free(xs);
+            PyErr_NoMemory();
+            return -1;
+        }
+        for (Py_ssize_t j = 0; j < k; j++) tally[inked[j]]++;
+        for (Py_ssize_t v = 0; v < levels && high < 0; v++) {
+            seen += tally[v];
+            if (low < 0 && seen > (k - 1) / 2) low = v;
+            if (seen > k / 2) high = v;
+        }
+        free(tally);
+        thickness = (double)(low + high) / 2;
     } else {
         thickness = (double)(hi - lo);
     }
@@ -536,7 +550,19 @@ static PyObject *line_pixels(PyObject *self, PyObject *args) {
 /* The largest byte of a row of w contiguous bytes (the compiler vectorises it). */
 static inline unsigned char row_max(const unsigned char *p, Py_ssize_t w) {
     unsigned char m = 0;
-    for (Py_ssize_t c = 0; c < w; c++) m = p[c] > m ? p[c] : m;
+    Py_ssize_t c = 0;
+#if defined(__SSE2__)
+    if (w >= 16) {
+        __m128i top = _mm_setzero_si128();
+        for (; c + 16 <= w; c += 16) top = _mm_max_epu8(top, _mm_loadu_si128((const __m128i *)(p + c)));
+        top = _mm_max_epu8(top, _mm_srli_si128(top, 8));
+        top = _mm_max_epu8(top, _mm_srli_si128(top, 4));
+        top = _mm_max_epu8(top, _mm_srli_si128(top, 2));
+        top = _mm_max_epu8(top, _mm_srli_si128(top, 1));
+        m = (unsigned char)_mm_cvtsi128_si32(top);
+    }
+#endif
+    for (; c < w; c++) m = p[c] > m ? p[c] : m;
     return m;
 }
 
@@ -668,7 +694,15 @@ static void locate_row(const unsigned char *p, Py_ssize_t w, int level, unsigned
         return;
     }
     const unsigned char floor_level = (unsigned char)(level + 1);
-    for (Py_ssize_t c = 0; c < w; c++) {
+    Py_ssize_t c = 0;
+#if defined(__SSE2__)
+    const __m128i low = _mm_set1_epi8((char)floor_level), one = _mm_set1_epi8(1);
+    for (; c + 16 <= w; c += 16) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(p + c));
+        _mm_storeu_si128((__m128i *)(out + c), _mm_and_si128(_mm_cmpeq_epi8(_mm_max_epu8(v, low), v), one));
+    }
+#endif
+    for (; c < w; c++) {
         unsigned char high = p[c] > floor_level ? p[c] : floor_level;
         out[c] = high == p[c];
     }
@@ -709,21 +743,61 @@ done:
 static Py_ssize_t ink_across(const char *p, Py_ssize_t w, Py_ssize_t step, int threshold, unsigned char *ink,
                              unsigned char *across) {
     const unsigned char *u = (const unsigned char *)p;
-    if (step == 1) {
-        for (Py_ssize_t c = 0; c < w; c++) ink[c] = u[c] > threshold;
-    } else {
-        for (Py_ssize_t c = 0; c < w; c++) ink[c] = u[c * step] > threshold;
+    Py_ssize_t count = 0, c = 0;
+#if defined(__SSE2__)
+    if (step == 1 && threshold >= 0 && threshold < 255) {
+        /* u > threshold: max(u, threshold + 1) == u; as 0/1 bytes, counted sixteen at a time. */
+        const __m128i floor_level = _mm_set1_epi8((char)(threshold + 1)), one = _mm_set1_epi8(1);
+        __m128i sums = _mm_setzero_si128();
+        for (; c + 16 <= w; c += 16) {
+            __m128i v = _mm_loadu_si128((const __m128i *)(u + c));
+            __m128i on = _mm_and_si128(_mm_cmpeq_epi8(_mm_max_epu8(v, floor_level), v), one);
+            _mm_storeu_si128((__m128i *)(ink + c), on);
+            sums = _mm_add_epi64(sums, _mm_sad_epu8(on, _mm_setzero_si128()));
+        }
+        count = (Py_ssize_t)(_mm_cvtsi128_si64(sums) + _mm_cvtsi128_si64(_mm_unpackhi_epi64(sums, sums)));
     }
-    Py_ssize_t count = 0;
-    for (Py_ssize_t c = 0; c < w; c++) count += ink[c];
+#endif
+    if (step == 1) {
+        for (; c < w; c++) count += ink[c] = u[c] > threshold;
+    } else {
+        for (; c < w; c++) count += ink[c] = u[c * step] > threshold;
+    }
     if (w == 1) {
         across[0] = ink[0];
         return count;
     }
     across[0] = ink[0] & ink[1];
-    for (Py_ssize_t c = 1; c + 1 < w; c++) across[c] = ink[c - 1] & ink[c] & ink[c + 1];
+    c = 1;
+#if defined(__SSE2__)
+    for (; c + 17 <= w; c += 16) {
+        __m128i left = _mm_loadu_si128((const __m128i *)(ink + c - 1)), mid = _mm_loadu_si128((const __m128i *)(ink + c));
+        __m128i right = _mm_loadu_si128((const __m128i *)(ink + c + 1));
+        _mm_storeu_si128((__m128i *)(across + c), _mm_and_si128(_mm_and_si128(left, mid), right));
+    }
+#endif
+    for (; c + 1 < w; c++) across[c] = ink[c - 1] & ink[c] & ink[c + 1];
     across[w - 1] = ink[w - 2] & ink[w - 1];
     return count;
+}
+
+/* The three rows' erosion of one row (0/1 bytes) into `kept`, and how many are 1. */
+static Py_ssize_t kept_row(const unsigned char *a, const unsigned char *b, const unsigned char *c, Py_ssize_t w,
+                           unsigned char *kept) {
+    Py_ssize_t n = 0, x = 0;
+#if defined(__SSE2__)
+    __m128i sums = _mm_setzero_si128();
+    for (; x + 16 <= w; x += 16) {
+        __m128i v = _mm_and_si128(_mm_and_si128(_mm_loadu_si128((const __m128i *)(a + x)),
+                                                _mm_loadu_si128((const __m128i *)(b + x))),
+                                  _mm_loadu_si128((const __m128i *)(c + x)));
+        _mm_storeu_si128((__m128i *)(kept + x), v);
+        sums = _mm_add_epi64(sums, _mm_sad_epu8(v, _mm_setzero_si128()));
+    }
+    n = (Py_ssize_t)(_mm_cvtsi128_si64(sums) + _mm_cvtsi128_si64(_mm_unpackhi_epi64(sums, sums)));
+#endif
+    for (; x < w; x++) n += kept[x] = a[x] & b[x] & c[x];
+    return n;
 }
 
 /* The ink of an h x w image (pixels above `threshold`), what a 3x3 erosion with the edges
@@ -750,18 +824,12 @@ static int erosion_counts(const char *data, Py_ssize_t h, Py_ssize_t w, Py_ssize
             area += ink_across(data + (r + 1) * s0, w, s1, threshold, ink, across[2]);
         else
             memcpy(across[2], across[1], (size_t)w); /* below the last row: itself */
-        Py_ssize_t n = 0;
-        for (Py_ssize_t c = 0; c < w; c++) {
-            kept[c] = across[0][c] & across[1][c] & across[2][c];
-            n += kept[c];
-        }
+        Py_ssize_t n = kept_row(across[0], across[1], across[2], w, kept);
         if (n) {
             eroded += n;
             if (top < 0) top = r;
             bottom = r;
-            Py_ssize_t c0 = 0, c1 = w - 1;
-            while (!kept[c0]) c0++;
-            while (!kept[c1]) c1--;
+            Py_ssize_t c0 = first_nonzero(kept, w), c1 = last_nonzero(kept, w);
             if (c0 < left) left = c0;
             if (c1 > right) right = c1;
         }
@@ -782,7 +850,6 @@ static int erosion_counts(const char *data, Py_ssize_t h, Py_ssize_t w, Py_ssize
     return 0;
 }
 
-/* erosion(image, threshold) -> (area, eroded, top, bottom, left, right) (kernels). */
 /* The box of the nonzero pixels of rows t:b, columns l:r of a grid (box_row's inclusive form,
  * box[0] < 0 if none). `row`: scratch for r - l bytes, used where the grid's pixels are strided. */
 static void window_box(const grid *g, Py_ssize_t t, Py_ssize_t b, Py_ssize_t l, Py_ssize_t r, unsigned char *row,
@@ -854,6 +921,7 @@ done:
     return result;
 }
 
+/* erosion(image, threshold) -> (area, eroded, top, bottom, left, right) (kernels). */
 static PyObject *erosion(PyObject *self, PyObject *args) {
     PyObject *obj;
     int threshold;
@@ -1185,6 +1253,14 @@ __attribute__((target("avx2"))) static void enlarged_row_avx2(const int32_t *r0,
         __m256i bytes = _mm256_packus_epi16(_mm256_packs_epi32(v[0], v[1]), _mm256_packs_epi32(v[2], v[3]));
         _mm256_storeu_si256((__m256i *)(out + c), _mm256_permutevar8x32_epi32(bytes, order));
     }
+    for (; c + 8 <= w; c += 8) { /* then eight at a time */
+        __m256i a = _mm256_loadu_si256((const __m256i *)(r0 + c)), b = _mm256_loadu_si256((const __m256i *)(r1 + c));
+        __m256i sum = _mm256_add_epi32(_mm256_add_epi32(_mm256_slli_epi32(a, 11), half),
+                                       _mm256_mullo_epi32(_mm256_sub_epi32(b, a), weight));
+        __m256i v = _mm256_srai_epi32(sum, 22);
+        __m128i words = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+        _mm_storel_epi64((__m128i *)(out + c), _mm_packus_epi16(words, words));
+    }
     enlarged_row_plain(r0 + c, r1 + c, b1, w - c, out + c);
 }
 #endif
@@ -1482,15 +1558,15 @@ done:
 static void sum_and_light(const unsigned char *p, Py_ssize_t n, long long *sum, long long *light) {
     Py_ssize_t c = 0;
 #if defined(__SSE2__)
-    __m128i sums = _mm_setzero_si128();
-    long long high = 0;
+    __m128i sums = _mm_setzero_si128(), highs = _mm_setzero_si128();
+    const __m128i one = _mm_set1_epi8(1);
     for (; c + 16 <= n; c += 16) {
         __m128i v = _mm_loadu_si128((const __m128i *)(p + c));
         sums = _mm_add_epi64(sums, _mm_sad_epu8(v, _mm_setzero_si128()));
-        high += __builtin_popcount((unsigned)_mm_movemask_epi8(v));
+        highs = _mm_add_epi64(highs, _mm_sad_epu8(_mm_and_si128(_mm_srli_epi16(v, 7), one), _mm_setzero_si128()));
     }
     *sum += _mm_cvtsi128_si64(sums) + _mm_cvtsi128_si64(_mm_unpackhi_epi64(sums, sums));
-    *light += high;
+    *light += _mm_cvtsi128_si64(highs) + _mm_cvtsi128_si64(_mm_unpackhi_epi64(highs, highs));
 #endif
     for (; c < n; c++) {
         *sum += p[c];
@@ -1509,8 +1585,33 @@ static PyObject *frame(PyObject *self, PyObject *args) {
             for (int k = 0; k < 2; k++) sum_and_light((const unsigned char *)g.data + rows[k] * g.s0, w, &sum, &light);
             count += 2 * w;
         }
-        /* The columns: the first and last bw of every row (bw <= w: w / 20, or 1). */
-        for (Py_ssize_t r = 0; r < h; r++) {
+        /* The columns: the first and last bw of every row (bw <= w: w / 20, or 1). Up to 16 of
+         * them, each end is one 16-byte load, the bytes past bw masked off. */
+        Py_ssize_t r = 0;
+#if defined(__SSE2__)
+        if (w >= 16 && bw <= 16) {
+            unsigned char keep[32] = {0};
+            memset(keep, 0xFF, (size_t)bw);           /* the row's first bw bytes */
+            memset(keep + 32 - bw, 0xFF, (size_t)bw); /* the last bw of its last 16 */
+            const __m128i first = _mm_loadu_si128((const __m128i *)keep);
+            const __m128i last = _mm_loadu_si128((const __m128i *)(keep + 16));
+            __m128i sums = _mm_setzero_si128(), highs = _mm_setzero_si128();
+            const __m128i one = _mm_set1_epi8(1);
+            for (; r < h; r++) {
+                const unsigned char *row = (const unsigned char *)g.data + r * g.s0;
+                __m128i a = _mm_and_si128(_mm_loadu_si128((const __m128i *)row), first);
+                __m128i b = _mm_and_si128(_mm_loadu_si128((const __m128i *)(row + w - 16)), last);
+                sums = _mm_add_epi64(sums, _mm_add_epi64(_mm_sad_epu8(a, _mm_setzero_si128()),
+                                                         _mm_sad_epu8(b, _mm_setzero_si128())));
+                __m128i top_bits = _mm_add_epi8(_mm_and_si128(_mm_srli_epi16(a, 7), one),
+                                                _mm_and_si128(_mm_srli_epi16(b, 7), one));
+                highs = _mm_add_epi64(highs, _mm_sad_epu8(top_bits, _mm_setzero_si128()));
+            }
+            sum += _mm_cvtsi128_si64(sums) + _mm_cvtsi128_si64(_mm_unpackhi_epi64(sums, sums));
+            light += _mm_cvtsi128_si64(highs) + _mm_cvtsi128_si64(_mm_unpackhi_epi64(highs, highs));
+        }
+#endif
+        for (; r < h; r++) {
             const unsigned char *row = (const unsigned char *)g.data + r * g.s0;
             sum_and_light(row, bw, &sum, &light);
             sum_and_light(row + w - bw, bw, &sum, &light);
