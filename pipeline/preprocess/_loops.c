@@ -1020,7 +1020,8 @@ static void absorbed_row(const unsigned char *g, const unsigned char *p, Py_ssiz
 #if defined(__SSE2__)
     const __m128i zero = _mm_setzero_si128(), one = _mm_set1_epi8(1);
     const __m128 k255 = _mm_set1_ps(255.0f), scale = _mm_set1_ps(alpha);
-    for (; c + 16 <= w; c += 16) {
+    for (; w >= 16 && c < w; c += 16) {
+        if (c + 16 > w) c = w - 16; /* the row's end: the last sixteen again, the same values */
         __m128i gv = _mm_loadu_si128((const __m128i *)(g + c)), pv = _mm_loadu_si128((const __m128i *)(p + c));
         __m128i a = _mm_subs_epu8(pv, gv), b = _mm_max_epu8(pv, one);
         __m128i a16[2] = {_mm_unpacklo_epi8(a, zero), _mm_unpackhi_epi8(a, zero)};
@@ -1053,7 +1054,8 @@ static void scaled_row(const float *v, Py_ssize_t w, float alpha, unsigned char 
     Py_ssize_t c = 0;
 #if defined(__SSE2__)
     const __m128 scale = _mm_set1_ps(alpha);
-    for (; c + 16 <= w; c += 16) {
+    for (; w >= 16 && c < w; c += 16) {
+        if (c + 16 > w) c = w - 16; /* the row's end: the last sixteen again, the same values */
         __m128i r0 = _mm_cvtps_epi32(_mm_mul_ps(_mm_loadu_ps(v + c), scale));
         __m128i r1 = _mm_cvtps_epi32(_mm_mul_ps(_mm_loadu_ps(v + c + 4), scale));
         __m128i r2 = _mm_cvtps_epi32(_mm_mul_ps(_mm_loadu_ps(v + c + 8), scale));
@@ -1074,7 +1076,8 @@ __attribute__((target("avx2"))) static void absorbed_row_avx2(const unsigned cha
     Py_ssize_t c = 0;
     const __m256 k255 = _mm256_set1_ps(255.0f), scale = _mm256_set1_ps(alpha);
     const __m128i one = _mm_set1_epi8(1);
-    for (; c + 16 <= w; c += 16) {
+    for (; w >= 16 && c < w; c += 16) {
+        if (c + 16 > w) c = w - 16; /* the row's end: the last sixteen again, the same values */
         __m128i gv = _mm_loadu_si128((const __m128i *)(g + c)), pv = _mm_loadu_si128((const __m128i *)(p + c));
         __m128i a = _mm_subs_epu8(pv, gv), b = _mm_max_epu8(pv, one);
         __m256i a0 = _mm256_cvtepu8_epi32(a), a1 = _mm256_cvtepu8_epi32(_mm_srli_si128(a, 8));
@@ -1824,13 +1827,13 @@ __attribute__((target("avx2"))) static void down_columns_avx2(const uint8_t *in,
 /* The pass along the rows for eight rows at a time with AVX2: the eight rows are interleaved
  * (each column's eight pixels side by side, a transpose of 8 x 16 blocks), so one weight
  * multiplies a column of eight in one instruction; the same integer sums as the scalar loop,
- * so the same pixels. `columns`: scratch for 8 * w bytes. Returns the rows done (a multiple of
- * eight); the caller finishes the rest. */
+ * so the same pixels. `columns`: scratch for 8 * w bytes, `packed` for 8 * out_size. Returns the
+ * rows done (a multiple of eight); the caller finishes the rest. */
 __attribute__((target("avx2"))) static Py_ssize_t rows_by_eight_avx2(const uint8_t *in, Py_ssize_t stride,
                                                                        Py_ssize_t h, Py_ssize_t w, uint8_t *out,
                                                                        Py_ssize_t out_size, int ksize, const int *first,
                                                                        const int *count, const int32_t *weights,
-                                                                       uint8_t *columns) {
+                                                                       uint8_t *columns, uint8_t *packed) {
     const __m256i half = _mm256_set1_epi32(1 << (WEIGHT_BITS - 1));
     Py_ssize_t y = 0;
     for (; y + 8 <= h; y += 8) {
@@ -1870,9 +1873,41 @@ __attribute__((target("avx2"))) static Py_ssize_t rows_by_eight_avx2(const uint8
             }
             acc = _mm256_srai_epi32(acc, WEIGHT_BITS);
             __m128i words = _mm_packs_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
-            uint64_t bytes = (uint64_t)_mm_cvtsi128_si64(_mm_packus_epi16(words, words));
-            for (int j = 0; j < 8; j++) out[(y + j) * out_size + xx] = (uint8_t)(bytes >> (8 * j));
+            _mm_storel_epi64((__m128i *)(packed + 8 * xx), _mm_packus_epi16(words, words));
         }
+        /* `packed` holds each output column's eight rows side by side: back to rows, sixteen
+         * columns at a time (the transpose above, undone), the rest a byte at a time. */
+        Py_ssize_t xx = 0;
+        for (; xx + 16 <= out_size; xx += 16) {
+            __m128i b[8];
+            for (int j = 0; j < 8; j++)
+                b[j] = _mm_unpacklo_epi8(_mm_loadl_epi64((const __m128i *)(packed + 8 * (xx + 2 * j))),
+                                         _mm_loadl_epi64((const __m128i *)(packed + 8 * (xx + 2 * j + 1))));
+            __m128i c[8];
+            for (int j = 0; j < 4; j++) {
+                c[2 * j] = _mm_unpacklo_epi16(b[2 * j], b[2 * j + 1]);
+                c[2 * j + 1] = _mm_unpackhi_epi16(b[2 * j], b[2 * j + 1]);
+            }
+            /* c[2j] holds rows 0-3 of columns 4j .. 4j + 3, c[2j + 1] rows 4-7 */
+            __m128i d[8];
+            for (int half = 0; half < 2; half++) {
+                d[4 * half + 0] = _mm_unpacklo_epi32(c[half], c[2 + half]);
+                d[4 * half + 1] = _mm_unpackhi_epi32(c[half], c[2 + half]);
+                d[4 * half + 2] = _mm_unpacklo_epi32(c[4 + half], c[6 + half]);
+                d[4 * half + 3] = _mm_unpackhi_epi32(c[4 + half], c[6 + half]);
+            }
+            /* d[4h + 0]: rows 4h, 4h + 1 of columns 0-7; d[4h + 1]: rows 4h + 2, 4h + 3 of 0-7;
+             * d[4h + 2], d[4h + 3]: the same rows of columns 8-15 */
+            for (int half = 0; half < 2; half++)
+                for (int k = 0; k < 2; k++) {
+                    Py_ssize_t row = y + 4 * half + 2 * k;
+                    __m128i lo = d[4 * half + k], hi = d[4 * half + 2 + k];
+                    _mm_storeu_si128((__m128i *)(out + row * out_size + xx), _mm_unpacklo_epi64(lo, hi));
+                    _mm_storeu_si128((__m128i *)(out + (row + 1) * out_size + xx), _mm_unpackhi_epi64(lo, hi));
+                }
+        }
+        for (; xx < out_size; xx++)
+            for (int j = 0; j < 8; j++) out[(y + j) * out_size + xx] = packed[8 * xx + j];
     }
     return y;
 }
@@ -1889,11 +1924,11 @@ static void resample_pass(const uint8_t *in, Py_ssize_t stride, Py_ssize_t h, Py
         Py_ssize_t y = 0;
 #if defined(__x86_64__) && defined(__GNUC__)
         if (h >= 8 && avx2_here()) {
-            uint8_t *columns = malloc((size_t)(8 * w + 16));
-            if (columns) {
-                y = rows_by_eight_avx2(in, stride, h, w, out, out_size, ksize, first, count, weights, columns);
-                free(columns);
-            }
+            uint8_t *columns = malloc((size_t)(8 * w + 16)), *packed = malloc((size_t)(8 * out_size + 16));
+            if (columns && packed)
+                y = rows_by_eight_avx2(in, stride, h, w, out, out_size, ksize, first, count, weights, columns, packed);
+            free(columns);
+            free(packed);
         }
 #endif
         for (; y + 4 <= h; y += 4) {
