@@ -313,12 +313,13 @@ static PyObject *long_bands(PyObject *self, PyObject *args) {
     /* The mask with its pixels contiguous along the rows (the vertical lines' view is a
      * transposed one, read a column at a time otherwise), as 0/1 bytes. */
     unsigned char *flat = malloc((size_t)(h * w > 0 ? h * w : 1));
-    unsigned char *grown = malloc((size_t)(w > 0 ? w : 1));
+    unsigned char *grown = malloc((size_t)(w > 0 ? w : 1)), *zeros = calloc((size_t)(w > 0 ? w : 1), 1);
     uint16_t *count = calloc((size_t)(w > 0 ? w : 1), sizeof(uint16_t));
-    if (!flat || !grown || !count) {
+    if (!flat || !grown || !count || !zeros) {
         free(flat);
         free(grown);
         free(count);
+        free(zeros);
         free(run);
         PyBuffer_Release(&m.view);
         PyBuffer_Release(&out);
@@ -354,17 +355,15 @@ static PyObject *long_bands(PyObject *self, PyObject *args) {
     for (Py_ssize_t r = 0; r < (reach + 1 < h ? reach + 1 : h); r++)
         for (Py_ssize_t c = 0; c < w; c++) count[c] += flat[r * w + c];
     for (Py_ssize_t r = 0; r < h; r++) {
-        if (r > 0) {
-            if (r + reach < h) {
-                const unsigned char *add = flat + (r + reach) * w;
-                for (Py_ssize_t c = 0; c < w; c++) count[c] += add[c];
-            }
-            if (r - reach - 1 >= 0) {
-                const unsigned char *drop = flat + (r - reach - 1) * w;
-                for (Py_ssize_t c = 0; c < w; c++) count[c] -= drop[c];
-            }
+        /* One pass a row: the row entering the window added, the one leaving it taken away
+         * (an all-zero row where there is none), and which columns hold ink. */
+        const unsigned char *add = r > 0 && r + reach < h ? flat + (r + reach) * w : zeros;
+        const unsigned char *drop = r > 0 && r - reach - 1 >= 0 ? flat + (r - reach - 1) * w : zeros;
+        for (Py_ssize_t c = 0; c < w; c++) {
+            uint16_t n = (uint16_t)(count[c] + add[c] - drop[c]);
+            count[c] = n;
+            grown[c] = n != 0;
         }
-        for (Py_ssize_t c = 0; c < w; c++) grown[c] = count[c] != 0;
         Py_ssize_t c = first_nonzero(grown, w);
         while (c < w) {
             Py_ssize_t e = c + first_zero(grown + c, w - c);
@@ -379,6 +378,7 @@ static PyObject *long_bands(PyObject *self, PyObject *args) {
     }
     free(grown);
     free(count);
+    free(zeros);
     double *rows = (double *)out.buf;
     int failed = 0;
     Py_ssize_t i = 0;
