@@ -1528,6 +1528,33 @@ static void box_columns(const uint8_t *in, uint8_t *out, Py_ssize_t h, Py_ssize_
 /* PIL's ImageFilter.GaussianBlur(sigma) of a contiguous h x w 8-bit image, in place (three
  * extended-box passes along the rows, then three along the columns). The row passes run down the
  * columns of the transposed image (see box_columns). 0, or -1 if out of memory. */
+#if defined(__SSE2__)
+/* Sixteen columns of eight rows, from column x of the rows r[0..7], each column's eight bytes
+ * side by side: d[k] holds columns x + 2k and x + 2k + 1 (SSE2 unpacks, a transpose of 8 x 16
+ * blocks). */
+static inline __attribute__((always_inline)) void columns_of_eight(const uint8_t *const r[8], Py_ssize_t x,
+                                                                   __m128i d[8]) {
+    __m128i a[8];
+    for (int j = 0; j < 8; j++) a[j] = _mm_loadu_si128((const __m128i *)(r[j] + x));
+    __m128i b0 = _mm_unpacklo_epi8(a[0], a[1]), b1 = _mm_unpackhi_epi8(a[0], a[1]);
+    __m128i b2 = _mm_unpacklo_epi8(a[2], a[3]), b3 = _mm_unpackhi_epi8(a[2], a[3]);
+    __m128i b4 = _mm_unpacklo_epi8(a[4], a[5]), b5 = _mm_unpackhi_epi8(a[4], a[5]);
+    __m128i b6 = _mm_unpacklo_epi8(a[6], a[7]), b7 = _mm_unpackhi_epi8(a[6], a[7]);
+    __m128i c0 = _mm_unpacklo_epi16(b0, b2), c1 = _mm_unpackhi_epi16(b0, b2);
+    __m128i c2 = _mm_unpacklo_epi16(b1, b3), c3 = _mm_unpackhi_epi16(b1, b3);
+    __m128i c4 = _mm_unpacklo_epi16(b4, b6), c5 = _mm_unpackhi_epi16(b4, b6);
+    __m128i c6 = _mm_unpacklo_epi16(b5, b7), c7 = _mm_unpackhi_epi16(b5, b7);
+    d[0] = _mm_unpacklo_epi32(c0, c4);
+    d[1] = _mm_unpackhi_epi32(c0, c4);
+    d[2] = _mm_unpacklo_epi32(c1, c5);
+    d[3] = _mm_unpackhi_epi32(c1, c5);
+    d[4] = _mm_unpacklo_epi32(c2, c6);
+    d[5] = _mm_unpackhi_epi32(c2, c6);
+    d[6] = _mm_unpacklo_epi32(c3, c7);
+    d[7] = _mm_unpackhi_epi32(c3, c7);
+}
+#endif
+
 /* dst (w x h) = the transpose of the contiguous h x w src: blocks of eight rows by sixteen
  * columns interleaved with SSE2 unpacks (sixteen columns of eight bytes each), each column's
  * eight bytes stored at once; the edges a byte at a time. */
@@ -1536,20 +1563,11 @@ static void transpose_bytes(const uint8_t *src, Py_ssize_t h, Py_ssize_t w, uint
 #if defined(__SSE2__)
     for (; r + 8 <= h; r += 8) {
         Py_ssize_t c = 0;
+        const uint8_t *rows[8];
+        for (int j = 0; j < 8; j++) rows[j] = src + (r + j) * w;
         for (; c + 16 <= w; c += 16) {
-            __m128i a[8];
-            for (int j = 0; j < 8; j++) a[j] = _mm_loadu_si128((const __m128i *)(src + (r + j) * w + c));
-            __m128i b0 = _mm_unpacklo_epi8(a[0], a[1]), b1 = _mm_unpackhi_epi8(a[0], a[1]);
-            __m128i b2 = _mm_unpacklo_epi8(a[2], a[3]), b3 = _mm_unpackhi_epi8(a[2], a[3]);
-            __m128i b4 = _mm_unpacklo_epi8(a[4], a[5]), b5 = _mm_unpackhi_epi8(a[4], a[5]);
-            __m128i b6 = _mm_unpacklo_epi8(a[6], a[7]), b7 = _mm_unpackhi_epi8(a[6], a[7]);
-            __m128i c0 = _mm_unpacklo_epi16(b0, b2), c1 = _mm_unpackhi_epi16(b0, b2);
-            __m128i c2 = _mm_unpacklo_epi16(b1, b3), c3 = _mm_unpackhi_epi16(b1, b3);
-            __m128i c4 = _mm_unpacklo_epi16(b4, b6), c5 = _mm_unpackhi_epi16(b4, b6);
-            __m128i c6 = _mm_unpacklo_epi16(b5, b7), c7 = _mm_unpackhi_epi16(b5, b7);
-            __m128i d[8] = {_mm_unpacklo_epi32(c0, c4), _mm_unpackhi_epi32(c0, c4), _mm_unpacklo_epi32(c1, c5),
-                            _mm_unpackhi_epi32(c1, c5), _mm_unpacklo_epi32(c2, c6), _mm_unpackhi_epi32(c2, c6),
-                            _mm_unpacklo_epi32(c3, c7), _mm_unpackhi_epi32(c3, c7)};
+            __m128i d[8];
+            columns_of_eight(rows, c, d);
             /* d[k]: columns c + 2k and c + 2k + 1, eight rows each */
             for (int k = 0; k < 8; k++) {
                 _mm_storel_epi64((__m128i *)(dst + (c + 2 * k) * h + r), d[k]);
@@ -1955,25 +1973,10 @@ __attribute__((target("avx2"))) static Py_ssize_t rows_by_eight_avx2(const uint8
         for (int j = 0; j < 8; j++) r[j] = in + (y + j) * stride;
         Py_ssize_t x = 0;
         for (; x + 16 <= w; x += 16) {
-            __m128i a[8];
-            for (int j = 0; j < 8; j++) a[j] = _mm_loadu_si128((const __m128i *)(r[j] + x));
-            __m128i b0 = _mm_unpacklo_epi8(a[0], a[1]), b1 = _mm_unpackhi_epi8(a[0], a[1]);
-            __m128i b2 = _mm_unpacklo_epi8(a[2], a[3]), b3 = _mm_unpackhi_epi8(a[2], a[3]);
-            __m128i b4 = _mm_unpacklo_epi8(a[4], a[5]), b5 = _mm_unpackhi_epi8(a[4], a[5]);
-            __m128i b6 = _mm_unpacklo_epi8(a[6], a[7]), b7 = _mm_unpackhi_epi8(a[6], a[7]);
-            __m128i c0 = _mm_unpacklo_epi16(b0, b2), c1 = _mm_unpackhi_epi16(b0, b2);
-            __m128i c2 = _mm_unpacklo_epi16(b1, b3), c3 = _mm_unpackhi_epi16(b1, b3);
-            __m128i c4 = _mm_unpacklo_epi16(b4, b6), c5 = _mm_unpackhi_epi16(b4, b6);
-            __m128i c6 = _mm_unpacklo_epi16(b5, b7), c7 = _mm_unpackhi_epi16(b5, b7);
-            __m128i *dst = (__m128i *)(columns + x * 8);
-            _mm_storeu_si128(dst + 0, _mm_unpacklo_epi32(c0, c4)); /* columns x, x + 1 */
-            _mm_storeu_si128(dst + 1, _mm_unpackhi_epi32(c0, c4));
-            _mm_storeu_si128(dst + 2, _mm_unpacklo_epi32(c1, c5));
-            _mm_storeu_si128(dst + 3, _mm_unpackhi_epi32(c1, c5));
-            _mm_storeu_si128(dst + 4, _mm_unpacklo_epi32(c2, c6));
-            _mm_storeu_si128(dst + 5, _mm_unpackhi_epi32(c2, c6));
-            _mm_storeu_si128(dst + 6, _mm_unpacklo_epi32(c3, c7));
-            _mm_storeu_si128(dst + 7, _mm_unpackhi_epi32(c3, c7));
+            __m128i d[8];
+            columns_of_eight(r, x, d);
+            for (int k = 0; k < 8; k++) /* columns x + 2k, x + 2k + 1 */
+                _mm_storeu_si128((__m128i *)(columns + x * 8) + k, d[k]);
         }
         for (; x < w; x++)
             for (int j = 0; j < 8; j++) columns[x * 8 + j] = r[j][x];
