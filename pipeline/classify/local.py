@@ -12,6 +12,7 @@ come back in walk order.
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import time
@@ -72,6 +73,11 @@ def decoded_chunks(
     # in a decoder) breaks the pool and ends the run with an error, where Pool waits for its task
     # forever; and leaving early waits for the chunks in flight, where Pool.terminate kills workers
     # that may hold the result queue's lock and can then hang its own task thread.
+    # Everything this process holds now (the imported modules, the review model) lives for the
+    # whole run: frozen, the workers' garbage collections skip it instead of walking all of it
+    # again and again (docs/benchmarks.md), and do not write to the pages the workers share with
+    # this process. Thawed when the run ends, for a caller that goes on.
+    gc.freeze()
     pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_start_worker, initargs=(predict,))
     window: deque[Future[ChunkResult]] = deque()
     try:
@@ -83,6 +89,7 @@ def decoded_chunks(
             yield _result(window.popleft())
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        gc.unfreeze()
 
 
 def _result(future: Future[ChunkResult]) -> ChunkResult:
