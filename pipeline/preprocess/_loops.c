@@ -1280,6 +1280,54 @@ static void enlarged_row(const int32_t *across, Py_ssize_t w, const lerp *y, uin
     enlarged_row_plain(r0, r1, y->a1, w, out);
 }
 
+/* A level being enlarged to h x w: its horizontal pass (enlarged_columns), each output row's
+ * weights, and a row to make output rows in; the small level's copy and its column weights are
+ * freed once the pass is made. */
+typedef struct {
+    Py_ssize_t w;
+    lerp *ys;
+    int32_t *across;
+    uint8_t *row;
+} enlargement;
+
+static void enlargement_end(enlargement *e) {
+    free(e->ys);
+    free(e->across);
+    free(e->row);
+    e->ys = NULL;
+    e->across = NULL;
+    e->row = NULL;
+}
+
+/* 0, or -1 with MemoryError set (nothing held). */
+static int enlargement_begin(const grid *level, Py_ssize_t h, Py_ssize_t w, enlargement *e) {
+    e->w = w;
+    e->ys = NULL;
+    e->across = NULL;
+    e->row = NULL;
+    uint8_t *small = packed_copy(level);
+    if (!small) return -1;
+    lerp *xs = lerp_weights(level->w, w);
+    e->ys = lerp_weights(level->h, h);
+    e->row = malloc((size_t)w);
+    e->across = xs ? enlarged_columns(small, level->h, level->w, w, xs) : NULL;
+    free(small);
+    free(xs);
+    if (!e->ys || !e->row || !e->across) {
+        enlargement_end(e);
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+/* Output row r of the enlarged level, into `into` (or the enlargement's own row when NULL). */
+static const uint8_t *enlargement_row(const enlargement *e, Py_ssize_t r, uint8_t *into) {
+    uint8_t *out = into ? into : e->row;
+    enlarged_row(e->across, e->w, e->ys + r, out);
+    return out;
+}
+
 /* enlarge(small, out): the small level bilinearly enlarged to `out`'s size (see lerp_weights). */
 static PyObject *enlarge(PyObject *self, PyObject *args) {
     PyObject *in_obj, *out_obj;
@@ -1287,39 +1335,25 @@ static PyObject *enlarge(PyObject *self, PyObject *args) {
     grid in, out;
     if (in_and_out(in_obj, &in, out_obj, &out) < 0) return NULL;
     PyObject *result = NULL;
-    uint8_t *small = NULL, *row = NULL;
-    lerp *xs = NULL, *ys = NULL;
-    int32_t *across = NULL;
+    enlargement e;
     if (in.h < 1 || in.w < 1 || out.h < 1 || out.w < 1) {
         PyErr_SetString(PyExc_ValueError, "expected a non-empty image and a non-empty output");
-        goto done;
+        goto release;
     }
-    if (!(small = packed_copy(&in))) goto done;
-    xs = lerp_weights(in.w, out.w);
-    ys = lerp_weights(in.h, out.h);
-    row = malloc((size_t)out.w);
-    across = xs ? enlarged_columns(small, in.h, in.w, out.w, xs) : NULL;
-    if (!ys || !row || !across) {
-        PyErr_NoMemory();
-        goto done;
-    }
+    if (enlargement_begin(&in, out.h, out.w, &e) < 0) goto release;
     for (Py_ssize_t r = 0; r < out.h; r++) {
         char *to = out.data + r * out.s0;
         if (out.s1 == 1) {
-            enlarged_row(across, out.w, ys + r, (uint8_t *)to);
+            enlargement_row(&e, r, (uint8_t *)to);
         } else {
-            enlarged_row(across, out.w, ys + r, row);
+            const uint8_t *row = enlargement_row(&e, r, NULL);
             const Py_ssize_t step = out.s1, w = out.w;
             for (Py_ssize_t c = 0; c < w; c++) to[c * step] = (char)row[c];
         }
     }
+    enlargement_end(&e);
     result = Py_NewRef(Py_None);
-done:
-    free(small);
-    free(row);
-    free(xs);
-    free(ys);
-    free(across);
+release:
     PyBuffer_Release(&in.view);
     PyBuffer_Release(&out.view);
     return result;
@@ -1351,9 +1385,7 @@ static PyObject *absorbed_ink(PyObject *self, PyObject *args) {
         return NULL;
     }
     PyObject *result = NULL;
-    uint8_t *small = NULL, *paper = NULL;
-    lerp *xs = NULL, *ys = NULL;
-    int32_t *across = NULL;
+    enlargement paper = {0};
     const Py_ssize_t h = g.h, w = g.w;
     if (o.h != h || o.w != w || m.h != h || m.w != w || g.s1 != 1 || o.s1 != 1 || m.s1 != 1 || h < 1 || w < 1 ||
         p.h < 1 || p.w < 1) {
@@ -1362,15 +1394,7 @@ static PyObject *absorbed_ink(PyObject *self, PyObject *args) {
         goto done;
     }
     Py_ssize_t box[4] = {-1, -1, w, -1};
-    if (!(small = packed_copy(&p))) goto done;
-    xs = lerp_weights(p.w, w);
-    ys = lerp_weights(p.h, h);
-    paper = malloc((size_t)w);
-    across = xs ? enlarged_columns(small, p.h, p.w, w, xs) : NULL;
-    if (!ys || !paper || !across) {
-        PyErr_NoMemory();
-        goto done;
-    }
+    if (enlargement_begin(&p, h, w, &paper) < 0) goto done;
     /* The ink rounded to 8 bits (into `out`, for now), its levels, then the stretched ink. */
     absorbed_row_fn row_of = absorbed_row;
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -1388,8 +1412,8 @@ static PyObject *absorbed_ink(PyObject *self, PyObject *args) {
     memset(counts, 0, sizeof(counts));
     for (Py_ssize_t r = 0; r < h; r++) {
         unsigned char *row = (unsigned char *)o.data + r * o.s0;
-        enlarged_row(across, w, ys + r, paper);
-        row_of((const unsigned char *)g.data + r * g.s0, paper, w, 1.0f, row, keep ? keep + r * w : NULL);
+        row_of((const unsigned char *)g.data + r * g.s0, enlargement_row(&paper, r, NULL), w, 1.0f, row,
+               keep ? keep + r * w : NULL);
         unsigned char m = row_max(row, w);
         top = m > top ? m : top;
         count_high(row, w, low, counts);
@@ -1404,8 +1428,8 @@ static PyObject *absorbed_ink(PyObject *self, PyObject *args) {
             if (keep) {
                 scaled_row(keep + r * w, w, alpha, row);
             } else {
-                enlarged_row(across, w, ys + r, paper);
-                row_of((const unsigned char *)g.data + r * g.s0, paper, w, alpha, row, NULL);
+                row_of((const unsigned char *)g.data + r * g.s0, enlargement_row(&paper, r, NULL), w, alpha, row,
+                       NULL);
             }
             locate_row(row, w, level, inked); /* the ink's mask and box while the row is at hand */
             box_row(inked, w, r, box);
@@ -1413,11 +1437,7 @@ static PyObject *absorbed_ink(PyObject *self, PyObject *args) {
     }
     result = Py_BuildValue("iiN", top, scale, box_value(box));
 done:
-    free(small);
-    free(paper);
-    free(xs);
-    free(ys);
-    free(across);
+    enlargement_end(&paper);
     PyBuffer_Release(&g.view);
     PyBuffer_Release(&p.view);
     PyBuffer_Release(&o.view);
