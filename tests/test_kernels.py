@@ -191,35 +191,30 @@ def test_opened_box_is_the_step_by_step_opening_and_growth() -> None:
 
 
 def test_profile_is_numpys_count_of_the_ink() -> None:
-    """A digit's profile across the lines (`forms._ends` reads it for every line): its summed-area
-    table, its height, and the columns where 1% and 99% of the ink is reached, as numpy's
-    cumulative sums, share and searches give them, on sparse and dense masks, transposed and
-    strided; and any box's count read from the table is numpy's count of that slice."""
+    """A digit's profile across the lines (`forms._ends` reads it for every line): the ink above
+    each row, its height, and the columns where 1% and 99% of the ink is reached, as numpy's
+    cumulative sums, share and searches give them, on sparse and dense masks, contiguous,
+    transposed, flipped and strided."""
 
     def by_numpy(d: np.ndarray) -> tuple[np.ndarray, int, int, int, int]:
         per_row, per_col = d.sum(axis=1), d.sum(axis=0)
         rows, cols = np.flatnonzero(per_row), np.flatnonzero(per_col)
         share = np.cumsum(per_col[cols]) / per_col[cols].sum()
         first, last = int(cols[np.searchsorted(share, 0.01)]), int(cols[np.searchsorted(share, 0.99)]) + 1
-        area = np.zeros((d.shape[0] + 1, d.shape[1] + 1), np.int64)
-        area[1:, 1:] = d.astype(np.int64).cumsum(axis=0).cumsum(axis=1)
-        return area, int(rows[-1] - rows[0] + 1), first, last, int(per_col.sum())
-
-    from pipeline.preprocess.forms import _inked
+        above = np.concatenate([[0], np.cumsum(per_row)]).astype(np.int64)
+        return above, int(rows[-1] - rows[0] + 1), first, last, int(per_col.sum())
 
     rng = np.random.default_rng(3)
     for i in range(800):
         h, w = (int(n) for n in rng.integers(1, 120, 2))
         mask = rng.random((h, w)) < (0.002, 0.02, 0.2, 0.7)[i % 4]
         mask[int(rng.integers(h)), int(rng.integers(w))] = True
-        for view in (mask, mask.T, mask[::-1, ::-1]):
+        for view in (mask, mask.T, mask[::-1, ::-1], np.pad(mask, 2)[2:-2:2, 2:-2]):
+            if not view.any():
+                continue
             got, expected = kernels.profile(view), by_numpy(view)
             assert np.array_equal(got[0], expected[0]), i
             assert got[1:] == expected[1:], (i, got[1:], expected[1:])
-            top, left = int(rng.integers(view.shape[0])), int(rng.integers(view.shape[1]))
-            bottom = int(rng.integers(top, view.shape[0] + 1))
-            right = int(rng.integers(left, view.shape[1] + 1))
-            assert _inked(got[0], top, bottom, left, right) == int(view[top:bottom, left:right].sum())
     with pytest.raises(ValueError, match="without ink"):
         kernels.profile(np.zeros((4, 5), bool))
 

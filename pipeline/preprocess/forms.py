@@ -186,7 +186,8 @@ class _Profile:
     """The digit's ink counted along one orientation (rows across the lines, columns along them):
     what `_ends` reads for every line of that orientation, counted once per digit."""
 
-    area: np.ndarray  # the summed-area table (`kernels.profile`): [r, c] holds rows < r, columns < c
+    digit: np.ndarray  # the digit, oriented so that the lines run along its rows
+    above: np.ndarray  # `kernels.profile`: [r] holds the ink of rows < r
     height: int  # first to last inked row
     first: int  # the ink's extent along the rows, 1% of it at either end (specks) left out
     last: int
@@ -196,15 +197,9 @@ class _Profile:
 def _profile(digit: np.ndarray, vertical: bool, profiles: dict[bool, _Profile]) -> _Profile:
     """`digit`'s profile for lines of this orientation, from `profiles` (one digit's) if there."""
     if vertical not in profiles:  # specks at the edges (1% of the ink each side) do not count
-        profiles[vertical] = _Profile(*kernels.profile(_oriented(digit, vertical)))
+        oriented = _oriented(digit, vertical)
+        profiles[vertical] = _Profile(oriented, *kernels.profile(oriented))
     return profiles[vertical]
-
-
-def _inked(area: np.ndarray, top: int, bottom: int, left: int, right: int) -> int:
-    """The ink of rows top:bottom, columns left:right (within the table's mask) from its
-    summed-area table."""
-    below = area.item(bottom, right) - area.item(bottom, left)
-    return int(below - area.item(top, right) + area.item(top, left))
 
 
 def _ends(line: FormLine, digit: np.ndarray, stroke: float, profiles: dict[bool, _Profile]) -> _Ends | None:
@@ -218,11 +213,11 @@ def _ends(line: FormLine, digit: np.ndarray, stroke: float, profiles: dict[bool,
     line is `through`: not a box's side, whose sides have the digit on one side only.
     """
     p = _profile(digit, line.vertical, profiles)
-    rows, columns = p.area.shape[0] - 1, p.area.shape[1] - 1
+    rows = p.digit.shape[0]
     crossing = max(2, round(defaults.FORM_LINE_CROSSING * p.height))
     top, bottom = max(0, line.lo - crossing), min(rows, line.hi + crossing)  # near the line
-    before = p.area.item(top, columns)
-    after = p.total - p.area.item(bottom, columns)
+    before = p.above.item(top)
+    after = p.total - p.above.item(bottom)
     far = min(before, after)
     through = far > defaults.FORM_LINE_FAR_INK * (before + after)
     if through and (line.vertical or far > defaults.FORM_LINE_THROUGH_INK * (before + after)):
@@ -233,11 +228,9 @@ def _ends(line: FormLine, digit: np.ndarray, stroke: float, profiles: dict[bool,
         round(defaults.FORM_LINE_OVERHANG_STROKES * stroke),
     )
     tip, allowed = max(2, (line.end - line.start) // 10), max(2, int(0.002 * p.total))
-    start = (
-        line.start <= p.first - overhang
-        and _inked(p.area, top, bottom, line.start, min(columns, line.start + tip)) <= allowed
-    )
-    end = line.end >= p.last + overhang and _inked(p.area, top, bottom, line.end - tip, line.end) <= allowed
+    near = p.digit[top:bottom]  # the tips' ink is counted only where a tip passes the digit
+    start = line.start <= p.first - overhang and _count(near[:, line.start : line.start + tip]) <= allowed
+    end = line.end >= p.last + overhang and _count(near[:, line.end - tip : line.end]) <= allowed
     if through and not (start and end):
         return None
     return _Ends(start, end, overhang, after >= before, through)

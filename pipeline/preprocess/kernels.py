@@ -163,14 +163,14 @@ def opened_box(mask: np.ndarray, box: tuple[int, int, int, int]) -> tuple[tuple[
 
 def profile(m: np.ndarray) -> tuple[np.ndarray, int, int, int, int]:
     """`forms._profile` of the bool mask `m` (oriented so the lines run along its rows; any
-    strides; some ink): its summed-area table (int64, one row and column more than `m`: entry
-    [r, c] is the ink of rows < r, columns < c), the height from the first inked row to the last,
-    the columns where the running share of the ink first reaches 1% and 99% (plus one), and the
-    total. One pass: `forms._ends` reads the ink on either side of a line and near its tips from
-    the table, four lookups a count, where numpy summed and counted slices for every line."""
-    area = np.empty((m.shape[0] + 1, m.shape[1] + 1), np.int64)
-    height, first, last, total = _loops.profile(m, area)
-    return area, height, first, last, total
+    strides; some ink): the ink above each row (int64, one more than `m` has rows: entry r is the
+    ink of rows < r), the height from the first inked row to the last, the columns where the
+    running share of the ink first reaches 1% and 99% (plus one), and the total. One pass along
+    whichever axis is contiguous: `forms._ends` reads the ink on either side of a line from the
+    running sums, where numpy summed slices for every line."""
+    rows = np.empty(m.shape[0] + 1, np.int64)
+    height, first, last, total = _loops.profile(m, rows)
+    return rows, height, first, last, total
 
 
 def stretch_levels(rounded: np.ndarray) -> tuple[int, int]:
