@@ -219,6 +219,28 @@ def test_profile_is_numpys_count_of_the_ink() -> None:
         kernels.profile(np.zeros((4, 5), bool))
 
 
+def test_ink_extents_are_numpys() -> None:
+    """`forms._may_accept`'s bounds on the ink's extent down the rows and along the columns (the
+    first position by which `enough` ink is reached, the last with `enough` after it, plus two;
+    -1 for none), as numpy's counts and cumulative sums give them, on sparse and dense masks,
+    contiguous, transposed, flipped and strided."""
+    rng = np.random.default_rng(4)
+
+    def bounds(along: np.ndarray, enough: float) -> tuple[int, int]:
+        running = np.cumsum(along)
+        reached, beyond = np.flatnonzero(running >= enough), np.flatnonzero(running[-1] - running >= enough)
+        return (int(reached[0]) if len(reached) else -1), (int(beyond[-1]) + 2 if len(beyond) else -1)
+
+    for i in range(600):
+        h, w = (int(n) for n in rng.integers(1, 90, 2))
+        mask = rng.random((h, w)) < (0.002, 0.03, 0.3, 0.8)[i % 4]
+        for view in (mask, mask.T, mask[::-1, ::-1], np.pad(mask, 2)[2:-2:2, 2:-2]):
+            per_row, per_col = np.count_nonzero(view, axis=1), np.count_nonzero(view, axis=0)
+            enough = 0.01 * int(view.sum()) + float(rng.integers(0, 3))
+            down, along = kernels.ink_extents(view, enough)
+            assert down == bounds(per_row, enough) and along == bounds(per_col, enough), i
+
+
 def test_erosion_counts_what_opencvs_erosion_leaves() -> None:
     """The stroke width's counts and the 3x3 opening's box: the ink above the threshold, what
     OpenCV's erosion (edges repeated) leaves of it and that box, on 8-bit images and bool masks,

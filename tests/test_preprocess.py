@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -319,6 +320,53 @@ def test_a_lone_line_left_untraced_is_what_the_full_rules_decide(
     quick = [outcome(ink) for ink in inks]
     assert skipped == {False, True}
     monkeypatch.setattr(forms, "_stays_alone", lambda line, mask, total: False)
+    assert quick == [outcome(ink) for ink in inks]
+
+
+def test_lines_told_apart_without_weighing_are_what_the_full_rules_decide(
+    test_digits: tuple[np.ndarray, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lines that `forms._may_accept` says no rule can accept are not weighed one by one
+    (`forms._accept`): on plain scans and form fields, and on tight crops of them, the answer is
+    the full analysis's, and the shortcut is taken on most plain scans that offer lines and on
+    some form fields."""
+    from pipeline.preprocess import forms
+    from pipeline.samples import render_form
+
+    rng = np.random.default_rng(23)
+    inks, kinds = [], []
+    for i in range(6000, 6160):
+        kind = ("scan", "box", "underline", "comb")[i % 4]
+        scan = kind == "scan"
+        page = render_scan(test_digits[0][i], rng) if scan else render_form(test_digits[0][i], rng, kind)
+        ink = normalize._ink_values(preprocess.to_gray(page))[0]
+        top, bottom, left, right = bbox(ink > 64) or (0, 0, 0, 0)
+        inks += [ink, ink[max(0, top - 2) : bottom + 2, max(0, left - 2) : right + 2]]
+        kinds += [kind, kind]
+
+    def outcome(ink: np.ndarray) -> object:
+        try:
+            erased = preprocess.erase_form_lines(ink)
+        except BlankImageError:
+            return "blank"
+        return None if erased is None else erased.tobytes()
+
+    weighed, skipped = Counter(), Counter()  # by kind of image
+    may = forms._may_accept
+    kind = ""
+
+    def spy(lines: list[forms.FormLine], digit: np.ndarray, total: int) -> bool:
+        told = may(lines, digit, total)
+        (weighed if told else skipped)[kind] += 1
+        return told
+
+    monkeypatch.setattr(forms, "_may_accept", spy)
+    quick = []
+    for ink, kind in zip(inks, kinds, strict=True):  # noqa: B007 (the spy reads `kind`)
+        quick.append(outcome(ink))
+    assert skipped["scan"] > weighed["scan"] > 0, (skipped, weighed)
+    assert sum(skipped[k] for k in ("box", "underline", "comb")) > 0, skipped
+    monkeypatch.setattr(forms, "_may_accept", lambda lines, digit, total: True)
     assert quick == [outcome(ink) for ink in inks]
 
 

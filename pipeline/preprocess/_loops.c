@@ -282,6 +282,45 @@ static int fit(const unsigned char *flat, Py_ssize_t w, Py_ssize_t lo, Py_ssize_
     return 0;
 }
 
+static void transpose_bytes(const uint8_t *src, Py_ssize_t step, Py_ssize_t h, Py_ssize_t w, uint8_t *dst);
+
+/* n bytes as 0/1 (any nonzero byte to 1), src to dst (which may be src). */
+static void ones_of(const unsigned char *src, unsigned char *dst, Py_ssize_t n) {
+    Py_ssize_t c = 0;
+#if defined(__SSE2__)
+    const __m128i one = _mm_set1_epi8(1);
+    for (; c + 16 <= n; c += 16)
+        _mm_storeu_si128((__m128i *)(dst + c), _mm_min_epu8(_mm_loadu_si128((const __m128i *)(src + c)), one));
+#endif
+    for (; c < n; c++) dst[c] = src[c] != 0;
+}
+
+/* A window's row of column counts moved down a row: `add` (0/1 bytes) counted in, `drop` taken
+ * out, and `grown` set to whether each column's count is above zero. */
+static void window_row(uint16_t *count, const unsigned char *add, const unsigned char *drop, unsigned char *grown,
+                       Py_ssize_t w) {
+    Py_ssize_t c = 0;
+#if defined(__SSE2__)
+    const __m128i zero = _mm_setzero_si128(), one = _mm_set1_epi8(1);
+    for (; c + 16 <= w; c += 16) {
+        __m128i a = _mm_loadu_si128((const __m128i *)(add + c)), d = _mm_loadu_si128((const __m128i *)(drop + c));
+        __m128i lo = _mm_loadu_si128((const __m128i *)(count + c));
+        __m128i hi = _mm_loadu_si128((const __m128i *)(count + c + 8));
+        lo = _mm_sub_epi16(_mm_add_epi16(lo, _mm_unpacklo_epi8(a, zero)), _mm_unpacklo_epi8(d, zero));
+        hi = _mm_sub_epi16(_mm_add_epi16(hi, _mm_unpackhi_epi8(a, zero)), _mm_unpackhi_epi8(d, zero));
+        _mm_storeu_si128((__m128i *)(count + c), lo);
+        _mm_storeu_si128((__m128i *)(count + c + 8), hi);
+        __m128i empty = _mm_packs_epi16(_mm_cmpeq_epi16(lo, zero), _mm_cmpeq_epi16(hi, zero));
+        _mm_storeu_si128((__m128i *)(grown + c), _mm_andnot_si128(empty, one));
+    }
+#endif
+    for (; c < w; c++) {
+        uint16_t n = (uint16_t)(count[c] + add[c] - drop[c]);
+        count[c] = n;
+        grown[c] = n != 0;
+    }
+}
+
 /* long_bands(mask, length, reach, thickest, out) -> bands written to out (float64 [h, 8]). */
 static PyObject *long_bands(PyObject *self, PyObject *args) {
     PyObject *mask_obj, *out_obj;
@@ -310,8 +349,8 @@ static PyObject *long_bands(PyObject *self, PyObject *args) {
         }
         return NULL;
     }
-    /* The mask with its pixels contiguous along the rows (the vertical lines' view is a
-     * transposed one, read a column at a time otherwise), as 0/1 bytes. */
+    /* The mask with its pixels contiguous along the rows, as 0/1 bytes (the vertical lines' view
+     * is a transposed one: transposed back). */
     unsigned char *flat = malloc((size_t)(h * w > 0 ? h * w : 1));
     unsigned char *grown = malloc((size_t)(w > 0 ? w : 1)), *zeros = calloc((size_t)(w > 0 ? w : 1), 1);
     uint16_t *count = calloc((size_t)(w > 0 ? w : 1), sizeof(uint16_t));
@@ -325,30 +364,15 @@ static PyObject *long_bands(PyObject *self, PyObject *args) {
         PyBuffer_Release(&out);
         return PyErr_NoMemory();
     }
-    for (Py_ssize_t r = 0; r < h; r++) {
-        const unsigned char *src = (const unsigned char *)m.data + r * m.s0;
-        unsigned char *dst = flat + r * w;
-        if (m.s1 == 1) {
-            for (Py_ssize_t c = 0; c < w; c++) dst[c] = src[c] != 0;
-        } else if (m.s0 != 1) {
-            const Py_ssize_t step = m.s1;
-            for (Py_ssize_t c = 0; c < w; c++) dst[c] = src[c * step] != 0;
-        }
-    }
-    if (m.s0 == 1 && m.s1 != 1) { /* a transposed view: read along the array's own rows, eight at a time */
-        Py_ssize_t c = 0;
-        for (; c + 8 <= w; c += 8) {
-            const unsigned char *src[8];
-            for (int k = 0; k < 8; k++) src[k] = (const unsigned char *)m.data + (c + k) * m.s1;
-            for (Py_ssize_t r = 0; r < h; r++) {
-                unsigned char *dst = flat + r * w + c;
-                for (int k = 0; k < 8; k++) dst[k] = src[k][r] != 0;
-            }
-        }
-        for (; c < w; c++) {
-            const unsigned char *src = (const unsigned char *)m.data + c * m.s1;
-            for (Py_ssize_t r = 0; r < h; r++) flat[r * w + c] = src[r] != 0;
-        }
+    if (m.s1 == 1) {
+        for (Py_ssize_t r = 0; r < h; r++)
+            ones_of((const unsigned char *)m.data + r * m.s0, flat + r * w, w);
+    } else if (m.s0 == 1) { /* a transposed view: its array's rows transposed back, in blocks */
+        transpose_bytes((const uint8_t *)m.data, m.s1, w, h, flat);
+        ones_of(flat, flat, h * w);
+    } else {
+        for (Py_ssize_t r = 0; r < h; r++)
+            for (Py_ssize_t c = 0; c < w; c++) flat[r * w + c] = m.data[r * m.s0 + c * m.s1] != 0;
     }
     /* Row r grown is any ink in rows r - reach .. r + reach: a count per column over that window,
      * slid down a row at a time. */
@@ -359,11 +383,7 @@ static PyObject *long_bands(PyObject *self, PyObject *args) {
          * (an all-zero row where there is none), and which columns hold ink. */
         const unsigned char *add = r > 0 && r + reach < h ? flat + (r + reach) * w : zeros;
         const unsigned char *drop = r > 0 && r - reach - 1 >= 0 ? flat + (r - reach - 1) * w : zeros;
-        for (Py_ssize_t c = 0; c < w; c++) {
-            uint16_t n = (uint16_t)(count[c] + add[c] - drop[c]);
-            count[c] = n;
-            grown[c] = n != 0;
-        }
+        window_row(count, add, drop, grown, w);
         Py_ssize_t c = first_nonzero(grown, w);
         while (c < w) {
             Py_ssize_t e = c + first_zero(grown + c, w - c);
@@ -954,6 +974,76 @@ static void line_counts(const unsigned char *base, Py_ssize_t outer, Py_ssize_t 
     }
 }
 
+/* Each row's and each column's ink of a mask, into per_row (h) and per_col (w, zeroed here). */
+static void mask_counts(const grid *m, int64_t *per_row, int64_t *per_col, int32_t *counts) {
+    const Py_ssize_t h = m->h, w = m->w;
+    if (m->s1 == 1) {
+        line_counts((const unsigned char *)m->data, h, m->s0, w, per_row, counts);
+        for (Py_ssize_t c = 0; c < w; c++) per_col[c] = counts[c];
+    } else if (m->s0 == 1) { /* a transposed view: its rows are its array's columns */
+        line_counts((const unsigned char *)m->data, w, m->s1, h, per_col, counts);
+        for (Py_ssize_t r = 0; r < h; r++) per_row[r] = counts[r];
+    } else {
+        for (Py_ssize_t c = 0; c < w; c++) per_col[c] = 0;
+        for (Py_ssize_t r = 0; r < h; r++) {
+            int64_t n = 0;
+            for (Py_ssize_t c = 0; c < w; c++) {
+                int on = m->data[r * m->s0 + c * m->s1] != 0;
+                n += on;
+                per_col[c] += on;
+            }
+            per_row[r] = n;
+        }
+    }
+}
+
+/* Along one axis's counts (n of them): the first position by which `enough` ink is reached, and
+ * the last position with `enough` ink beyond it, plus two (-1 where there is none). */
+static void extent_within(const int64_t *along, Py_ssize_t n, double enough, Py_ssize_t *first, Py_ssize_t *last) {
+    int64_t running = 0, beyond = 0;
+    *first = *last = -1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        running += along[i];
+        if ((double)running >= enough) {
+            *first = i;
+            break;
+        }
+    }
+    for (Py_ssize_t c = n - 1; c >= 0; c--) { /* beyond: the ink of the positions after c */
+        if ((double)beyond >= enough) {
+            *last = c + 2;
+            break;
+        }
+        beyond += along[c];
+    }
+}
+
+/* ink_extents(mask, enough) -> (first row, last row, first column, last column) (kernels). */
+static PyObject *ink_extents(PyObject *self, PyObject *args) {
+    PyObject *mobj;
+    double enough;
+    if (!PyArg_ParseTuple(args, "Od", &mobj, &enough)) return NULL;
+    grid m;
+    if (get_grid(mobj, &m, 0) < 0) return NULL;
+    PyObject *result = NULL;
+    const Py_ssize_t h = m.h, w = m.w, longer = h > w ? h : w;
+    int64_t *per_row = malloc(sizeof(int64_t) * (size_t)(h + w + 1));
+    int32_t *counts = calloc((size_t)(longer > 0 ? longer : 1), sizeof(int32_t));
+    if (!per_row || !counts) {
+        PyErr_NoMemory();
+    } else {
+        Py_ssize_t rf, rl, cf, cl;
+        mask_counts(&m, per_row, per_row + h, counts);
+        extent_within(per_row, h, enough, &rf, &rl);
+        extent_within(per_row + h, w, enough, &cf, &cl);
+        result = Py_BuildValue("nnnn", rf, rl, cf, cl);
+    }
+    free(per_row);
+    free(counts);
+    PyBuffer_Release(&m.view);
+    return result;
+}
+
 /* profile(mask, rows) -> (height, first, last, total) of a bool mask with some ink (kernels):
  * rows[r] is the ink of the rows above r (h + 1 of them). */
 static PyObject *profile(PyObject *self, PyObject *args) {
@@ -978,25 +1068,7 @@ static PyObject *profile(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "rows must have one int64 per row, and one more");
         goto done;
     }
-    /* Along whichever axis is contiguous: a transposed view's rows are its array's columns. */
-    if (m.s1 == 1) {
-        line_counts((const unsigned char *)m.data, h, m.s0, w, per_row, counts);
-        for (Py_ssize_t c = 0; c < w; c++) per_col[c] = counts[c];
-    } else if (m.s0 == 1) {
-        line_counts((const unsigned char *)m.data, w, m.s1, h, per_col, counts);
-        for (Py_ssize_t r = 0; r < h; r++) per_row[r] = counts[r];
-    } else {
-        for (Py_ssize_t c = 0; c < w; c++) per_col[c] = 0;
-        for (Py_ssize_t r = 0; r < h; r++) {
-            int64_t n = 0;
-            for (Py_ssize_t c = 0; c < w; c++) {
-                int on = m.data[r * m.s0 + c * m.s1] != 0;
-                n += on;
-                per_col[c] += on;
-            }
-            per_row[r] = n;
-        }
-    }
+    mask_counts(&m, per_row, per_col, counts);
     /* The rows' running sums, and the first and last inked rows. */
     int64_t total = 0;
     Py_ssize_t top = -1, bottom = -1;
@@ -1606,16 +1678,16 @@ static inline __attribute__((always_inline)) void columns_of_eight(const uint8_t
 }
 #endif
 
-/* dst (w x h) = the transpose of the contiguous h x w src: blocks of eight rows by sixteen
- * columns interleaved with SSE2 unpacks (sixteen columns of eight bytes each), each column's
- * eight bytes stored at once; the edges a byte at a time. */
-static void transpose_bytes(const uint8_t *src, Py_ssize_t h, Py_ssize_t w, uint8_t *dst) {
+/* dst (w x h, contiguous) = the transpose of the h x w src (rows `step` bytes apart): blocks of
+ * eight rows by sixteen columns interleaved with SSE2 unpacks (sixteen columns of eight bytes
+ * each), each column's eight bytes stored at once; the edges a byte at a time. */
+static void transpose_bytes(const uint8_t *src, Py_ssize_t step, Py_ssize_t h, Py_ssize_t w, uint8_t *dst) {
     Py_ssize_t r = 0;
 #if defined(__SSE2__)
     for (; r + 8 <= h; r += 8) {
         Py_ssize_t c = 0;
         const uint8_t *rows[8];
-        for (int j = 0; j < 8; j++) rows[j] = src + (r + j) * w;
+        for (int j = 0; j < 8; j++) rows[j] = src + (r + j) * step;
         for (; c + 16 <= w; c += 16) {
             __m128i d[8];
             columns_of_eight(rows, c, d);
@@ -1626,11 +1698,11 @@ static void transpose_bytes(const uint8_t *src, Py_ssize_t h, Py_ssize_t w, uint
             }
         }
         for (; c < w; c++)
-            for (int j = 0; j < 8; j++) dst[c * h + r + j] = src[(r + j) * w + c];
+            for (int j = 0; j < 8; j++) dst[c * h + r + j] = src[(r + j) * step + c];
     }
 #endif
     for (; r < h; r++)
-        for (Py_ssize_t c = 0; c < w; c++) dst[c * h + r] = src[r * w + c];
+        for (Py_ssize_t c = 0; c < w; c++) dst[c * h + r] = src[r * step + c];
 }
 
 static int blur_pixels(uint8_t *image, Py_ssize_t h, Py_ssize_t w, double sigma) {
@@ -1647,11 +1719,11 @@ static int blur_pixels(uint8_t *image, Py_ssize_t h, Py_ssize_t w, double sigma)
     int whole = (int)radius;
     uint32_t ww = (uint32_t)((float)(1 << 24) / (radius * 2 + 1));
     uint32_t fw = ((1u << 24) - (uint32_t)(whole * 2 + 1) * ww) / 2;
-    transpose_bytes(image, h, w, a); /* transposed: w rows of h */
+    transpose_bytes(image, w, h, w, a); /* transposed: w rows of h */
     box_columns(a, b, w, h, whole, ww, fw, sum);
     box_columns(b, a, w, h, whole, ww, fw, sum);
     box_columns(a, b, w, h, whole, ww, fw, sum);
-    transpose_bytes(b, w, h, a); /* back upright */
+    transpose_bytes(b, h, w, h, a); /* back upright */
     box_columns(a, b, h, w, whole, ww, fw, sum);
     box_columns(b, a, h, w, whole, ww, fw, sum);
     box_columns(a, image, h, w, whole, ww, fw, sum);
@@ -2836,6 +2908,7 @@ static PyMethodDef methods[] = {
     {"locate", locate, METH_VARARGS, "The ink mask and its box (see kernels.locate)."},
     {"opened_box", opened_box, METH_VARARGS, "The ink's box after a 3x3 opening, grown back (see kernels.opened_box)."},
     {"erosion", erosion, METH_VARARGS, "Ink, what a 3x3 erosion leaves of it, and where (see kernels.erosion)."},
+    {"ink_extents", ink_extents, METH_VARARGS, "Bounds on the ink's extent (see kernels.ink_extents)."},
     {"profile", profile, METH_VARARGS, "The ink above each row, and where it lies (see kernels.profile)."},
     {"absorbed_ink", absorbed_ink, METH_VARARGS, "Ink absorbed from the paper, stretched (see kernels.absorbed_ink)."},
     {"stretch_levels", stretch_levels, METH_VARARGS, "Strongest level and scale (see kernels.stretch_levels)."},

@@ -329,6 +329,40 @@ def _corners_empty(digit: np.ndarray, inside: tuple[int, int, int, int]) -> bool
     return sum(empty) >= 2
 
 
+def _may_accept(lines: list[FormLine], digit: np.ndarray, total: int) -> bool:
+    """Whether `_accept` could accept any of `lines`, told cheaply where it cannot: most plain
+    scans offer a straight stroke or two (a 7's bar, a 4's upright), which `_accept` would weigh
+    at the cost of a digit's profiles, only to keep them all.
+
+    Without two flat and two upright lines no box can close (`_frame`), and a line is then first
+    accepted only if it passes the digit at both ends by the overhang (`_ends`). `digit` is the
+    ink of no line (`mask` less every line's pixels): every digit `_ends` weighs holds it and at
+    most the `total` ink. Over 1% of such a digit's ink (`_SPECKS`, and a pixel to spare for
+    rounding) lies up to the first position `kernels.ink_extents` gives and after the one before
+    its last, so the digit's extent (`kernels.profile`: from its first to its last 1% of ink)
+    begins no later and ends no sooner, and its overhang is at least that extent's. A line that
+    cannot pass those bounds at both ends, `_accept` keeps too.
+    """
+    flat = sum(not line.vertical for line in lines)
+    if flat >= 2 and len(lines) - flat >= 2:
+        return True  # a box may close: its sides are weighed together
+    down, along = kernels.ink_extents(digit, _SPECKS * total + 1)
+    if min(*down, *along) < 0:
+        return True  # too little ink left to tell
+    least = max(2, round(defaults.FORM_LINE_OVERHANG_STROKES * stroke_width(digit)))  # as `_accept` has it
+    for line in lines:
+        first, last = down if line.vertical else along  # the line's own orientation
+        overhang = max(least, round(defaults.FORM_LINE_OVERHANG * (last - first)))
+        if line.start <= first - overhang and line.end >= last + overhang:
+            return True
+    return False
+
+
+# The share of the ink at either end that a digit's extent leaves out as specks (the 1% and 99%
+# of `kernels.profile`).
+_SPECKS = 0.01
+
+
 def _accept(lines: list[FormLine], pixels: dict[FormLine, np.ndarray], mask: np.ndarray) -> list[FormLine]:
     """The lines that are the form's: each end passes the digit freely or meets an accepted line.
 
@@ -445,7 +479,7 @@ def erase_form_lines(values: np.ndarray, located: Located | None = None) -> np.n
             return None
     else:
         return None
-    accepted = _accept(lines, pixels, mask)
+    accepted = _accept(lines, pixels, mask) if _may_accept(lines, digit, total) else []
     if not accepted:
         return None
     digit = mask & ~_union(pixels, accepted)

@@ -173,6 +173,15 @@ def profile(m: np.ndarray) -> tuple[np.ndarray, int, int, int, int]:
     return rows, height, first, last, total
 
 
+def ink_extents(m: np.ndarray, enough: float) -> tuple[tuple[int, int], tuple[int, int]]:
+    """`forms._may_accept`'s bounds on the extent of the ink of the bool mask `m` (any strides),
+    down its rows and along its columns: for each axis, the first position by which the running
+    ink reaches `enough`, and the last position with at least `enough` ink after it, plus two
+    (-1 where there is none). One pass along whichever axis is contiguous."""
+    first_row, last_row, first_column, last_column = _loops.ink_extents(m, float(enough))
+    return (first_row, last_row), (first_column, last_column)
+
+
 def stretch_levels(rounded: np.ndarray) -> tuple[int, int]:
     """`normalize._stretch`'s levels of an 8-bit ink image: the strongest level present, and the
     scale (the 90th percentile of the levels above half the strongest, 256 if none reach it)."""
