@@ -66,6 +66,26 @@ def test_transposed_and_sliced_views_read_as_their_arrays() -> None:
     assert np.array_equal(kernels.long_bands(view, 20, 1, 8), kernels.long_bands(mask, 20, 1, 8))
 
 
+def test_bands_are_the_same_whatever_the_layout() -> None:
+    """A mask's bands do not depend on how it lies in memory: contiguous, a transposed view, a
+    crop, or bytes other than 0 and 1 for ink; on widths below, at and past the sixteen
+    pixels the window moves by, with bars long and short, thick and thin, level and askew."""
+    rng = np.random.default_rng(8)
+    for i in range(300):
+        h, w = int(rng.integers(3, 60)), int(rng.integers(1, 70))
+        mask = rng.random((h, w)) < 0.03
+        for _ in range(int(rng.integers(1, 4))):
+            top, left = int(rng.integers(h)), int(rng.integers(w))
+            mask[top : top + int(rng.integers(1, 4)), left : left + int(rng.integers(1, w + 1))] = True
+        length, reach = max(1, int(rng.integers(1, w + 1)) // 2), int(rng.integers(0, 3))
+        expected = kernels.long_bands(mask, length, reach, 8)
+        framed = np.zeros((h + 4, w + 9), bool)
+        framed[2 : 2 + h, 5 : 5 + w] = mask
+        inked = np.where(mask, np.uint8(200), np.uint8(0))
+        for view in (np.ascontiguousarray(mask.T).T, framed[2 : 2 + h, 5 : 5 + w], inked):
+            assert np.array_equal(kernels.long_bands(view, length, reach, 8), expected), i
+
+
 def test_a_tilted_line_is_fitted_through_its_centres() -> None:
     mask = np.zeros((40, 100), bool)
     for c in range(100):

@@ -194,7 +194,7 @@ static Py_ssize_t last_nonzero(const unsigned char *p, Py_ssize_t n) {
 }
 
 /* Fit a straight line to the ink of rows lo:hi, columns start:end (kernels: long_bands) of the
- * contiguous 0/1 mask `flat`, w bytes a row. */
+ * contiguous 0/1 mask `flat`, its rows `w` bytes apart. */
 static int fit(const unsigned char *flat, Py_ssize_t w, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t start,
                Py_ssize_t end, double *row) {
     Py_ssize_t n = end - start, k = 0, used = 0;
@@ -282,26 +282,30 @@ static int fit(const unsigned char *flat, Py_ssize_t w, Py_ssize_t lo, Py_ssize_
     return 0;
 }
 
-static void transpose_bytes(const uint8_t *src, Py_ssize_t step, Py_ssize_t h, Py_ssize_t w, uint8_t *dst);
+static void transpose_bytes(const uint8_t *src, Py_ssize_t step, Py_ssize_t h, Py_ssize_t w, uint8_t *dst,
+                            Py_ssize_t dst_step);
 
 /* n bytes as 0/1 (any nonzero byte to 1), src to dst (which may be src). */
 static void ones_of(const unsigned char *src, unsigned char *dst, Py_ssize_t n) {
     Py_ssize_t c = 0;
 #if defined(__SSE2__)
     const __m128i one = _mm_set1_epi8(1);
-    for (; c + 16 <= n; c += 16)
+    for (; n >= 16 && c < n; c += 16) {
+        if (c + 16 > n) c = n - 16; /* the end: the last sixteen again, the same bytes */
         _mm_storeu_si128((__m128i *)(dst + c), _mm_min_epu8(_mm_loadu_si128((const __m128i *)(src + c)), one));
+    }
 #endif
     for (; c < n; c++) dst[c] = src[c] != 0;
 }
 
 /* A window's row of column counts moved down a row: `add` (0/1 bytes) counted in, `drop` taken
- * out, and `grown` set to whether each column's count is above zero. */
-static void window_row(uint16_t *count, const unsigned char *add, const unsigned char *drop, unsigned char *grown,
-                       Py_ssize_t w) {
-    Py_ssize_t c = 0;
+ * out, and `grown` set to whether each column's count is above zero; returns how many are. */
+static Py_ssize_t window_row(uint16_t *count, const unsigned char *add, const unsigned char *drop,
+                             unsigned char *grown, Py_ssize_t w) {
+    Py_ssize_t c = 0, inked = 0;
 #if defined(__SSE2__)
     const __m128i zero = _mm_setzero_si128(), one = _mm_set1_epi8(1);
+    __m128i sums = zero;
     for (; c + 16 <= w; c += 16) {
         __m128i a = _mm_loadu_si128((const __m128i *)(add + c)), d = _mm_loadu_si128((const __m128i *)(drop + c));
         __m128i lo = _mm_loadu_si128((const __m128i *)(count + c));
@@ -311,14 +315,19 @@ static void window_row(uint16_t *count, const unsigned char *add, const unsigned
         _mm_storeu_si128((__m128i *)(count + c), lo);
         _mm_storeu_si128((__m128i *)(count + c + 8), hi);
         __m128i empty = _mm_packs_epi16(_mm_cmpeq_epi16(lo, zero), _mm_cmpeq_epi16(hi, zero));
-        _mm_storeu_si128((__m128i *)(grown + c), _mm_andnot_si128(empty, one));
+        __m128i on = _mm_andnot_si128(empty, one);
+        _mm_storeu_si128((__m128i *)(grown + c), on);
+        sums = _mm_add_epi64(sums, _mm_sad_epu8(on, zero));
     }
+    inked = (Py_ssize_t)(_mm_cvtsi128_si64(sums) + _mm_cvtsi128_si64(_mm_unpackhi_epi64(sums, sums)));
 #endif
     for (; c < w; c++) {
         uint16_t n = (uint16_t)(count[c] + add[c] - drop[c]);
         count[c] = n;
         grown[c] = n != 0;
+        inked += n != 0;
     }
+    return inked;
 }
 
 /* long_bands(mask, length, reach, thickest, out) -> bands written to out (float64 [h, 8]). */
@@ -350,10 +359,12 @@ static PyObject *long_bands(PyObject *self, PyObject *args) {
         return NULL;
     }
     /* The mask with its pixels contiguous along the rows, as 0/1 bytes (the vertical lines' view
-     * is a transposed one: transposed back). */
-    unsigned char *flat = malloc((size_t)(h * w > 0 ? h * w : 1));
-    unsigned char *grown = malloc((size_t)(w > 0 ? w : 1)), *zeros = calloc((size_t)(w > 0 ? w : 1), 1);
-    uint16_t *count = calloc((size_t)(w > 0 ? w : 1), sizeof(uint16_t));
+     * is a transposed one: transposed back), each row padded with paper to a multiple of sixteen
+     * (`stride`), so that the window moves down in whole blocks. */
+    const Py_ssize_t stride = (w + 15) & ~(Py_ssize_t)15;
+    unsigned char *flat = malloc((size_t)(h * stride > 0 ? h * stride : 1));
+    unsigned char *grown = malloc((size_t)(stride > 0 ? stride : 1)), *zeros = calloc((size_t)(stride > 0 ? stride : 1), 1);
+    uint16_t *count = calloc((size_t)(stride > 0 ? stride : 1), sizeof(uint16_t));
     if (!flat || !grown || !count || !zeros) {
         free(flat);
         free(grown);
@@ -364,26 +375,27 @@ static PyObject *long_bands(PyObject *self, PyObject *args) {
         PyBuffer_Release(&out);
         return PyErr_NoMemory();
     }
+    for (Py_ssize_t r = 0; r < h; r++) memset(flat + r * stride + w, 0, (size_t)(stride - w));
     if (m.s1 == 1) {
         for (Py_ssize_t r = 0; r < h; r++)
-            ones_of((const unsigned char *)m.data + r * m.s0, flat + r * w, w);
+            ones_of((const unsigned char *)m.data + r * m.s0, flat + r * stride, w);
     } else if (m.s0 == 1) { /* a transposed view: its array's rows transposed back, in blocks */
-        transpose_bytes((const uint8_t *)m.data, m.s1, w, h, flat);
-        ones_of(flat, flat, h * w);
+        transpose_bytes((const uint8_t *)m.data, m.s1, w, h, flat, stride);
+        ones_of(flat, flat, h * stride);
     } else {
         for (Py_ssize_t r = 0; r < h; r++)
-            for (Py_ssize_t c = 0; c < w; c++) flat[r * w + c] = m.data[r * m.s0 + c * m.s1] != 0;
+            for (Py_ssize_t c = 0; c < w; c++) flat[r * stride + c] = m.data[r * m.s0 + c * m.s1] != 0;
     }
     /* Row r grown is any ink in rows r - reach .. r + reach: a count per column over that window,
      * slid down a row at a time. */
     for (Py_ssize_t r = 0; r < (reach + 1 < h ? reach + 1 : h); r++)
-        for (Py_ssize_t c = 0; c < w; c++) count[c] += flat[r * w + c];
+        for (Py_ssize_t c = 0; c < stride; c++) count[c] += flat[r * stride + c];
     for (Py_ssize_t r = 0; r < h; r++) {
         /* One pass a row: the row entering the window added, the one leaving it taken away
          * (an all-zero row where there is none), and which columns hold ink. */
-        const unsigned char *add = r > 0 && r + reach < h ? flat + (r + reach) * w : zeros;
-        const unsigned char *drop = r > 0 && r - reach - 1 >= 0 ? flat + (r - reach - 1) * w : zeros;
-        window_row(count, add, drop, grown, w);
+        const unsigned char *add = r > 0 && r + reach < h ? flat + (r + reach) * stride : zeros;
+        const unsigned char *drop = r > 0 && r - reach - 1 >= 0 ? flat + (r - reach - 1) * stride : zeros;
+        if (window_row(count, add, drop, grown, stride) < length) continue; /* too little ink for a long run */
         Py_ssize_t c = first_nonzero(grown, w);
         while (c < w) {
             Py_ssize_t e = c + first_zero(grown + c, w - c);
@@ -417,7 +429,7 @@ static PyObject *long_bands(PyObject *self, PyObject *args) {
             row[HI] = (double)hi;
             row[START] = (double)start;
             row[END] = (double)end;
-            failed = fit(flat, w, lo, hi, start, end, row) < 0;
+            failed = fit(flat, stride, lo, hi, start, end, row) < 0;
             found++;
         }
         i = j + 1;
@@ -1678,10 +1690,11 @@ static inline __attribute__((always_inline)) void columns_of_eight(const uint8_t
 }
 #endif
 
-/* dst (w x h, contiguous) = the transpose of the h x w src (rows `step` bytes apart): blocks of
- * eight rows by sixteen columns interleaved with SSE2 unpacks (sixteen columns of eight bytes
- * each), each column's eight bytes stored at once; the edges a byte at a time. */
-static void transpose_bytes(const uint8_t *src, Py_ssize_t step, Py_ssize_t h, Py_ssize_t w, uint8_t *dst) {
+/* dst (w x h, rows `dst_step` bytes apart) = the transpose of the h x w src (rows `step` bytes
+ * apart): blocks of eight rows by sixteen columns interleaved with SSE2 unpacks (sixteen columns
+ * of eight bytes each), each column's eight bytes stored at once; the edges a byte at a time. */
+static void transpose_bytes(const uint8_t *src, Py_ssize_t step, Py_ssize_t h, Py_ssize_t w, uint8_t *dst,
+                            Py_ssize_t dst_step) {
     Py_ssize_t r = 0;
 #if defined(__SSE2__)
     for (; r + 8 <= h; r += 8) {
@@ -1693,16 +1706,16 @@ static void transpose_bytes(const uint8_t *src, Py_ssize_t step, Py_ssize_t h, P
             columns_of_eight(rows, c, d);
             /* d[k]: columns c + 2k and c + 2k + 1, eight rows each */
             for (int k = 0; k < 8; k++) {
-                _mm_storel_epi64((__m128i *)(dst + (c + 2 * k) * h + r), d[k]);
-                _mm_storel_epi64((__m128i *)(dst + (c + 2 * k + 1) * h + r), _mm_unpackhi_epi64(d[k], d[k]));
+                _mm_storel_epi64((__m128i *)(dst + (c + 2 * k) * dst_step + r), d[k]);
+                _mm_storel_epi64((__m128i *)(dst + (c + 2 * k + 1) * dst_step + r), _mm_unpackhi_epi64(d[k], d[k]));
             }
         }
         for (; c < w; c++)
-            for (int j = 0; j < 8; j++) dst[c * h + r + j] = src[(r + j) * step + c];
+            for (int j = 0; j < 8; j++) dst[c * dst_step + r + j] = src[(r + j) * step + c];
     }
 #endif
     for (; r < h; r++)
-        for (Py_ssize_t c = 0; c < w; c++) dst[c * h + r] = src[r * step + c];
+        for (Py_ssize_t c = 0; c < w; c++) dst[c * dst_step + r] = src[r * step + c];
 }
 
 static int blur_pixels(uint8_t *image, Py_ssize_t h, Py_ssize_t w, double sigma) {
@@ -1719,11 +1732,11 @@ static int blur_pixels(uint8_t *image, Py_ssize_t h, Py_ssize_t w, double sigma)
     int whole = (int)radius;
     uint32_t ww = (uint32_t)((float)(1 << 24) / (radius * 2 + 1));
     uint32_t fw = ((1u << 24) - (uint32_t)(whole * 2 + 1) * ww) / 2;
-    transpose_bytes(image, w, h, w, a); /* transposed: w rows of h */
+    transpose_bytes(image, w, h, w, a, h); /* transposed: w rows of h */
     box_columns(a, b, w, h, whole, ww, fw, sum);
     box_columns(b, a, w, h, whole, ww, fw, sum);
     box_columns(a, b, w, h, whole, ww, fw, sum);
-    transpose_bytes(b, h, w, h, a); /* back upright */
+    transpose_bytes(b, h, w, h, a, w); /* back upright */
     box_columns(a, b, h, w, whole, ww, fw, sum);
     box_columns(b, a, h, w, whole, ww, fw, sum);
     box_columns(a, image, h, w, whole, ww, fw, sum);
