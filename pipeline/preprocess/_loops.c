@@ -1181,6 +1181,48 @@ static void scaled_row(const float *v, Py_ssize_t w, float alpha, unsigned char 
     for (; c < w; c++) out[c] = saturate_round(v[c] * alpha);
 }
 
+/* The second pass over one row of kept ink values: scaled_row into `out`, the mask of the bytes
+ * above `level` (0 <= level < 255) into `inked`, as locate_row makes it, and the row's first and
+ * last inked columns into the box as box_row puts them, in one pass of sixteen pixels a step. */
+static void finished_row(const float *v, Py_ssize_t w, float alpha, int level, unsigned char *out,
+                         unsigned char *inked, Py_ssize_t r, Py_ssize_t box[4]) {
+    Py_ssize_t c = 0, first = -1, last = -1;
+#if defined(__SSE2__)
+    const __m128 scale = _mm_set1_ps(alpha);
+    const __m128i low = _mm_set1_epi8((char)(level + 1)), one = _mm_set1_epi8(1);
+    for (; w >= 16 && c < w; c += 16) {
+        if (c + 16 > w) c = w - 16; /* the row's end: the last sixteen again, the same values */
+        __m128i r0 = _mm_cvtps_epi32(_mm_mul_ps(_mm_loadu_ps(v + c), scale));
+        __m128i r1 = _mm_cvtps_epi32(_mm_mul_ps(_mm_loadu_ps(v + c + 4), scale));
+        __m128i r2 = _mm_cvtps_epi32(_mm_mul_ps(_mm_loadu_ps(v + c + 8), scale));
+        __m128i r3 = _mm_cvtps_epi32(_mm_mul_ps(_mm_loadu_ps(v + c + 12), scale));
+        __m128i bytes = _mm_packus_epi16(_mm_packs_epi32(r0, r1), _mm_packs_epi32(r2, r3));
+        _mm_storeu_si128((__m128i *)(out + c), bytes);
+        /* above level: max(b, level + 1) == b */
+        __m128i above = _mm_cmpeq_epi8(_mm_max_epu8(bytes, low), bytes);
+        _mm_storeu_si128((__m128i *)(inked + c), _mm_and_si128(above, one));
+        unsigned bits = (unsigned)_mm_movemask_epi8(above);
+        if (bits) {
+            if (first < 0) first = c + __builtin_ctz(bits);
+            last = c + 31 - __builtin_clz(bits);
+        }
+    }
+#endif
+    for (; c < w; c++) {
+        out[c] = saturate_round(v[c] * alpha);
+        inked[c] = out[c] > level;
+        if (inked[c]) {
+            if (first < 0) first = c;
+            last = c;
+        }
+    }
+    if (first < 0) return;
+    if (box[0] < 0) box[0] = r;
+    box[1] = r;
+    if (first < box[2]) box[2] = first;
+    if (last > box[3]) box[3] = last;
+}
+
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 /* absorbed_row with AVX2, eight pixels a division: the same arithmetic, twice the width (the
@@ -1395,6 +1437,65 @@ static void enlarged_row(const int32_t *across, Py_ssize_t w, const lerp *y, uin
     enlarged_row_plain(r0, r1, y->a1, w, out);
 }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+/* absorbed_row_avx2 (alpha 1) on a row of the enlarged level made on the way: the paper under
+ * each pixel is enlarged_row's integer blend of rows r0 and r1 of the horizontal pass, used as
+ * the 32-bit integer it is (0..255) instead of being packed to a byte row and read back; the
+ * same divisions and rounding. Returns the row's largest byte. */
+__attribute__((target("avx2"))) static unsigned char absorbed_paper_row_avx2(const unsigned char *g,
+                                                                           const int32_t *r0, const int32_t *r1,
+                                                                           int32_t b1, Py_ssize_t w,
+                                                                           unsigned char *out, float *keep) {
+    const __m256i half = _mm256_set1_epi32(1 << 21), weight = _mm256_set1_epi32(b1);
+    const __m256i zero = _mm256_setzero_si256(), one = _mm256_set1_epi32(1);
+    const __m256 k255 = _mm256_set1_ps(255.0f);
+    __m128i top = _mm_setzero_si128();
+    Py_ssize_t c = 0;
+    for (; w >= 16 && c < w; c += 16) {
+        if (c + 16 > w) c = w - 16; /* the row's end: the last sixteen again, the same values */
+        __m256i paper[2];
+        for (int j = 0; j < 2; j++) {
+            __m256i a = _mm256_loadu_si256((const __m256i *)(r0 + c + 8 * j));
+            __m256i b = _mm256_loadu_si256((const __m256i *)(r1 + c + 8 * j));
+            __m256i sum = _mm256_add_epi32(_mm256_add_epi32(_mm256_slli_epi32(a, 11), half),
+                                           _mm256_mullo_epi32(_mm256_sub_epi32(b, a), weight));
+            paper[j] = _mm256_srai_epi32(sum, 22);
+        }
+        __m128i gv = _mm_loadu_si128((const __m128i *)(g + c));
+        __m256i g0 = _mm256_cvtepu8_epi32(gv), g1 = _mm256_cvtepu8_epi32(_mm_srli_si128(gv, 8));
+        /* paper - pixel (0 where the paper is darker) over the paper (at least 1) */
+        __m256i a0 = _mm256_max_epi32(_mm256_sub_epi32(paper[0], g0), zero);
+        __m256i a1 = _mm256_max_epi32(_mm256_sub_epi32(paper[1], g1), zero);
+        __m256i d0 = _mm256_max_epi32(paper[0], one), d1 = _mm256_max_epi32(paper[1], one);
+        __m256 v0 = _mm256_div_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(a0), k255), _mm256_cvtepi32_ps(d0));
+        __m256 v1 = _mm256_div_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(a1), k255), _mm256_cvtepi32_ps(d1));
+        if (keep) {
+            _mm256_storeu_ps(keep + c, v0);
+            _mm256_storeu_ps(keep + c + 8, v1);
+        }
+        __m256i words = _mm256_packs_epi32(_mm256_cvtps_epi32(v0), _mm256_cvtps_epi32(v1));
+        __m128i lo = _mm256_castsi256_si128(words), hi = _mm256_extracti128_si256(words, 1);
+        __m128i bytes = _mm_packus_epi16(_mm_unpacklo_epi64(lo, hi), _mm_unpackhi_epi64(lo, hi));
+        _mm_storeu_si128((__m128i *)(out + c), bytes);
+        top = _mm_max_epu8(top, bytes);
+    }
+    top = _mm_max_epu8(top, _mm_srli_si128(top, 8));
+    top = _mm_max_epu8(top, _mm_srli_si128(top, 4));
+    top = _mm_max_epu8(top, _mm_srli_si128(top, 2));
+    top = _mm_max_epu8(top, _mm_srli_si128(top, 1));
+    unsigned char m = (unsigned char)_mm_cvtsi128_si32(top);
+    for (; c < w; c++) {
+        int p = (int)(((r0[c] << 11) + (r1[c] - r0[c]) * b1 + (1 << 21)) >> 22);
+        int a = p > g[c] ? p - g[c] : 0, d = p > 0 ? p : 1;
+        float v = ((float)a * 255.0f) / (float)d;
+        if (keep) keep[c] = v;
+        out[c] = saturate_round(v);
+        m = out[c] > m ? out[c] : m;
+    }
+    return m;
+}
+#endif
+
 /* A level being enlarged to h x w: its horizontal pass (enlarged_columns), each output row's
  * weights, and a row to make output rows in; the small level's copy and its column weights are
  * freed once the pass is made. */
@@ -1526,10 +1627,19 @@ static PyObject *absorbed_ink(PyObject *self, PyObject *args) {
     int64_t counts[4][256];
     memset(counts, 0, sizeof(counts));
     for (Py_ssize_t r = 0; r < h; r++) {
-        unsigned char *row = (unsigned char *)o.data + r * o.s0;
-        row_of((const unsigned char *)g.data + r * g.s0, enlargement_row(&paper, r, NULL), w, 1.0f, row,
-               keep ? keep + r * w : NULL);
-        unsigned char m = row_max(row, w);
+        unsigned char *row = (unsigned char *)o.data + r * o.s0, m;
+        const unsigned char *pixels = (const unsigned char *)g.data + r * g.s0;
+#if defined(__x86_64__) && defined(__GNUC__)
+        if (row_of == absorbed_row_avx2) { /* the paper's row made on the way */
+            const lerp *y = paper.ys + r;
+            m = absorbed_paper_row_avx2(pixels, paper.across + y->lo * w, paper.across + y->hi * w, y->a1, w, row,
+                                        keep ? keep + r * w : NULL);
+        } else
+#endif
+        {
+            row_of(pixels, enlargement_row(&paper, r, NULL), w, 1.0f, row, keep ? keep + r * w : NULL);
+            m = row_max(row, w);
+        }
         top = m > top ? m : top;
         count_high(row, w, low, counts);
     }
@@ -1540,6 +1650,10 @@ static PyObject *absorbed_ink(PyObject *self, PyObject *args) {
         float alpha = (float)(255.0 / (double)scale); /* what OpenCV multiplies by */
         for (Py_ssize_t r = 0; r < h; r++) {
             unsigned char *row = (unsigned char *)o.data + r * o.s0, *inked = (unsigned char *)m.data + r * m.s0;
+            if (keep && level >= 0 && level < 255) {
+                finished_row(keep + r * w, w, alpha, level, row, inked, r, box);
+                continue;
+            }
             if (keep) {
                 scaled_row(keep + r * w, w, alpha, row);
             } else {
