@@ -16,7 +16,7 @@ import contextlib
 import os
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -46,8 +46,8 @@ bench_app = typer.Typer(
 )
 app.add_typer(bench_app, name="bench")
 # Off a terminal (logs, CI) Rich would wrap tables at 80 columns; parity tables need more.
-console = Console(width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 240)
+console = Console(width=None if sys.stdout.isatty() else 160, emoji=False)  # a path is printed as it is
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 240, emoji=False)
 
 # Exit code of `classify --fail-on-error` when the run finished but some files were unreadable.
 FAILED_FILES_EXIT = 10
@@ -513,27 +513,13 @@ def classify_cli(
     ] = True,
 ) -> None:
     """Classify every digit image in a folder into a CSV (one row per file, bad files included)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
     from pipeline import classify
 
     exts = tuple(e.strip().lower().lstrip(".") for e in extensions.split(",") if e.strip())
-    with Progress(
-        "[bold]classify", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), "{task.fields[rate]}",
-        console=err_console, transient=True, disable=not err_console.is_terminal,
-    ) as bar:  # fmt: skip
-        task = bar.add_task("", total=None, rate="")
-
-        def progress(advance: int, total: int) -> None:
-            bar.update(task, advance=advance, total=total)
-            speed = bar.tasks[0].speed
-            if speed:
-                bar.update(task, rate=f"{speed:,.0f} images/s")
-
+    with _classify_progress() as progress:
         summary = _run(
             classify.classify, folder, out, model, resume, probabilities, recursive, exts, workers,
-            deskew=deskew, progress=progress if err_console.is_terminal else None, engine=engine,
-            address=address, review_rows=review_rows,
+            deskew=deskew, progress=progress, engine=engine, address=address, review_rows=review_rows,
             review_below=review_below, review_queue=review_queue, screened=screened,
         )  # fmt: skip
     reviewed = sum(summary.review.values())
@@ -579,6 +565,30 @@ def classify_cli(
     if fail_on_review and reviewed:
         err_console.print(f"[bold red]review:[/] {reviewed} row(s) need a person (see {escape(str(out))})")
         raise typer.Exit(code=REVIEW_ROWS_EXIT)
+
+
+@contextlib.contextmanager
+def _classify_progress() -> Iterator[Callable[[int, int], None] | None]:
+    """A progress bar for classify on a terminal (its callback), or None where there is none: a
+    batch job's log gets the summary only, and does not wait for rich's progress module."""
+    if not err_console.is_terminal:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    with Progress(
+        "[bold]classify", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), "{task.fields[rate]}",
+        console=err_console, transient=True,
+    ) as bar:  # fmt: skip
+        task = bar.add_task("", total=None, rate="")
+
+        def progress(advance: int, total: int) -> None:
+            bar.update(task, advance=advance, total=total)
+            speed = bar.tasks[0].speed
+            if speed:
+                bar.update(task, rate=f"{speed:,.0f} images/s")
+
+        yield progress
 
 
 def _inference_line(summary: "Summary") -> str:

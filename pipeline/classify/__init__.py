@@ -24,7 +24,7 @@ from pathlib import Path
 
 from pipeline import defaults, manifest, review, runtime
 from pipeline.choices import Engine
-from pipeline.classify import queue, screen
+from pipeline.classify import screen
 from pipeline.classify.chunks import ChunkResult, Summary, decode_chunk, predict_digits
 from pipeline.classify.csvout import (
     ENCODING,
@@ -104,7 +104,9 @@ def classify(
     if not folder.is_dir():
         raise ClassifyError(f"{folder}: no such folder")
     check_output(out)
-    if review_queue is not None:
+    if review_queue is not None:  # imported only when asked for: a run without it skips html
+        from pipeline.classify import queue
+
         queue.prepare(review_queue)
     if chunk_size < 1:
         raise ClassifyError("--chunk-size must be at least 1")
@@ -133,6 +135,8 @@ def classify(
             workers, chunk_size, use_deskew, max_pixels, progress, engine, address, check,
         )  # fmt: skip
     if review_queue is not None:
+        from pipeline.classify import queue
+
         summary.queue = queue.write_queue(out, folder, review_queue, deskew=use_deskew, max_pixels=max_pixels)
     return summary
 
