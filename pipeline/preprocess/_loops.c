@@ -2217,6 +2217,31 @@ __attribute__((target("avx2"))) static Py_ssize_t rows_by_eight_avx2(const uint8
                                                                        const int *count, const int32_t *weights,
                                                                        uint8_t *columns, uint8_t *packed) {
     const __m256i half = _mm256_set1_epi32(1 << (WEIGHT_BITS - 1));
+    /* Where every output's nonzero weights are one run of equal ones (PIL's box filter weighs
+     * each pixel 0 or 1 before normalising), a window is summed in 16 bits and multiplied once:
+     * the same integer as weighing each pixel. `runs`: each output's first such tap, their
+     * number and their weight; NULL where some output's are not so (any other filter). */
+    int32_t *runs = malloc(sizeof(int32_t) * 3 * (size_t)(out_size > 0 ? out_size : 1));
+    for (Py_ssize_t xx = 0; runs && xx < out_size; xx++) {
+        const int32_t *k = weights + xx * ksize;
+        int from = 0, to = count[xx];
+        while (from < to && k[from] == 0) from++;
+        while (to > from && k[to - 1] == 0) to--;
+        for (int t = from; t < to && runs; t++)
+            if (k[t] != k[from]) {
+                free(runs);
+                runs = NULL;
+            }
+        if (!runs) break;
+        if (to - from > 257 || (from < to && k[from] < 0)) { /* a 16-bit sum of 257 bytes at most */
+            free(runs);
+            runs = NULL;
+            break;
+        }
+        runs[3 * xx] = from;
+        runs[3 * xx + 1] = to - from;
+        runs[3 * xx + 2] = from < to ? k[from] : 0;
+    }
     Py_ssize_t y = 0;
     for (; y + 8 <= h; y += 8) {
         const uint8_t *r[8];
@@ -2234,9 +2259,18 @@ __attribute__((target("avx2"))) static Py_ssize_t rows_by_eight_avx2(const uint8
             const int32_t *k = weights + xx * ksize;
             const uint8_t *col = columns + (Py_ssize_t)first[xx] * 8;
             __m256i acc = half;
-            for (int t = 0; t < count[xx]; t++) {
-                __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(col + t * 8)));
-                acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(v, _mm256_set1_epi32(k[t])));
+            if (runs) {
+                const uint8_t *from = col + (Py_ssize_t)runs[3 * xx] * 8;
+                __m128i total = _mm_setzero_si128();
+                for (int t = 0; t < runs[3 * xx + 1]; t++)
+                    total = _mm_add_epi16(total, _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)(from + t * 8))));
+                acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(_mm256_cvtepu16_epi32(total),
+                                                               _mm256_set1_epi32(runs[3 * xx + 2])));
+            } else {
+                for (int t = 0; t < count[xx]; t++) {
+                    __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(col + t * 8)));
+                    acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(v, _mm256_set1_epi32(k[t])));
+                }
             }
             acc = _mm256_srai_epi32(acc, WEIGHT_BITS);
             __m128i words = _mm_packs_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
@@ -2276,6 +2310,7 @@ __attribute__((target("avx2"))) static Py_ssize_t rows_by_eight_avx2(const uint8
         for (; xx < out_size; xx++)
             for (int j = 0; j < 8; j++) out[(y + j) * out_size + xx] = packed[8 * xx + j];
     }
+    free(runs);
     return y;
 }
 #endif
