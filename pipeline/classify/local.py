@@ -23,7 +23,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
-from pipeline import defaults, preprocess, runtime
+from pipeline import defaults, runtime
 from pipeline.classify import screen
 from pipeline.classify.chunks import ChunkResult, Summary, decode_chunk, predict_digits, screened_rows
 from pipeline.classify.csvout import Review
@@ -64,10 +64,9 @@ def decoded_chunks(
         for chunk in chunks:
             yield decode_chunk(root, chunk, deskew, max_pixels, evidence)
         return
-    # fork: workers start instantly and inherit the imported modules (and the review model), PIL's
-    # format plugins included.
+    # fork: workers start instantly and inherit the imported modules (and the review model). PIL
+    # is not among them: a worker imports it with the first file that needs it, most never do.
     ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
-    preprocess.load_decoders()
     task: Any = decode_chunk if predict is None else _predicted_chunk
     # concurrent.futures, not multiprocessing.Pool: a worker that dies (the OOM killer, a crash
     # in a decoder) breaks the pool and ends the run with an error, where Pool waits for its task

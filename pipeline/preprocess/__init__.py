@@ -10,11 +10,12 @@ apart. It owns three things, one module each:
 - `forms`: printed form lines found and erased before the digit is located.
 
 It may import `pipeline.defaults`, `pipeline.errors`, numpy, PIL and OpenCV, nothing heavier:
-classify's worker processes import it. The scan path's pixel loops (`kernels`) are C built with
+classify's worker processes import it. PIL is imported where a file or a step first needs it
+(most scans never do: OpenCV reads them). The scan path's pixel loops (`kernels`) are C built with
 the package (`_loops.c`): nothing to load or compile at run time.
 """
 
-from pipeline.preprocess.decode import load_decoders, open_image, to_gray
+from pipeline.preprocess.decode import open_image, to_gray
 from pipeline.preprocess.forms import erase_form_lines
 from pipeline.preprocess.masks import stroke_width
 from pipeline.preprocess.normalize import (
@@ -32,7 +33,6 @@ __all__ = [
     "deskew",
     "deskew_batch",
     "erase_form_lines",
-    "load_decoders",
     "load_digit",
     "model_input",
     "open_image",

@@ -13,25 +13,30 @@ import stat
 import struct
 import zlib
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps
 
 from pipeline import defaults
 from pipeline.errors import ImageError
 from pipeline.preprocess import kernels
 
-# PIL's own bomb guard would warn, then raise at twice its limit; we refuse earlier, by our limit,
-# before any pixel is decoded, so switch PIL's off to keep a single rule.
-Image.MAX_IMAGE_PIXELS = None
+if TYPE_CHECKING:
+    from PIL import Image
 
 
-def load_decoders() -> None:
-    """Import PIL's format plugins now (PNG, JPEG, BMP, GIF, PPM), which PIL otherwise does on
-    the first file it opens: a process that forks decoding workers calls this first, so the
-    workers inherit them instead of each importing them again."""
-    Image.preinit()
+def _pil() -> ModuleType:
+    """PIL's Image module, imported where a file first needs it: the scans batch jobs are made of
+    are read by OpenCV (`read_gray`), and a classify run whose files never need PIL forks its
+    workers without PIL's import and its format plugins' (~40 ms before the first file). PIL's
+    own bomb guard would warn, then raise at twice its limit; we refuse earlier, by our limit,
+    before any pixel is decoded, so it is switched off to keep a single rule."""
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = None
+    return Image
 
 
 def open_image(
@@ -74,12 +79,12 @@ def _check_size(width: int, height: int, max_pixels: int) -> None:
 def _open_header(path: Path | str) -> Image.Image:
     """PIL's `Image.open`: the header only, its failures as ImageError."""
     try:
-        img = Image.open(path)
+        img = _pil().open(path)
     except FileNotFoundError as exc:
         raise ImageError("file not found") from exc
     except PermissionError as exc:
         raise ImageError("permission denied") from exc
-    except Image.UnidentifiedImageError as exc:
+    except _pil().UnidentifiedImageError as exc:
         raise ImageError("not an image (unrecognised format)") from exc
     except OSError as exc:
         raise ImageError(f"cannot open: {exc}") from exc
@@ -107,6 +112,8 @@ def _decode(img: Image.Image, max_pixels: int, reduce: bool) -> Image.Image:
     if img.format in _NO_ORIENTATION_FORMATS and "exif" not in img.info:
         return img  # nothing to rotate; skips exif_transpose's copy on the hot path
     try:
+        from PIL import ImageOps
+
         return ImageOps.exif_transpose(img)
     except Exception:  # a malformed EXIF block must not cost the image
         return img
@@ -283,7 +290,7 @@ def _jpeg_gray(data: bytes, max_pixels: int, reduce: bool) -> tuple[np.ndarray, 
 def _upright(data: bytes) -> bool:
     """Whether a JPEG's EXIF block asks for no rotation (PIL reads it); False if PIL cannot."""
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with _pil().open(io.BytesIO(data)) as img:
             return bool(img.getexif().get(_ORIENTATION, 1) == 1)
     except Exception:  # a malformed EXIF block: PIL's way decides
         return False
@@ -329,8 +336,9 @@ def to_gray(img: Image.Image) -> np.ndarray:
         mode = "RGBA"
     if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = img.convert("RGBA")
-        paper = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return np.asarray(Image.alpha_composite(paper, rgba).convert("L"))
+        pil = _pil()
+        paper = pil.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(pil.alpha_composite(paper, rgba).convert("L"))
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
         top = 65535.0 if mode.startswith("I;16") or arr.max() > 255 else 255.0

@@ -19,8 +19,9 @@ arrays and says what each loop computes; `_loops.c` holds only the arithmetic.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-from PIL import Image
 
 try:
     from pipeline.preprocess import _loops
@@ -30,6 +31,9 @@ except ImportError as exc:  # a checkout used without installing it: nothing com
         "(make setup, or pip install -e .), with a C compiler and Python's headers",
         name=__name__,
     ) from exc
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 # One row of `long_bands`' result: a band's rows lo:hi and columns start:end, its fitted centre
 # line (row at column 0, slope), thickness and wobble.

@@ -13,10 +13,10 @@ MNIST test set as PNG files gives exactly the accuracy that `pipeline verify` re
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-from PIL import Image
 
 from pipeline import defaults
 from pipeline.errors import BlankImageError, ImageError
@@ -24,6 +24,9 @@ from pipeline.preprocess import kernels
 from pipeline.preprocess.decode import REDUCTION_INFO, read_gray, to_gray, to_working_size
 from pipeline.preprocess.forms import erase_form_lines
 from pipeline.preprocess.masks import INK_LEVEL, Located, locate
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 def _border(gray: np.ndarray) -> np.ndarray:
@@ -177,6 +180,8 @@ def deskew(digit: np.ndarray) -> np.ndarray:
     if var_y < 1e-6:
         return digit
     alpha = (((xs - cx) * (ys - cy)) * values).sum() / mass / var_y
+    from PIL import Image  # here: a scan's classify needs PIL only where its model deskews
+
     # PIL's AFFINE maps each output pixel (x, y) to the input (x + alpha*(y - cy), y).
     img = Image.fromarray(digit)
     out = img.transform(
