@@ -363,7 +363,8 @@ static PyObject *long_bands(PyObject *self, PyObject *args) {
      * (`stride`), so that the window moves down in whole blocks. */
     const Py_ssize_t stride = (w + 15) & ~(Py_ssize_t)15;
     unsigned char *flat = malloc((size_t)(h * stride > 0 ? h * stride : 1));
-    unsigned char *grown = malloc((size_t)(stride > 0 ? stride : 1)), *zeros = calloc((size_t)(stride > 0 ? stride : 1), 1);
+    unsigned char *grown = malloc((size_t)(stride > 0 ? stride : 1));
+    unsigned char *zeros = calloc((size_t)(stride > 0 ? stride : 1), 1);
     uint16_t *count = calloc((size_t)(stride > 0 ? stride : 1), sizeof(uint16_t));
     if (!flat || !grown || !count || !zeros) {
         free(flat);

@@ -78,13 +78,14 @@ def _check_size(width: int, height: int, max_pixels: int) -> None:
 
 def _open_header(path: Path | str) -> Image.Image:
     """PIL's `Image.open`: the header only, its failures as ImageError."""
+    pil = _pil()
     try:
-        img = _pil().open(path)
+        img = pil.open(path)
     except FileNotFoundError as exc:
         raise ImageError("file not found") from exc
     except PermissionError as exc:
         raise ImageError("permission denied") from exc
-    except _pil().UnidentifiedImageError as exc:
+    except pil.UnidentifiedImageError as exc:
         raise ImageError("not an image (unrecognised format)") from exc
     except OSError as exc:
         raise ImageError(f"cannot open: {exc}") from exc

@@ -287,7 +287,9 @@ def load_digit(
 
 def scale(images: np.ndarray) -> np.ndarray:
     """uint8 N x 28 x 28 -> float32 N x 28 x 28 x 1 in [0, 1]: the input every artifact expects."""
-    return (np.asarray(images, dtype=np.float32) / np.float32(255.0))[..., np.newaxis]
+    x = np.array(images, dtype=np.float32)  # a copy, divided in place: one page-sized array
+    np.divide(x, np.float32(255.0), out=x)
+    return x[..., np.newaxis]
 
 
 def model_input(images: np.ndarray, deskew: bool) -> np.ndarray:
