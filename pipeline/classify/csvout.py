@@ -67,6 +67,18 @@ class Writer:
         self.buffer.write(line)
         self._written()
 
+    def write_lines(self, lines: list[str]) -> None:
+        """Rows already in the CSV's form, line endings included (`write_line` for each), written a
+        block at a time and committed after the same rows as one call a row would commit."""
+        at = 0
+        while at < len(lines):
+            take = min(len(lines) - at, defaults.CLASSIFY_FLUSH_ROWS - self.pending)
+            self.buffer.write("".join(lines[at : at + take]))
+            self.pending += take
+            at += take
+            if self.pending >= defaults.CLASSIFY_FLUSH_ROWS:
+                self.commit()
+
     def _written(self) -> None:
         self.pending += 1
         if self.pending >= defaults.CLASSIFY_FLUSH_ROWS:
@@ -178,7 +190,8 @@ def write_chunk(
     the reason (`pipeline.review`)."""
     probs = chunk.probs if chunk.probs is not None else np.zeros((0, 10), np.float32)
     # Python's ints and floats: formatting numpy's scalars one by one cost more than the rows.
-    first, conf, second, second_conf = (column.tolist() for column in runtime.top2(probs))
+    top = runtime.top2(probs)
+    first, conf, second, second_conf = (column.tolist() for column in top)
     values = probs.tolist() if probabilities else []
     summary.screened += chunk.screened
     if chunk.reasons is not None:
@@ -187,22 +200,25 @@ def write_chunk(
         reasons = check.model.reasons(chunk.digits, probs, check.below, chunk.evidence, chunk.features)
     else:
         reasons = [""] * len(probs)
+    # Most chunks have no path that needs quoting: asked once of them all (no path holds NUL).
+    plain = not _NEEDS_QUOTES.search("\0".join(chunk.paths))
+    lines: list[str] = []  # rows in the CSV's form, written a block at a time
     k = 0
     for path, status, error in zip(chunk.paths, chunk.status, chunk.errors, strict=True):
         if status == "ok":
             reason = reasons[k]
-            fields = [f"{p:.6f}" for p in values[k]] if probabilities else []
-            if _NEEDS_QUOTES.search(path):
+            if plain or not _NEEDS_QUOTES.search(path):  # the line csv.writer would write, without its cost
+                tail = "".join(f",{p:.6f}" for p in values[k]) if probabilities else ""
+                lines.append(
+                    f"{path},{first[k]},{conf[k]:.6f},{second[k]},{second_conf[k]:.6f},"
+                    f"{'review' if reason else 'ok'},{reason},{tail}\r\n"
+                )
+            else:
+                fields = [f"{p:.6f}" for p in values[k]] if probabilities else []
                 row: list[Any] = [path, first[k], f"{conf[k]:.6f}", second[k], f"{second_conf[k]:.6f}"]
+                writer.write_lines(lines)
+                lines.clear()
                 writer.write([*row, "review" if reason else "ok", reason, "", *fields])
-            else:  # the line csv.writer would write (reasons are plain words), without its cost
-                line = f"{path},{first[k]},{conf[k]:.6f},{second[k]},{second_conf[k]:.6f},"
-                tail = "".join("," + field for field in fields)
-                writer.write_line(f"{line}{'review' if reason else 'ok'},{reason},{tail}\r\n")
-            summary.classified += 1
-            summary.per_digit[first[k]] += 1
-            if reason:
-                summary.review[reason] = summary.review.get(reason, 0) + 1
             k += 1
         else:
             row = [path, "", "", "", "", status, "", error]
@@ -212,7 +228,16 @@ def write_chunk(
                 summary.blank += 1
             else:
                 summary.errors += 1
+            writer.write_lines(lines)
+            lines.clear()
             writer.write(row)
+    writer.write_lines(lines)
+    summary.classified += k
+    for digit, count in enumerate(np.bincount(top[0], minlength=10).tolist()):
+        summary.per_digit[digit] += count
+    for reason in reasons[:k]:
+        if reason:
+            summary.review[reason] = summary.review.get(reason, 0) + 1
 
 
 _HELD: set[int] = set()  # lock descriptors this process holds
