@@ -282,6 +282,21 @@ def test_digits_without_lines_are_left_alone(test_digits: tuple[np.ndarray, np.n
     assert preprocess.erase_form_lines(stem) is None
 
 
+def _erasure(ink: np.ndarray) -> object:
+    """What `erase_form_lines` says of an ink map: its erased pixels, None, or "blank"."""
+    try:
+        erased = preprocess.erase_form_lines(ink)
+    except BlankImageError:
+        return "blank"
+    return None if erased is None else erased.tobytes()
+
+
+def _tight(ink: np.ndarray) -> np.ndarray:
+    """An ink map cropped to its ink with two pixels of paper (a tight crop's strokes span it)."""
+    top, bottom, left, right = bbox(ink > 64) or (0, 0, 0, 0)
+    return ink[max(0, top - 2) : bottom + 2, max(0, left - 2) : right + 2]
+
+
 def test_a_lone_line_left_untraced_is_what_the_full_rules_decide(
     test_digits: tuple[np.ndarray, np.ndarray], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -296,16 +311,8 @@ def test_a_lone_line_left_untraced_is_what_the_full_rules_decide(
     for i in range(5000, 5100):
         page = render_scan(test_digits[0][i], rng) if i % 2 else render_form(test_digits[0][i], rng)
         ink = normalize._ink_values(preprocess.to_gray(page))[0]
-        top, bottom, left, right = bbox(ink > 64) or (0, 0, 0, 0)
-        inks += [ink, ink[max(0, top - 2) : bottom + 2, max(0, left - 2) : right + 2]]
+        inks += [ink, _tight(ink)]
     inks += [_seven(), _framed(_seven(), 24, "underline", 0.0)]
-
-    def outcome(ink: np.ndarray) -> object:
-        try:
-            erased = preprocess.erase_form_lines(ink)
-        except BlankImageError:
-            return "blank"
-        return None if erased is None else erased.tobytes()
 
     skipped: set[bool] = set()  # orientations of the lone lines left untraced
     alone = forms._stays_alone
@@ -317,10 +324,10 @@ def test_a_lone_line_left_untraced_is_what_the_full_rules_decide(
         return False
 
     monkeypatch.setattr(forms, "_stays_alone", spy)
-    quick = [outcome(ink) for ink in inks]
+    quick = [_erasure(ink) for ink in inks]
     assert skipped == {False, True}
     monkeypatch.setattr(forms, "_stays_alone", lambda line, mask, total: False)
-    assert quick == [outcome(ink) for ink in inks]
+    assert quick == [_erasure(ink) for ink in inks]
 
 
 def test_lines_told_apart_without_weighing_are_what_the_full_rules_decide(
@@ -340,16 +347,8 @@ def test_lines_told_apart_without_weighing_are_what_the_full_rules_decide(
         scan = kind == "scan"
         page = render_scan(test_digits[0][i], rng) if scan else render_form(test_digits[0][i], rng, kind)
         ink = normalize._ink_values(preprocess.to_gray(page))[0]
-        top, bottom, left, right = bbox(ink > 64) or (0, 0, 0, 0)
-        inks += [ink, ink[max(0, top - 2) : bottom + 2, max(0, left - 2) : right + 2]]
+        inks += [ink, _tight(ink)]
         kinds += [kind, kind]
-
-    def outcome(ink: np.ndarray) -> object:
-        try:
-            erased = preprocess.erase_form_lines(ink)
-        except BlankImageError:
-            return "blank"
-        return None if erased is None else erased.tobytes()
 
     weighed, skipped = Counter(), Counter()  # by kind of image
     may = forms._may_accept
@@ -363,11 +362,11 @@ def test_lines_told_apart_without_weighing_are_what_the_full_rules_decide(
     monkeypatch.setattr(forms, "_may_accept", spy)
     quick = []
     for ink, kind in zip(inks, kinds, strict=True):  # noqa: B007 (the spy reads `kind`)
-        quick.append(outcome(ink))
+        quick.append(_erasure(ink))
     assert skipped["scan"] > weighed["scan"] > 0, (skipped, weighed)
     assert sum(skipped[k] for k in ("box", "underline", "comb")) > 0, skipped
     monkeypatch.setattr(forms, "_may_accept", lambda lines, digit, total: True)
-    assert quick == [outcome(ink) for ink in inks]
+    assert quick == [_erasure(ink) for ink in inks]
 
 
 @pytest.mark.parametrize(

@@ -1397,6 +1397,17 @@ static void enlarged_row_plain(const int32_t *restrict r0, const int32_t *restri
 #if defined(__x86_64__) && defined(__GNUC__)
 /* enlarged_row_plain with AVX2, 32 pixels a step: four sets of eight sums packed to bytes, whose
  * lanes the packs interleave and a permutation puts back in order. */
+/* Eight outputs of rows r0 and r1 blended by (2048 - b1, b1) as enlarged_row_plain blends them:
+ * `half` holds 1 << 21, `weight` b1. */
+__attribute__((target("avx2"), always_inline)) static inline __m256i blended_eight(const int32_t *r0,
+                                                                                  const int32_t *r1, __m256i half,
+                                                                                  __m256i weight) {
+    __m256i a = _mm256_loadu_si256((const __m256i *)r0), b = _mm256_loadu_si256((const __m256i *)r1);
+    __m256i sum = _mm256_add_epi32(_mm256_add_epi32(_mm256_slli_epi32(a, 11), half),
+                                   _mm256_mullo_epi32(_mm256_sub_epi32(b, a), weight));
+    return _mm256_srai_epi32(sum, 22);
+}
+
 __attribute__((target("avx2"))) static void enlarged_row_avx2(const int32_t *r0, const int32_t *r1, int32_t b1,
                                                                 Py_ssize_t w, uint8_t *out) {
     const __m256i half = _mm256_set1_epi32(1 << 21), weight = _mm256_set1_epi32(b1);
@@ -1404,21 +1415,12 @@ __attribute__((target("avx2"))) static void enlarged_row_avx2(const int32_t *r0,
     Py_ssize_t c = 0;
     for (; c + 32 <= w; c += 32) {
         __m256i v[4];
-        for (int j = 0; j < 4; j++) {
-            __m256i a = _mm256_loadu_si256((const __m256i *)(r0 + c + 8 * j));
-            __m256i b = _mm256_loadu_si256((const __m256i *)(r1 + c + 8 * j));
-            __m256i sum = _mm256_add_epi32(_mm256_add_epi32(_mm256_slli_epi32(a, 11), half),
-                                           _mm256_mullo_epi32(_mm256_sub_epi32(b, a), weight));
-            v[j] = _mm256_srai_epi32(sum, 22);
-        }
+        for (int j = 0; j < 4; j++) v[j] = blended_eight(r0 + c + 8 * j, r1 + c + 8 * j, half, weight);
         __m256i bytes = _mm256_packus_epi16(_mm256_packs_epi32(v[0], v[1]), _mm256_packs_epi32(v[2], v[3]));
         _mm256_storeu_si256((__m256i *)(out + c), _mm256_permutevar8x32_epi32(bytes, order));
     }
     for (; c + 8 <= w; c += 8) { /* then eight at a time */
-        __m256i a = _mm256_loadu_si256((const __m256i *)(r0 + c)), b = _mm256_loadu_si256((const __m256i *)(r1 + c));
-        __m256i sum = _mm256_add_epi32(_mm256_add_epi32(_mm256_slli_epi32(a, 11), half),
-                                       _mm256_mullo_epi32(_mm256_sub_epi32(b, a), weight));
-        __m256i v = _mm256_srai_epi32(sum, 22);
+        __m256i v = blended_eight(r0 + c, r1 + c, half, weight);
         __m128i words = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
         _mm_storel_epi64((__m128i *)(out + c), _mm_packus_epi16(words, words));
     }
@@ -1454,14 +1456,8 @@ __attribute__((target("avx2"))) static unsigned char absorbed_paper_row_avx2(con
     Py_ssize_t c = 0;
     for (; w >= 16 && c < w; c += 16) {
         if (c + 16 > w) c = w - 16; /* the row's end: the last sixteen again, the same values */
-        __m256i paper[2];
-        for (int j = 0; j < 2; j++) {
-            __m256i a = _mm256_loadu_si256((const __m256i *)(r0 + c + 8 * j));
-            __m256i b = _mm256_loadu_si256((const __m256i *)(r1 + c + 8 * j));
-            __m256i sum = _mm256_add_epi32(_mm256_add_epi32(_mm256_slli_epi32(a, 11), half),
-                                           _mm256_mullo_epi32(_mm256_sub_epi32(b, a), weight));
-            paper[j] = _mm256_srai_epi32(sum, 22);
-        }
+        __m256i paper[2] = {blended_eight(r0 + c, r1 + c, half, weight),
+                            blended_eight(r0 + c + 8, r1 + c + 8, half, weight)};
         __m128i gv = _mm_loadu_si128((const __m128i *)(g + c));
         __m256i g0 = _mm256_cvtepu8_epi32(gv), g1 = _mm256_cvtepu8_epi32(_mm_srli_si128(gv, 8));
         /* paper - pixel (0 where the paper is darker) over the paper (at least 1) */
