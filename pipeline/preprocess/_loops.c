@@ -580,7 +580,18 @@ static PyObject *line_pixels(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* The largest byte of a row of w contiguous bytes (the compiler vectorises it). */
+#if defined(__SSE2__)
+/* The largest of sixteen bytes. */
+static inline unsigned char largest_byte(__m128i top) {
+    top = _mm_max_epu8(top, _mm_srli_si128(top, 8));
+    top = _mm_max_epu8(top, _mm_srli_si128(top, 4));
+    top = _mm_max_epu8(top, _mm_srli_si128(top, 2));
+    top = _mm_max_epu8(top, _mm_srli_si128(top, 1));
+    return (unsigned char)_mm_cvtsi128_si32(top);
+}
+#endif
+
+/* The largest byte of a row of w contiguous bytes, sixteen at a time. */
 static inline unsigned char row_max(const unsigned char *p, Py_ssize_t w) {
     unsigned char m = 0;
     Py_ssize_t c = 0;
@@ -588,11 +599,7 @@ static inline unsigned char row_max(const unsigned char *p, Py_ssize_t w) {
     if (w >= 16) {
         __m128i top = _mm_setzero_si128();
         for (; c + 16 <= w; c += 16) top = _mm_max_epu8(top, _mm_loadu_si128((const __m128i *)(p + c)));
-        top = _mm_max_epu8(top, _mm_srli_si128(top, 8));
-        top = _mm_max_epu8(top, _mm_srli_si128(top, 4));
-        top = _mm_max_epu8(top, _mm_srli_si128(top, 2));
-        top = _mm_max_epu8(top, _mm_srli_si128(top, 1));
-        m = (unsigned char)_mm_cvtsi128_si32(top);
+        m = largest_byte(top);
     }
 #endif
     for (; c < w; c++) m = p[c] > m ? p[c] : m;
@@ -1476,11 +1483,7 @@ __attribute__((target("avx2"))) static unsigned char absorbed_paper_row_avx2(con
         _mm_storeu_si128((__m128i *)(out + c), bytes);
         top = _mm_max_epu8(top, bytes);
     }
-    top = _mm_max_epu8(top, _mm_srli_si128(top, 8));
-    top = _mm_max_epu8(top, _mm_srli_si128(top, 4));
-    top = _mm_max_epu8(top, _mm_srli_si128(top, 2));
-    top = _mm_max_epu8(top, _mm_srli_si128(top, 1));
-    unsigned char m = (unsigned char)_mm_cvtsi128_si32(top);
+    unsigned char m = largest_byte(top);
     for (; c < w; c++) {
         int p = (int)(((r0[c] << 11) + (r1[c] - r0[c]) * b1 + (1 << 21)) >> 22);
         int a = p > g[c] ? p - g[c] : 0, d = p > 0 ? p : 1;
@@ -1829,6 +1832,7 @@ static void transpose_bytes(const uint8_t *src, Py_ssize_t step, Py_ssize_t h, P
         for (Py_ssize_t c = 0; c < w; c++) dst[c * dst_step + r] = src[r * step + c];
 }
 
+/* PIL's GaussianBlur of a contiguous h x w image, in place; 0, or -1 with MemoryError set. */
 static int blur_pixels(uint8_t *image, Py_ssize_t h, Py_ssize_t w, double sigma) {
     if (!(sigma > 0) || h < 1 || w < 1) return 0;
     uint8_t *a = malloc((size_t)(h * w)), *b = malloc((size_t)(h * w));
@@ -1837,6 +1841,7 @@ static int blur_pixels(uint8_t *image, Py_ssize_t h, Py_ssize_t w, double sigma)
         free(a);
         free(b);
         free(sum);
+        PyErr_NoMemory();
         return -1;
     }
     float radius = box_radius((float)sigma, 3);
@@ -1872,10 +1877,7 @@ static PyObject *gaussian_blur(PyObject *self, PyObject *args) {
         goto done;
     }
     if (!(pixels = packed_copy(&in))) goto done;
-    if (blur_pixels(pixels, in.h, in.w, sigma) < 0) {
-        PyErr_NoMemory();
-        goto done;
-    }
+    if (blur_pixels(pixels, in.h, in.w, sigma) < 0) goto done;
     unpack_into(pixels, &out);
     result = Py_NewRef(Py_None);
 done:
@@ -2641,10 +2643,7 @@ static PyObject *paper_level(PyObject *self, PyObject *args) {
     }
     if (resize_pixels(image, stride, in.h, in.w, sw, sh, FILTER_BOX, small) < 0) goto done;
     rank_filter_square(small, sh, sw, rank, maximum, tmp);
-    if (blur_pixels(small, sh, sw, radius) < 0) {
-        PyErr_NoMemory();
-        goto done;
-    }
+    if (blur_pixels(small, sh, sw, radius) < 0) goto done;
     unpack_into(small, &out);
     result = Py_NewRef(Py_None);
 done:
